@@ -1,0 +1,90 @@
+"""The ``mainsail`` command line. Each command parses options, builds settings, calls the library."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mainsail import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="mainsail: SageMaker-compatible model serving on your own machine.")
+logger = logging.getLogger("mainsail.cli")
+
+
+@app.command()
+def serve(
+    model: Annotated[Optional[str], typer.Argument(
+        help="Model directory or model.tar.gz [env SM_MODEL_DIR; default /opt/ml/model]")] = None,
+    entry_point: Annotated[Optional[str], typer.Option(
+        "--entry-point", help="Inference script [env SAGEMAKER_PROGRAM; default inference.py]")] = None,
+    source_dir: Annotated[Optional[str], typer.Option(
+        "--source-dir", help="Directory or sourcedir.tar.gz holding the script "
+        "[env SAGEMAKER_SUBMIT_DIRECTORY; default <model>/code]")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to bind [default 127.0.0.1]")] = None,
+    port: Annotated[Optional[int], typer.Option(
+        help="Port [env SAGEMAKER_BIND_TO_PORT; default 8080]")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Worker processes [env SAGEMAKER_MODEL_SERVER_WORKERS; default: cores]")] = None,
+    timeout: Annotated[Optional[float], typer.Option(
+        help="Seconds per request before 504 [env SAGEMAKER_MODEL_SERVER_TIMEOUT; default 60]")] = None,
+    max_payload_mb: Annotated[Optional[float], typer.Option(
+        "--max-payload-mb", help="Largest request body [env SAGEMAKER_MAX_PAYLOAD_IN_MB; default 6]")] = None,
+    log_level: Annotated[Optional[str], typer.Option(
+        "--log-level", help="debug/info/warning/error or 10..50 [env SAGEMAKER_CONTAINER_LOG_LEVEL]")] = None,
+    default_accept: Annotated[Optional[str], typer.Option(
+        "--default-accept",
+        help="Type for a missing or */* Accept [env SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT]")] = None,
+    framework: Annotated[Optional[str], typer.Option(
+        help="Whose container defaults a script falls back to: auto, generic, sklearn, pytorch, "
+        "xgboost [env MAINSAIL_FRAMEWORK; default auto: judged from the loaded model]")] = None,
+    install_requirements: Annotated[Optional[bool], typer.Option(
+        "--install-requirements/--no-install-requirements",
+        help="pip-install code/requirements.txt (cached), or only report what is missing")] = None,
+    reload: Annotated[bool, typer.Option(
+        "--reload", help="Restart the workers when the script or model files change")] = False,
+) -> None:
+    """Serve one model with the SageMaker container contract (/ping, /invocations)."""
+    from pydantic import ValidationError
+
+    from mainsail.errors import MainsailError
+    from mainsail.log import configure_logging
+    from mainsail.serve.server import run_server
+    from mainsail.settings import ServeSettings
+
+    given: dict[str, Any] = {
+        "model_path": model, "entry_point": entry_point, "source_dir": source_dir, "host": host,
+        "port": port, "workers": workers, "timeout": timeout, "max_payload_mb": max_payload_mb,
+        "log_level": log_level, "default_accept": default_accept, "framework": framework,
+        "install_requirements": install_requirements, "reload": reload or None,
+    }
+    try:
+        settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings.log_level)
+    try:
+        code = run_server(settings)
+    except MainsailError as exc:
+        logger.error("%s", exc.message)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print mainsail's version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The SageMaker inference toolkit's default decoders and encoders, reproduced exactly, only faster.
+
+These back the fallbacks a user script gets when it lacks ``input_fn`` or ``output_fn``:
+``application/json`` -> ``np.array(json.loads(body))``, ``text/csv`` -> ``np.genfromtxt(body,
+delimiter=",")``, ``application/x-npy`` -> ``np.load(body)`` (never with pickles), and the reverse
+encoders (JSON through ``tolist()``, CSV through ``np.savetxt(fmt="%s")``, NPY through ``np.save``).
+Deliberate deviations from the toolkit: NPY bodies are loaded with ``allow_pickle=False``; NaN and
+infinities encode to JSON ``null`` (the toolkit emits the invalid literal ``NaN``); a body that
+cannot be decoded is a 400 naming where, not a 500.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from typing import Any
+
+import numpy as np
+import orjson
+
+from mainsail.errors import BadRequest, UnsupportedAccept, UnsupportedContentType
+
+JSON = "application/json"
+CSV = "text/csv"
+NPY = "application/x-npy"
+NPZ = "application/x-npz"
+OCTET_STREAM = "application/octet-stream"
+ANY = "*/*"
+UTF8_TYPES = (JSON, CSV)
+
+DECODE_TYPES = (JSON, CSV, NPY, NPZ)
+ENCODE_TYPES = (JSON, CSV, NPY)
+
+
+def media_type_of(content_type: str | None) -> str:
+    """``"Application/JSON; charset=utf-8"`` -> ``"application/json"``; ``None`` -> ``""``."""
+    if not content_type:
+        return ""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _json_loads(text: str | bytes) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses NaN/Infinity literals and integers beyond 64 bits; the stdlib accepts them.
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+
+
+def decode_json(text: str | bytes) -> np.ndarray:
+    data = _json_loads(text)
+    try:
+        return np.array(data)
+    except ValueError as exc:
+        raise BadRequest(f"JSON body does not form an array: {exc}") from None
+
+
+def _csv_fast(text: str) -> np.ndarray | None:
+    """One line of plain numbers -> the same 1-D float array genfromtxt gives, or None."""
+    line = text[:-1] if text.endswith("\n") else text
+    if not line or "\n" in line or "\r" in line or "#" in line or '"' in line:
+        return None
+    fields = line.split(",")
+    for field in fields:
+        stripped = field.strip()
+        if not stripped or not (stripped[0].isdigit() or stripped[0] in "-+."):
+            return None
+        if "_" in stripped:
+            return None
+    try:
+        values = np.array([float(f) for f in fields], dtype=np.float64)
+    except ValueError:
+        return None
+    return values[0] if values.size == 1 else values
+
+
+def decode_csv(text: str) -> np.ndarray:
+    fast = _csv_fast(text)
+    if fast is not None:
+        return np.asarray(fast)
+    with warnings.catch_warnings():
+        # genfromtxt warns on an empty body; the toolkit returns the empty array it gives.
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return np.genfromtxt(io.StringIO(text), delimiter=",")
+        except ValueError as exc:
+            raise BadRequest(f"CSV body cannot be read as a numeric array: {exc}") from None
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise BadRequest("NPY bodies holding pickled objects are refused") from None
+        raise BadRequest(f"body is not a valid NPY array: {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise BadRequest(f"body is not a valid NPY array: {exc}") from None
+
+
+def decode_npz(data: bytes) -> Any:
+    try:
+        import scipy.sparse
+    except ImportError:  # pragma: no cover - scipy ships with the tabular extra
+        raise UnsupportedContentType(NPZ, list(DECODE_TYPES[:3])) from None
+    try:
+        return scipy.sparse.load_npz(io.BytesIO(data))
+    except (ValueError, OSError, KeyError) as exc:
+        raise BadRequest(f"body is not a valid NPZ sparse matrix: {exc}") from None
+
+
+def decode(data: str | bytes, content_type: str | None) -> Any:
+    """The toolkit's ``decoder.decode``: the body (``str`` for JSON/CSV) to a numpy array."""
+    kind = media_type_of(content_type)
+    if kind == JSON:
+        return decode_json(data)
+    if kind == CSV:
+        return decode_csv(data if isinstance(data, str) else data.decode("utf-8"))
+    if kind == NPY:
+        return decode_npy(data if isinstance(data, bytes) else data.encode("utf-8"))
+    if kind == NPZ:
+        return decode_npz(data if isinstance(data, bytes) else data.encode("utf-8"))
+    raise UnsupportedContentType(content_type, list(DECODE_TYPES))
+
+
+def _tolist(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def encode_json(prediction: Any) -> bytes:
+    # ``default=tolist`` (not orjson's native numpy support) keeps the toolkit's numbers: a float32
+    # goes through Python's float, exactly as ``json.dumps(default=tolist)`` writes it.
+    return orjson.dumps(prediction, default=_tolist)
+
+
+def encode_csv(prediction: Any) -> bytes:
+    stream = io.StringIO()
+    np.savetxt(stream, prediction, delimiter=",", fmt="%s")
+    return stream.getvalue().encode("utf-8")
+
+
+def encode_npy(prediction: Any) -> bytes:
+    stream = io.BytesIO()
+    np.save(stream, prediction)
+    return stream.getvalue()
+
+
+_ENCODERS = {JSON: encode_json, CSV: encode_csv, NPY: encode_npy}
+
+
+def parse_accept(accept: str) -> list[str]:
+    """The toolkit's rule: split on commas, drop spaces (parameters and q-values are not honoured)."""
+    return accept.replace(" ", "").split(",")
+
+
+def encode(prediction: Any, accept: str) -> tuple[bytes, str]:
+    """The toolkit's ``default_output_fn``: the first type in Accept that can be encoded."""
+    for candidate in parse_accept(accept):
+        encoder = _ENCODERS.get(media_type_of(candidate))
+        if encoder is not None:
+            return encoder(prediction), candidate
+    raise UnsupportedAccept(accept, list(ENCODE_TYPES))

@@ -1,0 +1,23 @@
+"""Handlers turn an invocation into a reply: user scripts, and (later) built-in model handlers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mainsail.errors import ModelLoadError
+from mainsail.handlers.base import Handler, Invocation, Reply
+from mainsail.handlers.script import ScriptHandler
+
+__all__ = ["Handler", "Invocation", "Reply", "ScriptHandler", "build_handler"]
+
+
+def build_handler(model_path: Path, script: Path | None, *, framework: str = "auto",
+                  model_name: str = "model") -> Handler:
+    """The handler for a prepared model: its script if it has one, else a built-in handler."""
+    if script is not None:
+        return ScriptHandler(script, model_path, framework=framework, model_name=model_name)
+    files = sorted(p.name for p in model_path.iterdir())[:20] if model_path.is_dir() else []
+    raise ModelLoadError(
+        f"no inference script (looked for code/inference.py in {model_path}; set --entry-point "
+        f"or SAGEMAKER_PROGRAM) and no built-in handler recognises the files there: {files}"
+    )

@@ -1,0 +1,146 @@
+"""Default handler functions, per framework, for scripts that leave some out.
+
+They reproduce the SageMaker framework containers' defaults: the inference toolkit's decoders and
+encoders, the scikit-learn container's ``float32`` cast and 2-D reshape with ``model.predict``, and
+the PyTorch toolkit's tensor conversion with ``model(data)`` under ``no_grad``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from mainsail.codecs import toolkit
+from mainsail.errors import HandlerError
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The fallbacks for one framework: each takes the toolkit's arguments, never a context."""
+
+    framework: str
+    input_fn: Callable[[Any, str], Any]
+    predict_fn: Callable[[Any, Any], Any]
+    output_fn: Callable[[Any, str], Any]
+
+
+def _generic_input(data: Any, content_type: str) -> Any:
+    return toolkit.decode(data, content_type)
+
+
+def _generic_predict(data: Any, model: Any) -> Any:
+    predict = getattr(model, "predict", None)
+    if callable(predict):
+        return predict(data)
+    if callable(model):
+        return model(data)
+    raise HandlerError(
+        "Please provide a predict_fn implementation: the model has no predict() and is not callable"
+    )
+
+
+def _generic_output(prediction: Any, accept: str) -> tuple[bytes, str]:
+    return toolkit.encode(prediction, accept)
+
+
+def _sklearn_input(data: Any, content_type: str) -> Any:
+    array = toolkit.decode(data, content_type)
+    if toolkit.media_type_of(content_type) in toolkit.UTF8_TYPES:
+        if array.ndim == 1:
+            array = array.reshape(1, -1)
+        return array.astype(np.float32)
+    return array
+
+
+def _sklearn_predict(data: Any, model: Any) -> Any:
+    return model.predict(data)
+
+
+def _xgboost_input(data: Any, content_type: str) -> Any:
+    import xgboost
+
+    array = toolkit.decode(data, content_type)
+    if getattr(array, "ndim", 2) == 1:
+        array = array.reshape(1, -1)
+    return xgboost.DMatrix(array)
+
+
+def _xgboost_predict(data: Any, model: Any) -> Any:
+    return model.predict(data)
+
+
+def _pytorch_defaults() -> Defaults:
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def input_fn(data: Any, content_type: str) -> Any:
+        array = toolkit.decode(data, content_type)
+        if toolkit.media_type_of(content_type) in toolkit.UTF8_TYPES:
+            tensor = torch.FloatTensor(array)
+        else:
+            tensor = torch.from_numpy(array)
+        return tensor.to(device)
+
+    def predict_fn(data: Any, model: Any) -> Any:
+        with torch.no_grad():
+            return model(data.to(device))
+
+    def output_fn(prediction: Any, accept: str) -> Any:
+        if isinstance(prediction, torch.Tensor):
+            prediction = prediction.detach().cpu().numpy().tolist()
+        body, _ = toolkit.encode(prediction, accept)
+        # The PyTorch toolkit returns the body alone, so the response type is the Accept as sent.
+        return body
+
+    return Defaults("pytorch", input_fn, predict_fn, output_fn)
+
+
+def prepare_pytorch_model(model: Any) -> Any:
+    """Once at load (the toolkit does it on every request): move to the device, eval mode."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
+    model.eval()
+    return model
+
+
+def detect_framework(model: Any) -> str:
+    """Which container's defaults fit a loaded model, judged by the model's own type."""
+    module = type(model).__module__ or ""
+    top = module.split(".", 1)[0]
+    if top == "torch":
+        return "pytorch"
+    if top == "xgboost" and type(model).__name__ == "Booster":
+        return "xgboost"
+    if top in ("sklearn", "lightgbm", "xgboost", "catboost", "imblearn"):
+        return "sklearn"
+    return "generic"
+
+
+def defaults_for(framework: str) -> Defaults:
+    if framework == "pytorch":
+        return _pytorch_defaults()
+    if framework == "sklearn":
+        return Defaults("sklearn", _sklearn_input, _sklearn_predict, _generic_output)
+    if framework == "xgboost":
+        return Defaults("xgboost", _xgboost_input, _xgboost_predict, _generic_output)
+    return Defaults("generic", _generic_input, _generic_predict, _generic_output)
+
+
+def default_model_fn(model_dir: str, framework: str) -> Any:
+    """The containers' ``model_fn`` fallback: PyTorch loads a TorchScript ``model.pt``; others refuse."""
+    import os
+
+    path = os.path.join(model_dir, "model.pt")
+    if framework in ("pytorch", "auto") and os.path.exists(path):
+        import torch
+
+        return torch.jit.load(path, map_location="cpu")
+    raise HandlerError(
+        "Please provide a model_fn implementation: the script defines no model_fn "
+        f"and no default applies to {model_dir}"
+    )

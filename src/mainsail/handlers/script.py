@@ -1,0 +1,219 @@
+"""A user's ``inference.py``, run with the SageMaker inference toolkit's rules.
+
+``model_fn`` loads the model (a framework default applies when it is missing); ``transform_fn``
+replaces ``input_fn`` / ``predict_fn`` / ``output_fn`` and may not be combined with them; each of
+those three falls back to the framework's default when absent; every function may take one extra
+trailing ``context`` argument. Unlike the toolkit, signatures are checked once at load, not on every
+request, and a bad signature fails the load instead of every request.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mainsail.codecs import toolkit
+from mainsail.context import Context
+from mainsail.errors import HandlerError, MainsailError, ModelError, ModelLoadError, UnsupportedContentType
+from mainsail.handlers import defaults as fw
+from mainsail.handlers.base import Invocation, Reply
+
+logger = logging.getLogger(__name__)
+
+HANDLER_NAMES = ("model_fn", "input_fn", "predict_fn", "output_fn", "transform_fn", "pre_model_fn",
+                 "model_warmup_fn")
+_ARITY = {"model_fn": 1, "input_fn": 2, "predict_fn": 2, "output_fn": 2, "transform_fn": 4,
+          "pre_model_fn": 1, "model_warmup_fn": 2}
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A handler function with its context-arity resolved once."""
+
+    fn: Callable[..., Any]
+    takes_context: bool
+
+    def __call__(self, context: Context | None, *args: Any) -> Any:
+        if self.takes_context:
+            return self.fn(*args, context)
+        return self.fn(*args)
+
+
+def bind(name: str, fn: Callable[..., Any]) -> Bound:
+    """Check ``fn`` takes the toolkit's arguments, or those plus a trailing context."""
+    expected = _ARITY[name]
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return Bound(fn, False)
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return Bound(fn, False)
+    count = len(params)
+    if count == expected:
+        return Bound(fn, False)
+    if count == expected + 1:
+        return Bound(fn, True)
+    raise HandlerError(
+        f"{name} takes {count} arguments but the toolkit passes {expected} "
+        f"(or {expected + 1} with a trailing context)"
+    )
+
+
+def import_script(path: Path) -> Any:
+    """Import the user script by file path, registered under its module name (so pickles find it)."""
+    name = path.stem
+    code_dir = str(path.parent)
+    if code_dir not in sys.path:
+        sys.path.insert(0, code_dir)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import the inference script {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise ModelLoadError(f"importing {path.name} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+class ScriptHandler:
+    """Serves a model through a user script's ``model_fn`` / ``input_fn`` / ... functions."""
+
+    name = "script"
+
+    def __init__(self, script: Path, model_dir: Path, *, framework: str = "auto",
+                 model_name: str = "model") -> None:
+        if not script.is_file():
+            raise ValueError(f"inference script {script} does not exist")
+        self.script = script
+        self.model_dir = model_dir
+        self.framework = framework
+        self.model_name = model_name
+        self.model: Any = None
+        self._transform: Bound | None = None
+        self._input: Bound | None = None
+        self._predict: Bound | None = None
+        self._output: Bound | None = None
+        self._wants_context = False
+
+    def load(self) -> None:
+        module = import_script(self.script)
+        found = {n: getattr(module, n) for n in HANDLER_NAMES if callable(getattr(module, n, None))}
+        if "transform_fn" in found and found.keys() & {"input_fn", "predict_fn", "output_fn"}:
+            raise HandlerError(
+                "Cannot use transform_fn implementation in conjunction with input_fn, predict_fn, "
+                "and/or output_fn implementation"
+            )
+        bound = {n: bind(n, fn) for n, fn in found.items()}
+        context = Context(self.model_name, str(self.model_dir))
+        model_dir = str(self.model_dir)
+        if "pre_model_fn" in bound:
+            bound["pre_model_fn"](context, model_dir)
+        if "model_fn" in bound:
+            self.model = bound["model_fn"](context, model_dir)
+        else:
+            self.model = fw.default_model_fn(model_dir, self.framework)
+        framework = fw.detect_framework(self.model) if self.framework == "auto" else self.framework
+        if framework == "pytorch" and "predict_fn" not in bound and "transform_fn" not in bound:
+            self.model = fw.prepare_pytorch_model(self.model)
+        if "model_warmup_fn" in bound:
+            bound["model_warmup_fn"](context, model_dir, self.model)
+        chosen = fw.defaults_for(framework)
+        self._transform = bound.get("transform_fn")
+        self._input = bound.get("input_fn") or Bound(chosen.input_fn, False)
+        self._predict = bound.get("predict_fn") or Bound(chosen.predict_fn, False)
+        self._output = bound.get("output_fn") or Bound(chosen.output_fn, False)
+        self._wants_context = any(b.takes_context for b in bound.values())
+        logger.info(
+            "loaded %s: user functions %s; defaults of the %s container for the rest",
+            self.script.name, ", ".join(sorted(found)) or "none", chosen.framework,
+        )
+
+    def invoke(self, invocation: Invocation) -> Reply:
+        context = self._request_context(invocation) if self._wants_context else None
+        data: str | bytes = invocation.body
+        content_type = invocation.content_type or ""
+        if toolkit.media_type_of(content_type) in toolkit.UTF8_TYPES:
+            data = _decode_text(invocation.body, content_type)
+        accept = invocation.accept
+        try:
+            if self._transform is not None:
+                result = self._transform(context, self.model, data, content_type, accept)
+            else:
+                assert self._input and self._predict and self._output
+                features = self._input(context, data, content_type)
+                prediction = self._predict(context, features, self.model)
+                result = self._output(context, prediction, accept)
+        except MainsailError:
+            raise
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return _reply(result, accept, context)
+
+    def _request_context(self, invocation: Invocation) -> Context:
+        return Context(self.model_name, str(self.model_dir), request_id=invocation.request_id,
+                       request_header=invocation.headers)
+
+
+def _decode_text(body: bytes, content_type: str) -> str:
+    charset = "utf-8"
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset" and value.strip():
+            charset = value.strip().strip('"')
+    try:
+        return body.decode(charset)
+    except LookupError:
+        raise UnsupportedContentType(content_type) from None
+    except UnicodeDecodeError as exc:
+        from mainsail.errors import BadRequest
+
+        raise BadRequest(f"body is not valid {charset}: byte offset {exc.start}: {exc.reason}") from None
+
+
+def _translate(exc: Exception) -> MainsailError:
+    """A user exception -> ours. A toolkit-style error carrying ``status_code`` keeps its status."""
+    status = getattr(exc, "status_code", None)
+    if type(exc).__name__ == "UnsupportedFormatError":
+        unsupported = UnsupportedContentType(None)
+        unsupported.message = " ".join(str(exc).split())
+        return unsupported
+    message = getattr(exc, "message", None) or str(exc)
+    error = ModelError(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+    if isinstance(status, int) and 400 <= status <= 599:
+        error.status_code = status
+    return error
+
+
+def _reply(result: Any, accept: str, context: Context | None) -> Reply:
+    content_type = accept
+    if isinstance(result, tuple) and len(result) == 2:
+        result, content_type = result
+    if isinstance(result, bytes):
+        body = result
+    elif isinstance(result, str):
+        body = result.encode("utf-8")
+    elif isinstance(result, (bytearray, memoryview)):
+        body = bytes(result)
+    else:
+        # Multi Model Server JSON-encodes what is neither bytes nor str; so do we.
+        body = orjson.dumps(result, default=toolkit._tolist)
+    reply = Reply(body, str(content_type))
+    if context is not None and context.request_processor:
+        status, _ = context.get_response_status(0)
+        reply.status = status
+        headers = context.get_response_headers(0)
+        if "content-type" in headers:
+            reply.content_type = headers.pop("content-type")
+        reply.headers.update(headers)
+    return reply

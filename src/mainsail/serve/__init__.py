@@ -1,0 +1,1 @@
+"""The data plane: the SageMaker container contract for one model."""

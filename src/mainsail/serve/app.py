@@ -1,0 +1,189 @@
+"""The data plane's ASGI app: the SageMaker container contract for one model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mainsail.errors import BadRequest, MainsailError, PayloadTooLarge
+from mainsail.handlers.base import Invocation
+from mainsail.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from mainsail.serve.metrics import Metrics
+from mainsail.serve.runtime import ModelRuntime
+from mainsail.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("mainsail.access")
+
+REQUEST_ID_HEADERS = ("x-amzn-sagemaker-inference-id", "x-amzn-requestid", "x-request-id")
+JSON_TYPE = "application/json"
+
+
+def error_response(exc: MainsailError) -> Response:
+    """The one place an error becomes a response: ``{"error": code, "message": text}``."""
+    return Response(orjson.dumps(exc.to_dict()), status_code=exc.status_code, media_type=JSON_TYPE)
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type=JSON_TYPE)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(limit)
+        except ValueError:
+            raise BadRequest(f"invalid Content-Length header {declared!r}") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _content_type(request: Request) -> str | None:
+    headers = request.headers
+    # The toolkit accepts any header matching ^[Cc]ontent-?[Tt]ype.
+    return headers.get("content-type") or headers.get("contenttype")
+
+
+class Endpoints:
+    """Route handlers bound to one runtime, its settings and its metrics."""
+
+    def __init__(self, runtime: ModelRuntime, settings: ServeSettings, metrics: Metrics) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.metrics = metrics
+        self.limit = settings.max_payload_bytes
+
+    async def ping(self, request: Request) -> Response:
+        if self.runtime.ready:
+            return _json({"status": "Healthy"})
+        reason = self.runtime.load_error or "the model is still loading"
+        return _json({"error": "ModelNotReady", "message": reason}, 503)
+
+    async def invocations(self, request: Request) -> Response:
+        started = time.perf_counter()
+        model_seconds: float | None = None
+        try:
+            body = await read_body(request, self.limit)
+            accept = request.headers.get("accept")
+            if not accept or accept.strip() == "*/*":
+                accept = self.settings.default_accept
+            headers = request.headers
+            request_id = next((headers[h] for h in REQUEST_ID_HEADERS if h in headers), None)
+            invocation = Invocation(body, _content_type(request), accept, headers, request_id)
+            reply, model_seconds = await self.runtime.invoke(invocation)
+            response = Response(reply.body, status_code=reply.status, headers=reply.headers or None,
+                                media_type=reply.content_type)
+        except MainsailError as exc:
+            if exc.status_code >= 500:
+                logger.error("invocation failed: %s", exc.message, exc_info=exc.__cause__ or False)
+            response = error_response(exc)
+        self.metrics.record(response.status_code,
+                            None if model_seconds is None else model_seconds * 1e6,
+                            (time.perf_counter() - started) * 1e6)
+        return response
+
+    async def execution_parameters(self, request: Request) -> Response:
+        settings = self.settings
+        return _json({
+            "MaxConcurrentTransforms": settings.max_concurrent_transforms or settings.workers,
+            "BatchStrategy": settings.batch_strategy,
+            "MaxPayloadInMB": max(1, int(settings.max_payload_mb)),
+        })
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+class AccessLog:
+    """One log line per request: method, path, status, latency."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if access_logger.isEnabledFor(logging.INFO):
+                client = scope.get("client")
+                access_logger.info(
+                    '%s "%s %s" %d %.3fms', f"{client[0]}:{client[1]}" if client else "-",
+                    scope["method"], scope["path"], status, (time.perf_counter() - started) * 1e3,
+                )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+    return _json({"error": code, "message": f"{request.method} {request.url.path}: {exc.detail}"},
+                 exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    return _json({"error": "InternalError", "message": f"{type(exc).__name__}: {exc}"}, 500)
+
+
+def create_app(runtime: ModelRuntime, settings: ServeSettings, metrics: Metrics | None = None,
+               *, load_on_startup: bool = True) -> Starlette:
+    """Build the app. With ``load_on_startup`` the model loads in a thread while /ping says 503."""
+    endpoints = Endpoints(runtime, settings, metrics or Metrics())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if load_on_startup and not runtime.ready:
+            threading.Thread(target=_load_quietly, args=(runtime,), name="mainsail-load",
+                             daemon=True).start()
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, runtime.close)
+
+    app = Starlette(
+        routes=[
+            Route("/ping", endpoints.ping, methods=["GET"]),
+            Route("/invocations", endpoints.invocations, methods=["POST"]),
+            Route("/execution-parameters", endpoints.execution_parameters, methods=["GET"]),
+            Route("/metrics", endpoints.metrics_endpoint, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    app.add_middleware(AccessLog)
+    return app
+
+
+def _load_quietly(runtime: ModelRuntime) -> None:
+    with contextlib.suppress(MainsailError):
+        runtime.load()

@@ -1,0 +1,63 @@
+"""Prometheus metrics with SageMaker's names, correct across worker processes.
+
+Latencies are histograms in microseconds, as CloudWatch reports ``ModelLatency`` and
+``OverheadLatency``. With several workers, prometheus-client's multiprocess mode (a directory of
+memory-mapped files named by ``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor before the workers
+start) lets any worker answer ``/metrics`` for all of them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LATENCY_BUCKETS_US = (
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+)
+
+
+class Metrics:
+    """The data plane's counters and histograms; one instance per app, never a module global."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.invocations = Counter(
+            "Invocations", "Requests sent to /invocations", registry=self.registry
+        )
+        self.errors_4xx = Counter(
+            "Invocation4XXErrors", "Invocations answered with a 4xx status", registry=self.registry
+        )
+        self.errors_5xx = Counter(
+            "Invocation5XXErrors", "Invocations answered with a 5xx status", registry=self.registry
+        )
+        self.model_latency = Histogram(
+            "ModelLatency", "Time spent in the model's handler, in microseconds",
+            buckets=LATENCY_BUCKETS_US, registry=self.registry,
+        )
+        self.overhead_latency = Histogram(
+            "OverheadLatency", "Time spent outside the handler (decode, queue, encode), in microseconds",
+            buckets=LATENCY_BUCKETS_US, registry=self.registry,
+        )
+
+    def record(self, status: int, model_us: float | None, total_us: float) -> None:
+        self.invocations.inc()
+        if 400 <= status < 500:
+            self.errors_4xx.inc()
+        elif status >= 500:
+            self.errors_5xx.inc()
+        if model_us is not None:
+            self.model_latency.observe(model_us)
+            self.overhead_latency.observe(max(total_us - model_us, 0.0))
+
+    def render(self) -> bytes:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=directory)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,298 @@
+"""N worker processes serving one port, supervised.
+
+The supervisor binds the socket, then starts workers that share it. A worker loads the model
+*before* it accepts connections, so a request never reaches a worker that cannot answer it; while
+no worker is ready (start-up, reload, all crashed) the supervisor itself answers every connection
+with 503, so ``/ping`` always tells the truth. A worker that dies is replaced; SIGTERM drains
+in-flight requests in every worker before the supervisor exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+
+from mainsail.serve.model_dir import PreparedModel
+from mainsail.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+EXIT_LOAD_FAILED = 3
+_NOT_READY_BODY = orjson.dumps({"error": "ModelNotReady", "message": "no worker has loaded the model yet"})
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def worker_main(settings: ServeSettings, prepared: PreparedModel, extra_paths: list[str],
+                sock: socket.socket, ready: Event) -> None:
+    """Entry point of one worker process: load, then serve on the shared socket until SIGTERM."""
+    import uvicorn
+
+    from mainsail.errors import MainsailError
+    from mainsail.handlers import build_handler
+    from mainsail.log import configure_logging
+    from mainsail.serve.app import create_app
+    from mainsail.serve.runtime import ModelRuntime
+
+    configure_logging(settings.log_level)
+    sys.path.extend(p for p in extra_paths if p not in sys.path)
+    try:
+        handler = build_handler(prepared.model_dir, prepared.script, framework=settings.framework,
+                                model_name=settings.model_name)
+        runtime = ModelRuntime(handler, timeout_s=settings.timeout, threads=settings.predict_threads)
+        runtime.load()
+    except MainsailError as exc:
+        logger.error("worker %d cannot serve: %s", os.getpid(), exc.message)
+        sys.exit(EXIT_LOAD_FAILED)
+    app = create_app(runtime, settings, load_on_startup=False)
+    config = uvicorn.Config(
+        app, loop="uvloop", http="httptools", lifespan="on", access_log=False, log_config=None,
+        timeout_keep_alive=75, timeout_graceful_shutdown=int(settings.timeout) + 5,
+    )
+
+    class ReadyServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            ready.set()
+
+    ReadyServer(config).run(sockets=[sock])
+
+
+@dataclass
+class Worker:
+    process: BaseProcess
+    ready: Event
+    generation: int
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def serving(self) -> bool:
+        return self.process.is_alive() and self.ready.is_set()
+
+
+class Supervisor:
+    """Starts, watches, replaces and stops the workers of one ``mainsail serve``."""
+
+    def __init__(self, settings: ServeSettings, prepared: PreparedModel,
+                 extra_paths: list[str] | None = None) -> None:
+        self.settings = settings
+        self.prepared = prepared
+        self.extra_paths = list(extra_paths or [])
+        self._ctx = multiprocessing.get_context("spawn")
+        self._workers: list[Worker] = []
+        self._stop = threading.Event()
+        self._generation = 0
+        self._ever_ready = False
+        self._sock: socket.socket | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+    def run(self) -> int:
+        sock = self._sock = bind_socket(self.settings.host, self.settings.port)
+        metrics_dir = tempfile.mkdtemp(prefix="mainsail-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        responder = threading.Thread(target=self._answer_while_unready, name="mainsail-503", daemon=True)
+        responder.start()
+        host, port = sock.getsockname()[:2]
+        logger.info("mainsail serving %s on http://%s:%d with %d worker(s)",
+                    self.prepared.script or self.prepared.model_dir, host, port, self.settings.workers)
+        try:
+            code = self._supervise()
+        finally:
+            self._shutdown()
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            sock.close()
+        return code
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s: draining in-flight requests", signal.Signals(signum).name)
+        self._stop.set()
+
+    def _spawn(self) -> Worker:
+        assert self._sock is not None
+        ready = self._ctx.Event()
+        process = self._ctx.Process(
+            target=worker_main, name=f"mainsail-worker-{self._generation}",
+            args=(self.settings, self.prepared, self.extra_paths, self._sock, ready),
+        )
+        process.start()
+        worker = Worker(process, ready, self._generation)
+        self._workers.append(worker)
+        return worker
+
+    def _supervise(self) -> int:
+        for _ in range(self.settings.workers):
+            self._spawn()
+        watcher = _FileWatcher(self._watched_paths()) if self.settings.reload else None
+        fast_deaths = 0
+        while not self._stop.is_set():
+            sentinels = [w.process.sentinel for w in self._workers]
+            if sentinels:
+                multiprocessing.connection.wait(sentinels, timeout=0.5)
+            else:
+                self._stop.wait(0.5)
+            if self._stop.is_set():
+                break
+            self._ever_ready = self._ever_ready or any(w.serving for w in self._workers)
+            for worker in [w for w in self._workers if not w.process.is_alive()]:
+                self._workers.remove(worker)
+                self._forget(worker)
+                code = worker.process.exitcode
+                if code == EXIT_LOAD_FAILED:
+                    logger.error("worker pid %s could not load the model", worker.process.pid)
+                    continue
+                lived = time.monotonic() - worker.started
+                fast_deaths = fast_deaths + 1 if lived < 5 else 0
+                logger.warning("worker pid %s died (exit code %s); starting a replacement",
+                               worker.process.pid, code)
+                if fast_deaths > 3:
+                    self._stop.wait(min(2 ** (fast_deaths - 3), 30))
+                self._spawn()
+            if not self._workers and not self.settings.reload:
+                logger.error("no worker could load the model; exiting")
+                return EXIT_LOAD_FAILED
+            if watcher is not None and watcher.changed():
+                self._reload()
+        return 0
+
+    def _reload(self) -> None:
+        logger.info("files changed: restarting the workers")
+        old = list(self._workers)
+        self._generation += 1
+        for _ in range(self.settings.workers):
+            self._spawn()
+        for worker in old:
+            if worker.process.is_alive() and worker.process.pid:
+                os.kill(worker.process.pid, signal.SIGTERM)
+
+    def _forget(self, worker: Worker) -> None:
+        if worker.process.pid is None:
+            return
+        try:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.process.pid)
+        except Exception:  # pragma: no cover - metrics cleanup must never stop supervision
+            logger.debug("could not mark pid %s dead for metrics", worker.process.pid, exc_info=True)
+
+    def _shutdown(self) -> None:
+        for worker in self._workers:
+            if worker.process.is_alive() and worker.process.pid:
+                os.kill(worker.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.timeout + 10
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                logger.warning("worker pid %s did not drain in time; killing it", worker.process.pid)
+                worker.process.kill()
+                worker.process.join(5)
+        self._workers.clear()
+
+    def _watched_paths(self) -> list[Path]:
+        paths = [self.prepared.model_dir]
+        if self.prepared.code_dir is not None:
+            paths.append(self.prepared.code_dir)
+        model_arg = Path(self.settings.model_path.removeprefix("file://"))
+        if model_arg.is_file():
+            paths.append(model_arg)
+        return paths
+
+    # -- the 503 responder ------------------------------------------------------------------
+    def _answer_while_unready(self) -> None:
+        assert self._sock is not None
+        sock = self._sock
+        while not self._stop.is_set():
+            if any(w.serving for w in self._workers):
+                self._stop.wait(0.05)
+                continue
+            try:
+                readable, _, _ = select.select([sock], [], [], 0.05)
+            except (OSError, ValueError):
+                return
+            if not readable:
+                continue
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return
+            threading.Thread(target=_answer_503, args=(conn,), daemon=True).start()
+
+
+def _answer_503(conn: socket.socket) -> None:
+    try:
+        conn.settimeout(2.0)
+        received = b""
+        while b"\r\n\r\n" not in received and len(received) < 65536:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        conn.sendall(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(_NOT_READY_BODY)).encode() + b"\r\nconnection: close\r\n\r\n"
+            + _NOT_READY_BODY
+        )
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+class _FileWatcher:
+    """Polls modification times; cheap enough for the development ``--reload`` mode."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        self.roots = roots
+        self._last = self._snapshot()
+
+    def _snapshot(self) -> Any:
+        state: dict[str, float] = {}
+        for root in self.roots:
+            if root.is_file():
+                state[str(root)] = root.stat().st_mtime
+                continue
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames[:] = [d for d in dirnames if d != "__pycache__" and not d.startswith(".")]
+                for name in filenames:
+                    path = os.path.join(dirpath, name)
+                    try:
+                        state[path] = os.stat(path).st_mtime
+                    except OSError:
+                        continue
+        return state
+
+    def changed(self) -> bool:
+        current = self._snapshot()
+        if current != self._last:
+            self._last = current
+            return True
+        return False

@@ -1,0 +1,89 @@
+"""Settings, validated once at start-up and passed explicitly.
+
+Every ``mainsail serve`` option also reads the environment variable SageMaker containers use, so a
+model's ``Environment`` map works unchanged. Explicit values (CLI flags, keyword arguments) win.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Framework = Literal["auto", "generic", "sklearn", "pytorch", "xgboost"]
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("MAINSAIL_HOME") or Path.home() / ".mainsail")
+
+
+class ServeSettings(BaseSettings):
+    """Everything one ``mainsail serve`` process group needs."""
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+    model_path: str = Field("/opt/ml/model", validation_alias=_env("model_path", "SM_MODEL_DIR"))
+    """Model directory or ``model.tar.gz``."""
+    entry_point: str | None = Field(None, validation_alias=_env("entry_point", "SAGEMAKER_PROGRAM"))
+    """The user script (``inference.py``); found in ``source_dir`` or ``<model>/code``."""
+    source_dir: str | None = Field(
+        None, validation_alias=_env("source_dir", "SAGEMAKER_SUBMIT_DIRECTORY")
+    )
+    """A directory or ``sourcedir.tar.gz`` holding the user script."""
+    host: str = Field("127.0.0.1", validation_alias=_env("host", "MAINSAIL_HOST"))
+    port: int = Field(8080, ge=0, le=65535, validation_alias=_env("port", "SAGEMAKER_BIND_TO_PORT"))
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        validation_alias=_env("workers", "SAGEMAKER_MODEL_SERVER_WORKERS"),
+    )
+    timeout: float = Field(
+        60.0, gt=0, validation_alias=_env("timeout", "SAGEMAKER_MODEL_SERVER_TIMEOUT")
+    )
+    """Seconds a request may spend in the model before it is answered 504."""
+    log_level: str = Field("info", validation_alias=_env("log_level", "SAGEMAKER_CONTAINER_LOG_LEVEL"))
+    default_accept: str = Field(
+        "application/json",
+        validation_alias=_env("default_accept", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"),
+    )
+    max_payload_mb: float = Field(
+        6.0, gt=0, validation_alias=_env("max_payload_mb", "SAGEMAKER_MAX_PAYLOAD_IN_MB")
+    )
+    max_concurrent_transforms: int | None = Field(
+        None, ge=1, validation_alias=_env("max_concurrent_transforms", "MAINSAIL_MAX_CONCURRENT_TRANSFORMS")
+    )
+    batch_strategy: Literal["MULTI_RECORD", "SINGLE_RECORD"] = Field(
+        "MULTI_RECORD", validation_alias=_env("batch_strategy", "MAINSAIL_BATCH_STRATEGY")
+    )
+    install_requirements: bool = Field(
+        True, validation_alias=_env("install_requirements", "MAINSAIL_INSTALL_REQUIREMENTS")
+    )
+    reload: bool = Field(False, validation_alias=_env("reload", "MAINSAIL_RELOAD"))
+    framework: Framework = Field("auto", validation_alias=_env("framework", "MAINSAIL_FRAMEWORK"))
+    """Which framework container's default handler functions a script falls back to."""
+    predict_threads: int = Field(4, ge=1, validation_alias=_env("predict_threads", "MAINSAIL_PREDICT_THREADS"))
+    """Threads per worker that run model code (the event loop never does)."""
+    home: Path = Field(default_factory=default_home, validation_alias=_env("home", "MAINSAIL_HOME"))
+    model_name: str = Field("model", validation_alias=_env("model_name", "MAINSAIL_MODEL_NAME"))
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_name(cls, value: object) -> str:
+        text = str(value).strip()
+        if text.lstrip("-").isdigit():
+            return logging.getLevelName(int(text)).lower()
+        if text.upper() not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown log level {text!r}: use debug, info, warning, error or 10..50")
+        return text.lower()
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 1024 * 1024)
