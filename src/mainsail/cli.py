@@ -19,7 +19,7 @@ logger = logging.getLogger("mainsail.cli")
 @app.command()
 def serve(
     model: Annotated[Optional[str], typer.Argument(
-        help="Model directory or model.tar.gz [env SM_MODEL_DIR; default /opt/ml/model]")] = None,
+        help="Model directory or model.tar.gz [env MAINSAIL_MODEL; default /opt/ml/model]")] = None,
     entry_point: Annotated[Optional[str], typer.Option(
         "--entry-point", help="Inference script [env SAGEMAKER_PROGRAM; default inference.py]")] = None,
     source_dir: Annotated[Optional[str], typer.Option(

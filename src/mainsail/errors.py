@@ -12,6 +12,8 @@ class MainsailError(Exception):
 
     status_code: int = 500
     code: str = "InternalError"
+    model_seconds: float | None = None
+    """Time spent in the handler before it failed, when it failed there (for ModelLatency)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -30,49 +30,49 @@ class ServeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(populate_by_name=True, extra="forbid", frozen=True)
 
-    model_path: str = Field("/opt/ml/model", validation_alias=_env("model_path", "SM_MODEL_DIR"))
+    model_path: str = Field("/opt/ml/model", validation_alias=_env("MAINSAIL_MODEL"))
     """Model directory or ``model.tar.gz``."""
-    entry_point: str | None = Field(None, validation_alias=_env("entry_point", "SAGEMAKER_PROGRAM"))
+    entry_point: str | None = Field(None, validation_alias=_env("SAGEMAKER_PROGRAM"))
     """The user script (``inference.py``); found in ``source_dir`` or ``<model>/code``."""
     source_dir: str | None = Field(
-        None, validation_alias=_env("source_dir", "SAGEMAKER_SUBMIT_DIRECTORY")
+        None, validation_alias=_env("SAGEMAKER_SUBMIT_DIRECTORY")
     )
     """A directory or ``sourcedir.tar.gz`` holding the user script."""
-    host: str = Field("127.0.0.1", validation_alias=_env("host", "MAINSAIL_HOST"))
-    port: int = Field(8080, ge=0, le=65535, validation_alias=_env("port", "SAGEMAKER_BIND_TO_PORT"))
+    host: str = Field("127.0.0.1", validation_alias=_env("MAINSAIL_HOST"))
+    port: int = Field(8080, ge=0, le=65535, validation_alias=_env("SAGEMAKER_BIND_TO_PORT"))
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,
-        validation_alias=_env("workers", "SAGEMAKER_MODEL_SERVER_WORKERS"),
+        validation_alias=_env("SAGEMAKER_MODEL_SERVER_WORKERS"),
     )
     timeout: float = Field(
-        60.0, gt=0, validation_alias=_env("timeout", "SAGEMAKER_MODEL_SERVER_TIMEOUT")
+        60.0, gt=0, validation_alias=_env("SAGEMAKER_MODEL_SERVER_TIMEOUT")
     )
     """Seconds a request may spend in the model before it is answered 504."""
-    log_level: str = Field("info", validation_alias=_env("log_level", "SAGEMAKER_CONTAINER_LOG_LEVEL"))
+    log_level: str = Field("info", validation_alias=_env("SAGEMAKER_CONTAINER_LOG_LEVEL"))
     default_accept: str = Field(
         "application/json",
-        validation_alias=_env("default_accept", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"),
+        validation_alias=_env("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"),
     )
     max_payload_mb: float = Field(
-        6.0, gt=0, validation_alias=_env("max_payload_mb", "SAGEMAKER_MAX_PAYLOAD_IN_MB")
+        6.0, gt=0, validation_alias=_env("SAGEMAKER_MAX_PAYLOAD_IN_MB")
     )
     max_concurrent_transforms: int | None = Field(
-        None, ge=1, validation_alias=_env("max_concurrent_transforms", "MAINSAIL_MAX_CONCURRENT_TRANSFORMS")
+        None, ge=1, validation_alias=_env("MAINSAIL_MAX_CONCURRENT_TRANSFORMS")
     )
     batch_strategy: Literal["MULTI_RECORD", "SINGLE_RECORD"] = Field(
-        "MULTI_RECORD", validation_alias=_env("batch_strategy", "MAINSAIL_BATCH_STRATEGY")
+        "MULTI_RECORD", validation_alias=_env("MAINSAIL_BATCH_STRATEGY")
     )
     install_requirements: bool = Field(
-        True, validation_alias=_env("install_requirements", "MAINSAIL_INSTALL_REQUIREMENTS")
+        True, validation_alias=_env("MAINSAIL_INSTALL_REQUIREMENTS")
     )
-    reload: bool = Field(False, validation_alias=_env("reload", "MAINSAIL_RELOAD"))
-    framework: Framework = Field("auto", validation_alias=_env("framework", "MAINSAIL_FRAMEWORK"))
+    reload: bool = Field(False, validation_alias=_env("MAINSAIL_RELOAD"))
+    framework: Framework = Field("auto", validation_alias=_env("MAINSAIL_FRAMEWORK"))
     """Which framework container's default handler functions a script falls back to."""
-    predict_threads: int = Field(4, ge=1, validation_alias=_env("predict_threads", "MAINSAIL_PREDICT_THREADS"))
+    predict_threads: int = Field(4, ge=1, validation_alias=_env("MAINSAIL_PREDICT_THREADS"))
     """Threads per worker that run model code (the event loop never does)."""
-    home: Path = Field(default_factory=default_home, validation_alias=_env("home", "MAINSAIL_HOME"))
-    model_name: str = Field("model", validation_alias=_env("model_name", "MAINSAIL_MODEL_NAME"))
+    home: Path = Field(default_factory=default_home, validation_alias=_env("MAINSAIL_HOME"))
+    model_name: str = Field("model", validation_alias=_env("MAINSAIL_MODEL_NAME"))
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -80,7 +80,8 @@ def _read_rows(text: str) -> list[list[str]]:
             start_line = reader.line_num + 1
     except _csv.Error as exc:
         raise BadRequest(
-            f"malformed CSV at line {reader.line_num} (record {len(rows) + 1}, starting at line {start_line}): {exc}"
+            f"malformed CSV at line {reader.line_num} "
+            f"(record {len(rows) + 1}, starting at line {start_line}): {exc}"
         ) from None
     return rows
 

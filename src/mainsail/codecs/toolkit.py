@@ -91,7 +91,8 @@ def decode_csv(text: str) -> np.ndarray:
         try:
             return np.genfromtxt(io.StringIO(text), delimiter=",")
         except ValueError as exc:
-            raise BadRequest(f"CSV body cannot be read as a numeric array: {exc}") from None
+            detail = " ".join(str(exc).replace("Some errors were detected !", "").split())
+            raise BadRequest(f"CSV body cannot be read as a numeric array: {detail}") from None
 
 
 def decode_npy(data: bytes) -> np.ndarray:

@@ -110,6 +110,14 @@ def prepare_pytorch_model(model: Any) -> Any:
 
 def detect_framework(model: Any) -> str:
     """Which container's defaults fit a loaded model, judged by the model's own type."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        return "pytorch"
+    sklearn_base = sys.modules.get("sklearn.base")
+    if sklearn_base is not None and isinstance(model, sklearn_base.BaseEstimator):
+        return "sklearn"
     module = type(model).__module__ or ""
     top = module.split(".", 1)[0]
     if top == "torch":

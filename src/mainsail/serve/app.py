@@ -96,6 +96,7 @@ class Endpoints:
             response = Response(reply.body, status_code=reply.status, headers=reply.headers or None,
                                 media_type=reply.content_type)
         except MainsailError as exc:
+            model_seconds = exc.model_seconds
             if exc.status_code >= 500:
                 logger.error("invocation failed: %s", exc.message, exc_info=exc.__cause__ or False)
             response = error_response(exc)

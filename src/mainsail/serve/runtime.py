@@ -62,10 +62,13 @@ class ModelRuntime:
         started = time.perf_counter()
         try:
             reply = self.handler.invoke(invocation)
-        except MainsailError:
+        except MainsailError as exc:
+            exc.model_seconds = time.perf_counter() - started
             raise
         except Exception as exc:
-            raise ModelError(f"{type(exc).__name__}: {exc}") from exc
+            error = ModelError(f"{type(exc).__name__}: {exc}")
+            error.model_seconds = time.perf_counter() - started
+            raise error from exc
         return reply, time.perf_counter() - started
 
     def close(self) -> None:

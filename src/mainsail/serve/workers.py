@@ -50,8 +50,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def worker_main(settings: ServeSettings, prepared: PreparedModel, extra_paths: list[str],
-                sock: socket.socket, ready: Event) -> None:
-    """Entry point of one worker process: load, then serve on the shared socket until SIGTERM."""
+                sock: socket.socket, loaded: Event, go: Event) -> None:
+    """Entry point of one worker process: load, then serve on the shared socket until SIGTERM.
+
+    After loading it signals ``loaded`` and waits for ``go``: the supervisor first stops answering
+    503 itself, so no connection is ever refused by it once a worker can serve.
+    """
     import uvicorn
 
     from mainsail.errors import MainsailError
@@ -70,30 +74,31 @@ def worker_main(settings: ServeSettings, prepared: PreparedModel, extra_paths: l
     except MainsailError as exc:
         logger.error("worker %d cannot serve: %s", os.getpid(), exc.message)
         sys.exit(EXIT_LOAD_FAILED)
+    loaded.set()
+    while not go.wait(1.0):
+        if os.getppid() == 1:  # the supervisor is gone
+            sys.exit(0)
     app = create_app(runtime, settings, load_on_startup=False)
     config = uvicorn.Config(
         app, loop="uvloop", http="httptools", lifespan="on", access_log=False, log_config=None,
         timeout_keep_alive=75, timeout_graceful_shutdown=int(settings.timeout) + 5,
     )
 
-    class ReadyServer(uvicorn.Server):
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets)
-            ready.set()
-
-    ReadyServer(config).run(sockets=[sock])
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 @dataclass
 class Worker:
     process: BaseProcess
-    ready: Event
+    loaded: Event
+    go: Event
     generation: int
     started: float = field(default_factory=time.monotonic)
 
     @property
     def serving(self) -> bool:
-        return self.process.is_alive() and self.ready.is_set()
+        """Accepting connections, or about to (it was told to go)."""
+        return self.go.is_set() and self.process.is_alive()
 
 
 class Supervisor:
@@ -108,7 +113,6 @@ class Supervisor:
         self._workers: list[Worker] = []
         self._stop = threading.Event()
         self._generation = 0
-        self._ever_ready = False
         self._sock: socket.socket | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -137,13 +141,13 @@ class Supervisor:
 
     def _spawn(self) -> Worker:
         assert self._sock is not None
-        ready = self._ctx.Event()
+        loaded, go = self._ctx.Event(), self._ctx.Event()
         process = self._ctx.Process(
             target=worker_main, name=f"mainsail-worker-{self._generation}",
-            args=(self.settings, self.prepared, self.extra_paths, self._sock, ready),
+            args=(self.settings, self.prepared, self.extra_paths, self._sock, loaded, go),
         )
         process.start()
-        worker = Worker(process, ready, self._generation)
+        worker = Worker(process, loaded, go, self._generation)
         self._workers.append(worker)
         return worker
 
@@ -160,7 +164,6 @@ class Supervisor:
                 self._stop.wait(0.5)
             if self._stop.is_set():
                 break
-            self._ever_ready = self._ever_ready or any(w.serving for w in self._workers)
             for worker in [w for w in self._workers if not w.process.is_alive()]:
                 self._workers.remove(worker)
                 self._forget(worker)
@@ -229,11 +232,17 @@ class Supervisor:
         assert self._sock is not None
         sock = self._sock
         while not self._stop.is_set():
-            if any(w.serving for w in self._workers):
-                self._stop.wait(0.05)
+            workers = list(self._workers)
+            # Only this thread accepts in the supervisor, so releasing workers here guarantees that
+            # the supervisor never answers 503 once one of them may be accepting.
+            for worker in workers:
+                if worker.loaded.is_set() and not worker.go.is_set():
+                    worker.go.set()
+            if any(w.serving for w in workers):
+                self._stop.wait(0.02)
                 continue
             try:
-                readable, _, _ = select.select([sock], [], [], 0.05)
+                readable, _, _ = select.select([sock], [], [], 0.02)
             except (OSError, ValueError):
                 return
             if not readable:
