@@ -1,0 +1,37 @@
+# The two set-up commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed-demo: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[tabular]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed-demo
+
+## demo: build a small model, serve it with `mainsail serve`, send JSON and CSV requests, stop.
+demo: $(VENV)/.installed-demo
+	$(PY) examples/demo.py
+
+## test: install the dev extras and run the whole test suite.
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest
+
+## bench: the serving benchmark; writes docs/benchmarks.md.
+bench: $(VENV)/.installed-dev
+	$(PY) -m bench serve
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .demo build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
