@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -18,31 +16,31 @@ logger = logging.getLogger("mainsail.cli")
 
 @app.command()
 def serve(
-    model: Annotated[Optional[str], typer.Argument(
+    model: Annotated[str | None, typer.Argument(
         help="Model directory or model.tar.gz [env MAINSAIL_MODEL; default /opt/ml/model]")] = None,
-    entry_point: Annotated[Optional[str], typer.Option(
+    entry_point: Annotated[str | None, typer.Option(
         "--entry-point", help="Inference script [env SAGEMAKER_PROGRAM; default inference.py]")] = None,
-    source_dir: Annotated[Optional[str], typer.Option(
+    source_dir: Annotated[str | None, typer.Option(
         "--source-dir", help="Directory or sourcedir.tar.gz holding the script "
         "[env SAGEMAKER_SUBMIT_DIRECTORY; default <model>/code]")] = None,
-    host: Annotated[Optional[str], typer.Option(help="Address to bind [default 127.0.0.1]")] = None,
-    port: Annotated[Optional[int], typer.Option(
+    host: Annotated[str | None, typer.Option(help="Address to bind [default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(
         help="Port [env SAGEMAKER_BIND_TO_PORT; default 8080]")] = None,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         help="Worker processes [env SAGEMAKER_MODEL_SERVER_WORKERS; default: cores]")] = None,
-    timeout: Annotated[Optional[float], typer.Option(
+    timeout: Annotated[float | None, typer.Option(
         help="Seconds per request before 504 [env SAGEMAKER_MODEL_SERVER_TIMEOUT; default 60]")] = None,
-    max_payload_mb: Annotated[Optional[float], typer.Option(
+    max_payload_mb: Annotated[float | None, typer.Option(
         "--max-payload-mb", help="Largest request body [env SAGEMAKER_MAX_PAYLOAD_IN_MB; default 6]")] = None,
-    log_level: Annotated[Optional[str], typer.Option(
+    log_level: Annotated[str | None, typer.Option(
         "--log-level", help="debug/info/warning/error or 10..50 [env SAGEMAKER_CONTAINER_LOG_LEVEL]")] = None,
-    default_accept: Annotated[Optional[str], typer.Option(
+    default_accept: Annotated[str | None, typer.Option(
         "--default-accept",
         help="Type for a missing or */* Accept [env SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT]")] = None,
-    framework: Annotated[Optional[str], typer.Option(
+    framework: Annotated[str | None, typer.Option(
         help="Whose container defaults a script falls back to: auto, generic, sklearn, pytorch, "
         "xgboost [env MAINSAIL_FRAMEWORK; default auto: judged from the loaded model]")] = None,
-    install_requirements: Annotated[Optional[bool], typer.Option(
+    install_requirements: Annotated[bool | None, typer.Option(
         "--install-requirements/--no-install-requirements",
         help="pip-install code/requirements.txt (cached), or only report what is missing")] = None,
     reload: Annotated[bool, typer.Option(
@@ -87,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -28,7 +28,7 @@ def default_home() -> Path:
 class ServeSettings(BaseSettings):
     """Everything one ``mainsail serve`` process group needs."""
 
-    model_config = SettingsConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(populate_by_name=True, extra="forbid", frozen=True, env_prefix="MAINSAIL_")
 
     model_path: str = Field("/opt/ml/model", validation_alias=_env("MAINSAIL_MODEL"))
     """Model directory or ``model.tar.gz``."""

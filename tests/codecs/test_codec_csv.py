@@ -118,9 +118,7 @@ def test_decode_unterminated_quote_names_the_line() -> None:
 
 
 def test_decode_stray_quote_names_the_line() -> None:
-    with pytest.raises(
-        BadRequest, match=r"^malformed CSV at line 2 \(record 2, starting at line 2\): .*expected"
-    ):
+    with pytest.raises(BadRequest, match=r"^malformed CSV at line 2 \(record 2, starting at line 2\): .*expected"):
         decode(b'1,2\n3,"4"x\n')
 
 

@@ -89,16 +89,12 @@ def test_nan_infinity_and_big_integers_fall_back_to_the_stdlib() -> None:
 
 
 def test_long_digit_strings_are_kept() -> None:
-    assert decode(b'{"id": "123456789012345678901234567890"}')["id"].tolist() == [
-        "123456789012345678901234567890"
-    ]
+    assert decode(b'{"id": "123456789012345678901234567890"}')["id"].tolist() == ["123456789012345678901234567890"]
 
 
 def test_bom_and_charset() -> None:
     assert decode(b'\xef\xbb\xbf{"a": 1}').to_dict("list") == {"a": [1]}
-    assert decode('{"é": "ü"}'.encode("utf-16"), "application/json; charset=UTF-16").to_dict("list") == {
-        "é": ["ü"]
-    }
+    assert decode('{"é": "ü"}'.encode("utf-16"), "application/json; charset=UTF-16").to_dict("list") == {"é": ["ü"]}
 
 
 @pytest.mark.parametrize("body", [b"", b"   \n\t"])
@@ -126,9 +122,7 @@ def test_invalid_json_names_line_and_column(body: bytes, message: str) -> None:
 
 
 def test_invalid_utf8_names_the_byte_offset() -> None:
-    with pytest.raises(
-        BadRequest, match=r"^body is not valid utf-8: cannot decode byte 0xff at byte offset 7"
-    ):
+    with pytest.raises(BadRequest, match=r"^body is not valid utf-8: cannot decode byte 0xff at byte offset 7"):
         decode(b'{"a": "\xff"}')
 
 
@@ -163,9 +157,7 @@ def test_encode_plain_objects() -> None:
 def test_encode_numpy() -> None:
     assert encode(np.array([[1, 2], [3, 4]])) == b"[[1,2],[3,4]]"
     assert encode(np.array([0.1, np.nan, np.inf], dtype=np.float32)) == b"[0.1,null,null]"
-    assert (
-        encode({"p": np.float32(0.1), "n": np.int64(3), "b": np.bool_(True)}) == b'{"p":0.1,"n":3,"b":true}'
-    )
+    assert encode({"p": np.float32(0.1), "n": np.int64(3), "b": np.bool_(True)}) == b'{"p":0.1,"n":3,"b":true}'
     assert encode(np.arange(6).reshape(2, 3)[:, 1]) == b"[1,4]"  # not contiguous
     assert encode(np.array(["a", "b"])) == b'["a","b"]'
     assert encode(np.array([1, "a", None], dtype=object)) == b'[1,"a",null]'
@@ -198,9 +190,7 @@ def test_encode_datetimes() -> None:
 
 
 def test_encode_unencodable_is_a_model_error() -> None:
-    with pytest.raises(
-        ModelError, match="^cannot encode object as JSON: Type is not JSON serializable: object$"
-    ):
+    with pytest.raises(ModelError, match="^cannot encode object as JSON: Type is not JSON serializable: object$"):
         encode(object())
     with pytest.raises(ModelError, match="^cannot encode list as JSON: Integer exceeds 64-bit range$"):
         encode([2**70])

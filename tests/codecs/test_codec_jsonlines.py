@@ -69,9 +69,7 @@ def test_empty_body(body: bytes) -> None:
 def test_bad_line_is_named() -> None:
     with pytest.raises(BadRequest) as info:
         decode(b'{"a": 1}\n\n{"a": 2,}\n')
-    assert info.value.message == (
-        "invalid JSON at line 3, column 9: Expecting property name enclosed in double quotes"
-    )
+    assert info.value.message == ("invalid JSON at line 3, column 9: Expecting property name enclosed in double quotes")
 
 
 def test_two_values_on_one_line_is_an_error() -> None:

@@ -54,9 +54,7 @@ def test_object_arrays_are_refused() -> None:
     body = save(np.array([1, "a", None], dtype=object), allow_pickle=True)
     with pytest.raises(BadRequest) as info:
         decode(body)
-    assert (
-        info.value.message == "NPY bodies holding object arrays are refused: loading them would unpickle data"
-    )
+    assert info.value.message == "NPY bodies holding object arrays are refused: loading them would unpickle data"
 
 
 def test_raw_pickles_are_refused() -> None:
@@ -83,9 +81,7 @@ def test_huge_shape_in_a_tiny_body_is_refused_before_allocating() -> None:
     header = {"descr": "<f8", "fortran_order": False, "shape": (10**12,)}
     out = io.BytesIO()
     np.lib.format.write_array_header_1_0(out, header)
-    with pytest.raises(
-        BadRequest, match="promises 8000000000000 bytes of data from byte offset 128, but only 0"
-    ):
+    with pytest.raises(BadRequest, match="promises 8000000000000 bytes of data from byte offset 128, but only 0"):
         decode(out.getvalue())
 
 

@@ -20,7 +20,7 @@ FLOATS = st.floats(allow_nan=True, allow_infinity=True)
 # back as NaN, so strings are non-empty; a column whose strings all look like numbers reads back as
 # numbers, so the first string of each column starts with a letter.
 TEXT = st.text(min_size=1, max_size=12)
-SPECIAL = st.sampled_from([",", '"', '""', "\n", "\r\n", "\r", " 1 ", "a,b", 'x"y', "ünï", "\x00", "nan", "1e5"])
+SPECIAL = st.sampled_from([",", '"', '""', "\n", "\r\n", "\r", " 1 ", "a,b", 'x"y', "ünï", "\x00", "nan", "1e5", "-"])
 STRINGS = st.one_of(TEXT, SPECIAL)
 
 

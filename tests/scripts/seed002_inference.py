@@ -1,7 +1,9 @@
 # inference.py - SKLearn 推理脚本
 import os
+
 import joblib
 import numpy as np
+
 
 def model_fn(model_dir):
     """加载模型"""

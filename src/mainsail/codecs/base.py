@@ -207,9 +207,7 @@ class CodecRegistry:
         for raw in types:
             parsed = parse_media_type(raw)
             if parsed is None or "/" not in parsed.type or parsed.is_wildcard:
-                raise ValueError(
-                    f"{type(codec).__name__}.media_types holds {raw!r}; use concrete 'type/subtype' names"
-                )
+                raise ValueError(f"{type(codec).__name__}.media_types holds {raw!r}; use concrete 'type/subtype' names")
             keys.append(parsed.type)
         for key in keys:
             if decode:

@@ -13,11 +13,10 @@ from typing import Any
 from mainsail.codecs.base import MediaType, decode_text
 from mainsail.errors import BadRequest, ModelError
 
-_INT = re.compile(r"[ \t]*[+-]?\d+[ \t]*", re.ASCII)
-_FLOAT = re.compile(
-    r"[ \t]*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|nan|inf|infinity)[ \t]*", re.ASCII | re.IGNORECASE
-)
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# Fields made only of these characters are handed to numpy's int/float parsers (which, like int()
+# and float(), strip spaces and accept "nan", "inf", "infinity" in any case); anything else is text.
+_NOT_INT_ALPHABET = re.compile(r"[^0-9+\- \t]")
+_NOT_FLOAT_ALPHABET = re.compile(r"[^0-9+\-.eE \tnNaAiIfFtTyY]")
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
 
 
@@ -45,20 +44,18 @@ class CsvCodec:
         rows = _read_rows(text)
         import pandas as pd
 
-        width = len(rows[0])
-        columns = {index: _column([row[index] for row in rows]) for index in range(width)}
-        return pd.DataFrame(columns, columns=list(range(width)))
+        columns = {index: _column(values) for index, values in enumerate(zip(*rows, strict=True))}
+        return pd.DataFrame(columns, columns=list(range(len(rows[0]))))
 
     def encode(self, obj: Any, media_type: MediaType) -> bytes:
-        out = io.StringIO()
-        for row in _rows_of(obj):
-            cells = [_format_cell(value) for value in row]
-            if len(cells) == 1 and cells[0] == "":
-                out.write('""\n')  # a bare blank line would be skipped when read back
-            else:
-                out.write(",".join(cells))
-                out.write("\n")
-        return out.getvalue().encode("utf-8")
+        columns = _columns_of(obj)
+        if columns is None:
+            lines = [_join([_format_cell(value) for value in row]) for row in _rows_of(obj)]
+        elif len(columns) == 1:
+            lines = [cell or '""' for cell in columns[0]]
+        else:
+            lines = [",".join(cells) for cells in zip(*columns, strict=True)]
+        return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
 def _read_rows(text: str) -> list[list[str]]:
@@ -80,51 +77,76 @@ def _read_rows(text: str) -> list[list[str]]:
             start_line = reader.line_num + 1
     except _csv.Error as exc:
         raise BadRequest(
-            f"malformed CSV at line {reader.line_num} "
-            f"(record {len(rows) + 1}, starting at line {start_line}): {exc}"
+            f"malformed CSV at line {reader.line_num} (record {len(rows) + 1}, starting at line {start_line}): {exc}"
         ) from None
     return rows
 
 
-def _column(values: list[str]) -> Any:
+def _column(values: tuple[str, ...]) -> Any:
     import numpy as np
 
-    present = [value for value in values if value != ""]
+    present = [value for value in values if value] if "" in values else list(values)
     if not present:
         return np.full(len(values), np.nan)
-    if all(_INT.fullmatch(value) for value in present):
-        ints = [int(value) for value in present]
-        if all(_INT64_MIN <= number <= _INT64_MAX for number in ints):
-            if len(present) == len(values):
-                return np.array(ints, dtype=np.int64)
-            return np.array([float(value) if value else np.nan for value in values], dtype=np.float64)
-        # integers beyond 64 bits stay exact, as strings, rather than silently becoming floats
-    elif all(_FLOAT.fullmatch(value) for value in present):
-        return np.array([float(value) if value else np.nan for value in values], dtype=np.float64)
-    return [value if value else np.nan for value in values]
+    # The alphabet checks keep numpy's parsers to plain ASCII numbers: no "1_000", no non-ASCII digits.
+    joined = " ".join(present)
+    if not _NOT_INT_ALPHABET.search(joined):
+        try:
+            ints = np.array(present, dtype=np.int64)
+        except OverflowError:  # integers beyond 64 bits stay exact, as strings
+            return [value or np.nan for value in values]
+        except ValueError:  # e.g. "--1": no digits-only text is a float either
+            return [value or np.nan for value in values]
+        if len(present) == len(values):
+            return ints
+    if not _NOT_FLOAT_ALPHABET.search(joined):
+        try:
+            return np.array([value or "nan" for value in values], dtype=np.float64)
+        except ValueError:
+            pass
+    return [value or np.nan for value in values]
 
 
-def _rows_of(obj: Any) -> Iterator[Iterable[Any]]:
+def _join(cells: list[str]) -> str:
+    # a lone empty field is written as "" because a blank line would be skipped when read back
+    return '""' if cells == [""] else ",".join(cells)
+
+
+def _columns_of(obj: Any) -> list[list[str]] | None:
+    """The formatted columns of a DataFrame, Series, Index or array; None for other objects."""
     pd = sys.modules.get("pandas")
+    if pd is not None:
+        if isinstance(obj, pd.DataFrame):
+            return [_format_column(series) for _, series in obj.items()]
+        if isinstance(obj, (pd.Series, pd.Index)):
+            return [_format_column(obj)]
     np = sys.modules.get("numpy")
-    if pd is not None and isinstance(obj, pd.DataFrame):
-        yield from obj.itertuples(index=False, name=None)
-        return
-    if pd is not None and isinstance(obj, (pd.Series, pd.Index)):
-        obj = obj.to_numpy()
     if np is not None and isinstance(obj, np.ndarray):
         if obj.ndim > 2:
             raise ModelError(f"cannot encode a {obj.ndim}-D array as text/csv; give at most 2 dimensions")
         if obj.ndim == 2:
-            yield from obj
-        else:
-            for value in obj.reshape(-1):
-                yield (value,)
-        return
+            return [_format_column(obj[:, index]) for index in range(obj.shape[1])]
+        return [_format_column(obj.reshape(-1))]
+    return None
+
+
+def _format_column(values: Any) -> list[str]:
+    import numpy as np
+
+    dtype = values.dtype
+    if isinstance(dtype, np.dtype):  # not a pandas extension dtype, whose missing values need care
+        if dtype.kind in "iub":
+            return [str(value) for value in values.tolist()]
+        if dtype == np.float64:
+            return ["" if value != value else str(value) for value in values.tolist()]
+    return [_format_cell(value) for value in values]
+
+
+def _rows_of(obj: Any) -> Iterator[Iterable[Any]]:
+    np = sys.modules.get("numpy")
     if isinstance(obj, dict):
         yield obj.values()
-        return
-    if isinstance(obj, (list, tuple)):
+    elif isinstance(obj, (list, tuple)):
         for item in obj:
             if isinstance(item, dict):
                 yield item.values()
@@ -132,11 +154,10 @@ def _rows_of(obj: Any) -> Iterator[Iterable[Any]]:
                 yield item
             else:
                 yield (item,)
-        return
-    if isinstance(obj, (str, bytes, int, float)) or (np is not None and isinstance(obj, np.generic)):
+    elif isinstance(obj, (str, bytes, int, float)) or (np is not None and isinstance(obj, np.generic)):
         yield (obj,)
-        return
-    raise ModelError(f"cannot encode {type(obj).__name__} as text/csv")
+    else:
+        raise ModelError(f"cannot encode {type(obj).__name__} as text/csv")
 
 
 def _format_cell(value: Any) -> str:

@@ -146,9 +146,7 @@ def records_to_frame(
         width = len(records[0])
         for index, record in enumerate(records):
             if len(record) != width:
-                raise BadRequest(
-                    f"{label(index)} has {len(record)} value(s); expected {width} like {label(0)}"
-                )
+                raise BadRequest(f"{label(index)} has {len(record)} value(s); expected {width} like {label(0)}")
     elif first == "a scalar":
         return pd.DataFrame([list(records)]) if scalars_as_row else pd.DataFrame({0: list(records)})
     return pd.DataFrame(list(records))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from typing import Any
 
@@ -40,12 +41,18 @@ def media_type_of(content_type: str | None) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
+_LONG_DIGITS = re.compile(r"\d{19,}")
+
+
 def _json_loads(text: str | bytes) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        pass
-    # orjson refuses NaN/Infinity literals and integers beyond 64 bits; the stdlib accepts them.
+    # orjson turns integers beyond 64 bits into floats (the stdlib keeps them exact) and refuses
+    # NaN/Infinity literals (the stdlib accepts them): those bodies take the stdlib's path.
+    long_digits = _LONG_DIGITS.search(text if isinstance(text, str) else text.decode("latin-1"))
+    if long_digits is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -89,7 +96,8 @@ def decode_csv(text: str) -> np.ndarray:
         # genfromtxt warns on an empty body; the toolkit returns the empty array it gives.
         warnings.simplefilter("ignore", UserWarning)
         try:
-            return np.genfromtxt(io.StringIO(text), delimiter=",")
+            array: np.ndarray = np.genfromtxt(io.StringIO(text), delimiter=",")
+            return array
         except ValueError as exc:
             detail = " ".join(str(exc).replace("Some errors were detected !", "").split())
             raise BadRequest(f"CSV body cannot be read as a numeric array: {detail}") from None
@@ -97,7 +105,8 @@ def decode_csv(text: str) -> np.ndarray:
 
 def decode_npy(data: bytes) -> np.ndarray:
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        array: np.ndarray = np.load(io.BytesIO(data), allow_pickle=False)
+        return array
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise BadRequest("NPY bodies holding pickled objects are refused") from None

@@ -7,8 +7,9 @@ the PyTorch toolkit's tensor conversion with ``model(data)`` under ``no_grad``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -79,10 +80,8 @@ def _pytorch_defaults() -> Defaults:
     def input_fn(data: Any, content_type: str) -> Any:
         array = toolkit.decode(data, content_type)
         if toolkit.media_type_of(content_type) in toolkit.UTF8_TYPES:
-            tensor = torch.FloatTensor(array)
-        else:
-            tensor = torch.from_numpy(array)
-        return tensor.to(device)
+            return torch.FloatTensor(array).to(device)
+        return torch.from_numpy(array).to(device)
 
     def predict_fn(data: Any, model: Any) -> Any:
         with torch.no_grad():
@@ -147,7 +146,7 @@ def default_model_fn(model_dir: str, framework: str) -> Any:
     if framework in ("pytorch", "auto") and os.path.exists(path):
         import torch
 
-        return torch.jit.load(path, map_location="cpu")
+        return torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
     raise HandlerError(
         "Please provide a model_fn implementation: the script defines no model_fn "
         f"and no default applies to {model_dir}"

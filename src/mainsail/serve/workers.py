@@ -201,7 +201,7 @@ class Supervisor:
         try:
             from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(worker.process.pid)
+            multiprocess.mark_process_dead(worker.process.pid)  # type: ignore[no-untyped-call]
         except Exception:  # pragma: no cover - metrics cleanup must never stop supervision
             logger.debug("could not mark pid %s dead for metrics", worker.process.pid, exc_info=True)
 
