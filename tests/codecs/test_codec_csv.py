@@ -144,6 +144,8 @@ def test_encode_float_precision() -> None:
     values = [0.1, 1 / 3, 1e-7, 1e22, 2.0, -0.0, np.inf]
     assert encode(np.array(values)) == b"".join(f"{v!s}\n".encode() for v in values)
     assert encode(np.array([0.1, 2.5], dtype=np.float32)) == b"0.1\n2.5\n"
+    assert encode(pd.DataFrame({"a": np.array([0.1, np.nan], dtype=np.float32), "b": [1, 2]})) == b"0.1,1\n,2\n"
+    assert encode(np.array([[0.1, 1.5]], dtype=np.float16)) == b"0.1,1.5\n"
     assert [float(line) for line in encode(values).splitlines()] == values
 
 

@@ -51,6 +51,14 @@ def test_media_type_params_are_read_only() -> None:
         parsed.params["charset"] = "latin-1"  # type: ignore[index]
 
 
+def test_media_types_are_hashable_and_compare_by_value() -> None:
+    first = parse_media_type("text/csv; charset=utf-8; a=b")
+    second = parse_media_type("TEXT/CSV;a=b;CHARSET=utf-8")
+    assert first == second and hash(first) == hash(second)
+    assert first != parse_media_type("text/csv")
+    assert {first, second} == {first}
+
+
 def test_matches_wildcards() -> None:
     assert MediaType("*/*").matches("text/csv")
     assert MediaType("application/*").matches("application/json")

@@ -203,3 +203,12 @@ def test_decode_only_and_encode_only_registration() -> None:
 def test_register_validates_media_types(types: tuple[str, ...], fix: str) -> None:
     with pytest.raises(ValueError, match=re.escape(fix)):
         CodecRegistry().register(EchoCodec(*types))
+
+
+def test_decode_accepts_the_str_an_input_fn_receives() -> None:
+    from mainsail.codecs import default_registry
+
+    frame = default_registry().decode('{"a": 1, "b": "x"}', "application/json; charset=latin-1")
+    assert frame.to_dict(orient="records") == [{"a": 1, "b": "x"}]
+    frame = default_registry().decode("1,é\n", "text/csv")
+    assert frame.iloc[0].tolist() == [1, "é"]

@@ -28,6 +28,9 @@ class MediaType:
     type: str
     params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
+    def __hash__(self) -> int:  # params is a read-only mapping, which is not hashable itself
+        return hash((self.type, tuple(sorted(self.params.items()))))
+
     @property
     def charset(self) -> str:
         return self.params.get("charset", "utf-8")
@@ -180,6 +183,14 @@ class Codec(Protocol):
     def encode(self, obj: Any, media_type: MediaType) -> bytes: ...
 
 
+def _without_charset(content_type: str | None) -> str | None:
+    # A str body is already text: re-encoded as UTF-8, any declared charset no longer applies.
+    if content_type is None:
+        return None
+    kept = [p for p in content_type.split(";") if not p.strip().lower().startswith("charset")]
+    return ";".join(kept)
+
+
 class CodecRegistry:
     """Maps media types to codecs, for decoding request bodies and encoding responses.
 
@@ -227,12 +238,16 @@ class CodecRegistry:
         """Every media type a response may be encoded as, in registration order."""
         return list(self._encoders)
 
-    def decode(self, body: bytes, content_type: str | None) -> Any:
+    def decode(self, body: bytes | str, content_type: str | None) -> Any:
         """Decode ``body`` with the codec registered for ``content_type`` (case and parameters aside).
 
-        Raises ``UnsupportedContentType`` when the type is missing or unknown, and lets the codec's
+        ``body`` may also be the ``str`` a script's ``input_fn`` receives for JSON and CSV. Raises
+        ``UnsupportedContentType`` when the type is missing or unknown, and lets the codec's
         ``BadRequest`` through for a malformed body.
         """
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+            content_type = _without_charset(content_type)
         media_type = parse_media_type(content_type)
         codec = self._decoders.get(media_type.type) if media_type is not None else None
         if media_type is None or codec is None:

@@ -93,9 +93,9 @@ def _column(values: tuple[str, ...]) -> Any:
     if not _NOT_INT_ALPHABET.search(joined):
         try:
             ints = np.array(present, dtype=np.int64)
-        except OverflowError:  # integers beyond 64 bits stay exact, as strings
-            return [value or np.nan for value in values]
-        except ValueError:  # e.g. "--1": no digits-only text is a float either
+        except (OverflowError, ValueError):
+            # integers beyond 64 bits stay exact, as strings; and text like "--1" made only of digits
+            # and signs is no float either
             return [value or np.nan for value in values]
         if len(present) == len(values):
             return ints
@@ -139,6 +139,8 @@ def _format_column(values: Any) -> list[str]:
             return [str(value) for value in values.tolist()]
         if dtype == np.float64:
             return ["" if value != value else str(value) for value in values.tolist()]
+        if dtype.kind == "f":  # numpy scalars keep their own shortest form: float32 0.1 is "0.1"
+            return [_format_cell(value) for value in np.asarray(values)]
     return [_format_cell(value) for value in values]
 
 

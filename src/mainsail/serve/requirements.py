@@ -1,7 +1,7 @@
 """A script's ``requirements.txt``, installed as the framework containers do, but cached.
 
-Packages go into ``<home>/requirements/<hash of the file>``, a directory put on ``sys.path``, so the
-environment mainsail runs in is never modified and a second start installs nothing.
+Packages go into ``<home>/requirements/<hash of the file>``, a directory appended to ``sys.path``, so
+the environment mainsail runs in is never modified and a second start installs nothing.
 """
 
 from __future__ import annotations
@@ -53,6 +53,12 @@ def install_requirements(requirements: Path, cache_root: Path) -> Path:
     if (target / ".mainsail-complete").exists():
         return target
     missing = missing_requirements(requirements)
+    conflicts = [m for m in missing if "(installed:" in m]
+    if conflicts:
+        # The directory goes at the end of sys.path: what the serving environment already has wins,
+        # so a script never gets a second numpy (or torch) with a different binary interface.
+        logger.warning("%s asks for versions other than those installed; the installed ones are used: %s",
+                       requirements, "; ".join(conflicts))
     cache_root.mkdir(parents=True, exist_ok=True)
     if not missing:
         target.mkdir(exist_ok=True)
