@@ -1,0 +1,63 @@
+"""``python -m bench serve [--duration S] [--quick] [--out docs/benchmarks.md]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+# One thread of native compute for the in-process floor, as for every server (set before numpy loads).
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bench.report import milestone_checks, render_serve_section, results_table, write_section
+    from bench.serve import run_serve_benchmark
+
+    command = "python -m bench " + shlex.join(sys.argv[1:])
+    bench = run_serve_benchmark(duration_s=args.duration, warmup_s=args.warmup, rounds=args.rounds,
+                                quick=args.quick, workers=args.workers, command=command,
+                                log=lambda line: print(line, file=sys.stderr, flush=True))
+    print()
+    print(results_table(bench))
+    print()
+    for check in milestone_checks(bench):
+        print(f"{check.name}: {check.measured} (target {check.target}): {check.verdict.strip('*')}")
+    write_section(args.out, "serve", render_serve_section(bench))
+    print(f"\nwrote the serve section of {args.out} ({bench.wall_s:.0f} s in all)")
+    errors = sum(m.result.errors for m in bench.measurements)
+    if errors:
+        print(f"{errors} requests failed: see the per-round table", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="mainsail serve vs Flask + gunicorn vs the in-process floor")
+    serve.add_argument("--duration", type=float, default=5.0, help="seconds measured per cell (default 5)")
+    serve.add_argument("--warmup", type=float, default=None,
+                       help="seconds of discarded warm-up per cell (default 1; 0.3 with --quick)")
+    serve.add_argument("--rounds", type=int, default=3,
+                       help="interleaved rounds; the table shows medians (default 3; 1 with --quick)")
+    serve.add_argument("--quick", action="store_true", help="a smoke run: one round of 1 s per cell")
+    serve.add_argument("--workers", type=int, default=2, help="worker processes per server (default 2)")
+    serve.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                       help="markdown file to update (default docs/benchmarks.md)")
+    serve.set_defaults(func=_serve)
+    args = parser.parse_args(argv)
+    # A SIGTERM unwinds like Ctrl-C, so the servers this started are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.duration <= 0 or args.rounds < 1 or (args.warmup is not None and args.warmup < 0):
+        parser.error("--duration must be positive, --rounds at least 1, --warmup not negative")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
