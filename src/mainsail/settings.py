@@ -69,7 +69,7 @@ class ServeSettings(BaseSettings):
     reload: bool = Field(False, validation_alias=_env("MAINSAIL_RELOAD"))
     framework: Framework = Field("auto", validation_alias=_env("MAINSAIL_FRAMEWORK"))
     """Which framework container's default handler functions a script falls back to."""
-    predict_threads: int = Field(4, ge=1, validation_alias=_env("MAINSAIL_PREDICT_THREADS"))
+    predict_threads: int = Field(2, ge=1, validation_alias=_env("MAINSAIL_PREDICT_THREADS"))
     """Threads per worker that run model code (the event loop never does)."""
     home: Path = Field(default_factory=default_home, validation_alias=_env("MAINSAIL_HOME"))
     model_name: str = Field("model", validation_alias=_env("MAINSAIL_MODEL_NAME"))

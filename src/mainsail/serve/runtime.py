@@ -20,7 +20,7 @@ class ModelRuntime:
     cannot be killed), so the worker keeps serving with the remaining threads.
     """
 
-    def __init__(self, handler: Handler, *, timeout_s: float | None = 60.0, threads: int = 4) -> None:
+    def __init__(self, handler: Handler, *, timeout_s: float | None = 60.0, threads: int = 2) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         if timeout_s is not None and timeout_s <= 0:

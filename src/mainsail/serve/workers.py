@@ -1,14 +1,17 @@
 """N worker processes serving one port, supervised.
 
-The supervisor binds the socket, then starts workers that share it. A worker loads the model
-*before* it accepts connections, so a request never reaches a worker that cannot answer it; while
-no worker is ready (start-up, reload, all crashed) the supervisor itself answers every connection
-with 503, so ``/ping`` always tells the truth. A worker that dies is replaced; SIGTERM drains
+Each worker loads the model, then opens its *own* listening socket on the shared address with
+``SO_REUSEPORT``, so the kernel spreads new connections evenly over the workers that can serve (a
+shared accept queue lets one worker grab a whole burst of keep-alive connections and leave the other
+idle). While no worker is serving (start-up, reload, all crashed) the supervisor holds a listener on
+the address and answers every connection with 503, so ``/ping`` always tells the truth; it closes
+that listener before it lets a loaded worker start. A worker that dies is replaced; SIGTERM drains
 in-flight requests in every worker before the supervisor exits.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -39,22 +42,27 @@ EXIT_LOAD_FAILED = 3
 _NOT_READY_BODY = orjson.dumps({"error": "ModelNotReady", "message": "no worker has loaded the model yet"})
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``(host, port)`` that other processes of this user can share."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
 def worker_main(settings: ServeSettings, prepared: PreparedModel, extra_paths: list[str],
-                sock: socket.socket, loaded: Event, go: Event) -> None:
-    """Entry point of one worker process: load, then serve on the shared socket until SIGTERM.
+                address: tuple[str, int], loaded: Event, go: Event) -> None:
+    """Entry point of one worker process: load, listen, then serve until SIGTERM.
 
-    After loading it signals ``loaded`` and waits for ``go``: the supervisor first stops answering
-    503 itself, so no connection is ever refused by it once a worker can serve.
+    After loading it opens its listener (connections queue there), signals ``loaded`` and waits for
+    ``go``: the supervisor first stops answering 503 itself.
     """
     import uvicorn
 
@@ -74,6 +82,11 @@ def worker_main(settings: ServeSettings, prepared: PreparedModel, extra_paths: l
     except MainsailError as exc:
         logger.error("worker %d cannot serve: %s", os.getpid(), exc.message)
         sys.exit(EXIT_LOAD_FAILED)
+    # What is alive now (modules, the model) lives as long as the worker: keep it out of the
+    # collector's generations, so full collections stay short and do not stall requests.
+    gc.collect()
+    gc.freeze()
+    sock = listen_socket(*address)
     loaded.set()
     while not go.wait(1.0):
         if os.getppid() == 1:  # the supervisor is gone
@@ -113,18 +126,21 @@ class Supervisor:
         self._workers: list[Worker] = []
         self._stop = threading.Event()
         self._generation = 0
-        self._sock: socket.socket | None = None
+        self._listener: socket.socket | None = None
+        self._listener_lock = threading.Lock()
+        self.address: tuple[str, int] = (settings.host, settings.port)
 
     # -- life cycle -------------------------------------------------------------------------
     def run(self) -> int:
-        sock = self._sock = bind_socket(self.settings.host, self.settings.port)
+        self._listener = listen_socket(self.settings.host, self.settings.port)
+        host, port = self._listener.getsockname()[:2]
+        self.address = (self.settings.host, port)
         metrics_dir = tempfile.mkdtemp(prefix="mainsail-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         responder = threading.Thread(target=self._answer_while_unready, name="mainsail-503", daemon=True)
         responder.start()
-        host, port = sock.getsockname()[:2]
         logger.info("mainsail serving %s on http://%s:%d with %d worker(s)",
                     self.prepared.script or self.prepared.model_dir, host, port, self.settings.workers)
         try:
@@ -132,7 +148,7 @@ class Supervisor:
         finally:
             self._shutdown()
             shutil.rmtree(metrics_dir, ignore_errors=True)
-            sock.close()
+            self._close_listener()
         return code
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -140,11 +156,10 @@ class Supervisor:
         self._stop.set()
 
     def _spawn(self) -> Worker:
-        assert self._sock is not None
         loaded, go = self._ctx.Event(), self._ctx.Event()
         process = self._ctx.Process(
             target=worker_main, name=f"mainsail-worker-{self._generation}",
-            args=(self.settings, self.prepared, self.extra_paths, self._sock, loaded, go),
+            args=(self.settings, self.prepared, self.extra_paths, self.address, loaded, go),
         )
         process.start()
         worker = Worker(process, loaded, go, self._generation)
@@ -229,31 +244,57 @@ class Supervisor:
 
     # -- the 503 responder ------------------------------------------------------------------
     def _answer_while_unready(self) -> None:
-        assert self._sock is not None
-        sock = self._sock
         while not self._stop.is_set():
             workers = list(self._workers)
-            # Only this thread accepts in the supervisor, so releasing workers here guarantees that
-            # the supervisor never answers 503 once one of them may be accepting.
-            for worker in workers:
-                if worker.loaded.is_set() and not worker.go.is_set():
+            loaded = [w for w in workers if w.loaded.is_set() and not w.go.is_set()]
+            if loaded:
+                # Only this thread accepts in the supervisor: once its listener is closed, every
+                # new connection goes to a worker that has the model.
+                self._close_listener()
+                for worker in loaded:
                     worker.go.set()
             if any(w.serving for w in workers):
                 self._stop.wait(0.02)
                 continue
-            try:
-                readable, _, _ = select.select([sock], [], [], 0.02)
-            except (OSError, ValueError):
-                return
-            if not readable:
+            listener = self._ensure_listener()
+            if listener is None:
+                self._stop.wait(0.2)
                 continue
             try:
-                conn, _ = sock.accept()
+                readable, _, _ = select.select([listener], [], [], 0.02)
+                if readable:
+                    conn, _ = listener.accept()
+                    threading.Thread(target=_answer_503, args=(conn,), daemon=True).start()
             except (BlockingIOError, InterruptedError):
                 continue
+            except (OSError, ValueError):
+                if self._stop.is_set():
+                    return
+
+    def _ensure_listener(self) -> socket.socket | None:
+        with self._listener_lock:
+            if self._listener is None:
+                try:
+                    self._listener = listen_socket(*self.address)
+                except OSError as exc:
+                    logger.error("cannot listen on %s:%d: %s", *self.address, exc)
+            return self._listener
+
+    def _close_listener(self) -> None:
+        with self._listener_lock:
+            listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        # Answer what already waits in its queue (closing would reset those connections).
+        listener.setblocking(False)
+        while True:
+            try:
+                conn, _ = listener.accept()
             except OSError:
-                return
+                break
+            conn.setblocking(True)
             threading.Thread(target=_answer_503, args=(conn,), daemon=True).start()
+        listener.close()
 
 
 def _answer_503(conn: socket.socket) -> None:
