@@ -113,6 +113,9 @@ def main() -> int:
             ("text/plain", "hello"),
         ]
         for content_type, body in examples:
+            if content_type == "text/plain":
+                print("(this script refuses text/plain: the client gets a JSON error with the message,"
+                      " the server log gets the script's traceback)")
             status, answer = request(url + "/invocations", body.encode(), content_type)
             print(f"POST /invocations  Content-Type: {content_type}")
             print(textwrap.indent(body.strip(), "  > "))
