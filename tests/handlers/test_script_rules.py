@@ -299,3 +299,31 @@ def test_torchscript_model_pt_loads_without_model_fn(tmp_path: Path) -> None:
         r = app.client.post("/invocations", content=b"[1.5, 2.5]", headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
         assert json.loads(r.text) == [2.5, 3.5]
+
+
+def test_a_script_can_ask_for_typed_frames(tmp_path: Path) -> None:
+    handler = handler_for(tmp_path, """
+        from mainsail.codecs import default_registry
+
+        CODECS = default_registry()
+
+        def model_fn(model_dir):
+            return None
+
+        def input_fn(body, content_type):
+            return CODECS.decode(body, content_type)
+
+        def predict_fn(frame, model):
+            return frame.assign(total=frame["a"] * 2, kind=frame["b"].str.upper())
+
+        def output_fn(prediction, accept):
+            encoded = CODECS.encode(prediction, accept)
+            return encoded.body, encoded.content_type
+    """)
+    with live_app(handler) as app:
+        r = app.client.post("/invocations", content=b'{"instances": [{"a": 1, "b": "x,y"}, {"a": 2, "b": "z"}]}',
+                            headers={"content-type": "application/json", "accept": "text/csv"})
+        assert r.status_code == 200, r.text
+        assert r.text == '1,"x,y",2,"X,Y"\n2,z,4,Z\n'
+        r = app.client.post("/invocations", content=b'1,"q"\n', headers={"content-type": "text/csv"})
+        assert r.status_code == 500  # no column "a" in a header-less CSV: the script's own KeyError
