@@ -71,7 +71,7 @@ def test_unsupported_accept_is_415(app: LiveApp) -> None:
 
 
 def test_invalid_json_is_400_saying_where(app: LiveApp) -> None:
-    assert_error_then_ok(app, 400, "BadRequest", contains="line 1 column 5",
+    assert_error_then_ok(app, 400, "BadRequest", contains="line 1, column 5",
                          content=b"[[1,", headers={"content-type": "application/json"})
 
 

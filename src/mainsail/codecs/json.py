@@ -16,8 +16,10 @@ from mainsail.errors import BadRequest, ModelError
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 # orjson silently turns integers beyond 64 bits into floats; bodies with such long digit runs go
 # to the stdlib parser, which keeps them exact (a long digit run inside a string costs only speed).
-_LONG_DIGITS = re.compile(rb"\d{20,}")
-_LONG_DIGITS_TEXT = re.compile(r"\d{20,}", re.ASCII)
+_LONG_DIGITS = re.compile(rb"\d{19,}")
+# orjson turns integers outside the 64-bit range (from -2**63-1, 19 digits) into floats; the stdlib
+# keeps them exact, so bodies with such digit runs take its path.
+_LONG_DIGITS_TEXT = re.compile(r"\d{19,}", re.ASCII)
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _UTF8_NAMES = {"utf-8", "utf8", "utf_8"}
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import warnings
 from typing import Any
 
 import numpy as np
 import orjson
 
+from mainsail.codecs.json import bad_json, loads_value
 from mainsail.errors import BadRequest, UnsupportedAccept, UnsupportedContentType
 
 JSON = "application/json"
@@ -41,24 +41,13 @@ def media_type_of(content_type: str | None) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-_LONG_DIGITS = re.compile(r"\d{19,}")
-
-
 def _json_loads(text: str | bytes) -> Any:
-    # orjson turns integers beyond 64 bits into floats (the stdlib keeps them exact) and refuses
-    # NaN/Infinity literals (the stdlib accepts them): those bodies take the stdlib's path.
-    long_digits = _LONG_DIGITS.search(text if isinstance(text, str) else text.decode("latin-1"))
-    if long_digits is None:
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            pass
     try:
-        return json.loads(text)
+        return loads_value(text if isinstance(text, str) else text.decode("utf-8"))
     except json.JSONDecodeError as exc:
-        raise BadRequest(
-            f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+        raise bad_json(exc) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
 
 
 def decode_json(text: str | bytes) -> np.ndarray:
