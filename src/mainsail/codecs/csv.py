@@ -188,3 +188,20 @@ def _format_other(value: Any) -> str:
     if pd is not None and (value is pd.NA or value is pd.NaT):
         return ""
     return str(value)
+
+
+def decode_record(text: str) -> list[Any] | None:
+    """One CSV record typed field by field exactly as ``CsvCodec.decode`` types a one-row body.
+
+    Returns None when ``text`` holds more than one record. The single-record fast paths use it to
+    skip pandas while reading every value the way the batch path would.
+    """
+    rows = _read_rows(text)
+    if len(rows) != 1:
+        return None
+    typed: list[Any] = []
+    for field in rows[0]:
+        column = _column((field,))
+        value = column[0]
+        typed.append(value.item() if hasattr(value, "item") else value)
+    return typed
