@@ -1,4 +1,4 @@
-"""Handlers turn an invocation into a reply: user scripts, and (later) built-in model handlers."""
+"""Handlers turn an invocation into a reply: user scripts and the built-in model handlers."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ def build_handler(model_path: Path, script: Path | None, *, framework: str = "au
     """The handler for a prepared model: its script if it has one, else a built-in handler."""
     if script is not None:
         return ScriptHandler(script, model_path, framework=framework, model_name=model_name)
+    from mainsail.handlers.tabular import TabularHandler, find_model_file
+
+    if model_path.is_dir() and find_model_file(model_path) is not None:
+        return TabularHandler(model_path)
     files = sorted(p.name for p in model_path.iterdir())[:20] if model_path.is_dir() else []
     raise ModelLoadError(
         f"no inference script (looked for code/inference.py in {model_path}; set --entry-point "

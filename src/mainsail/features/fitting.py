@@ -1,0 +1,200 @@
+"""Fitting the preprocessing artifacts of a tabular model directory from a training DataFrame.
+
+``fit_risk_tables`` and ``fit_imputation`` produce exactly what the reference training pipeline's
+inline fitting writes to ``risk_table_map.pkl`` and ``impute_dict.pkl``; ``transform_features``
+applies fitted artifacts with the serving rule (``mainsail.features.tabular``), so a model trained
+on its output sees the same numbers in training and in serving. Everything is vectorized per
+column (one pandas groupby or reduction), never a Python loop per row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
+
+import numpy as np
+
+
+class RiskTableArtifact(TypedDict):
+    """One column's entry of ``risk_table_map.pkl``: ``str(category) -> risk``, and the fallback."""
+
+    bins: dict[str, float]
+    default_bin: float
+
+
+def _require_frame(frame: Any) -> None:
+    import pandas as pd
+
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
+
+
+def _column_names(columns: Sequence[str], what: str) -> list[str]:
+    if isinstance(columns, str):
+        raise TypeError(f"{what} must be a sequence of column names, not one string: use [{columns!r}]")
+    names = list(columns)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"{what} must hold column names (str), got {name!r}")
+    duplicates = sorted(name for name, n in Counter(names).items() if n > 1)
+    if duplicates:
+        raise ValueError(f"{what} names a column more than once: {', '.join(duplicates)}")
+    return names
+
+
+def _require_columns(frame: Any, names: Sequence[str], what: str) -> None:
+    missing = [name for name in names if name not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} not in the frame: {', '.join(map(repr, missing))}")
+
+
+def labelled_rows(frame: Any, label: str) -> Any:
+    """The boolean mask (a Series) of rows whose label counts for fitting: not NaN and not -1.
+
+    Raises ``ValueError`` when the label column is absent, a kept label is not 0 or 1, or no row
+    is kept. The reference fitting steps drop the same rows (``-1`` marks "unlabelled").
+    """
+    _require_frame(frame)
+    if not isinstance(label, str):
+        raise TypeError(f"label must be a column name (str), got {label!r}")
+    _require_columns(frame, [label], "label column")
+    series = frame[label]
+    with np.errstate(invalid="ignore"):
+        keep = series.notna() & (series != -1)
+    try:
+        values = series[keep].astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"label column {label!r} must hold 0/1 (or -1/NaN for unlabelled rows)") from None
+    if not values.isin((0.0, 1.0)).all():
+        bad = sorted(set(values[~values.isin((0.0, 1.0))].tolist()))[:5]
+        raise ValueError(f"label column {label!r} must be binary 0/1 (-1/NaN rows are dropped), found {bad}")
+    if not keep.any():
+        raise ValueError(f"label column {label!r} has no labelled row (all are -1 or NaN)")
+    return keep
+
+
+def fit_risk_tables(
+    frame: Any,
+    label: str,
+    columns: Sequence[str],
+    *,
+    smooth_factor: float = 0.0,
+    count_threshold: int = 0,
+) -> dict[str, RiskTableArtifact]:
+    """Fit one risk table per categorical column, in the shape the reference's inline fitting writes.
+
+    Rows whose ``label`` is -1 or NaN are dropped (the label must be binary 0/1 otherwise). Over
+    the ``n`` rows kept: ``default = mean(label)``, ``s = int(n * smooth_factor)``. Per column, each
+    non-missing category (keyed by ``str(value)``, as the handler looks values up; values whose
+    strings coincide, such as ``3`` and ``"3"`` in an object column, form one category) with
+    ``count`` rows of which ``n_pos`` are positive gets ``risk = n_pos / count`` and
+    ``bin = (count * risk + s * default) / (count + s)`` if ``count >= count_threshold``, else
+    ``default``. Missing categories (None/NaN) get no bin, so they map to ``default_bin``.
+
+    ``default`` and ``s`` come from all labelled rows, as in the reference pipeline's risk-table
+    step (its inline training processor instead also drops, per column, the rows where that column
+    is missing, which changes ``default`` and ``s`` for columns with missing values).
+
+    Returns ``{column: {"bins": {str: float}, "default_bin": float}}`` with Python floats.
+    Raises ``TypeError``/``ValueError`` for a non-DataFrame, absent columns, the label among
+    ``columns``, a non-binary label, ``smooth_factor`` outside [0, 1] or a negative
+    ``count_threshold``.
+    """
+    _require_frame(frame)
+    names = _column_names(columns, "columns")
+    if isinstance(smooth_factor, bool) or not isinstance(smooth_factor, int | float) \
+            or not 0.0 <= smooth_factor <= 1.0:
+        raise ValueError(f"smooth_factor must be a number within [0, 1], got {smooth_factor!r}")
+    if isinstance(count_threshold, bool) or not isinstance(count_threshold, int) or count_threshold < 0:
+        raise ValueError(f"count_threshold must be an int >= 0, got {count_threshold!r}")
+    keep = labelled_rows(frame, label)
+    if label in names:
+        raise ValueError(f"the label column {label!r} cannot be one of the risk-mapped columns")
+    _require_columns(frame, names, "risk-table columns")
+
+    rows = frame.loc[keep]
+    target = rows[label].astype(np.float64)
+    default = float(target.mean())
+    smooth = int(len(rows) * smooth_factor)
+    tables: dict[str, RiskTableArtifact] = {}
+    for name in names:
+        values = rows[name]
+        present = values.notna().to_numpy()
+        keys = values[present].astype(str).to_numpy()
+        stats = target[present].groupby(keys, sort=True).agg(["sum", "count"])
+        count = stats["count"].to_numpy(dtype=np.float64)
+        risk = stats["sum"].to_numpy(dtype=np.float64) / count
+        # The reference's operations in its order, so the floats are identical.
+        smoothed = (count * risk + smooth * default) / (count + smooth)
+        binned = np.where(count >= count_threshold, smoothed, default)
+        tables[name] = {
+            "bins": dict(zip(map(str, stats.index), map(float, binned.tolist()), strict=True)),
+            "default_bin": default,
+        }
+    return tables
+
+
+def fit_imputation(frame: Any, columns: Sequence[str]) -> dict[str, float]:
+    """Fit ``{column: mean}`` over the non-missing values of each numeric column (``impute_dict.pkl``).
+
+    This is what the reference's inline training writes (one float mean per numeric column). A
+    column that is not of a numeric (or bool) dtype raises ``ValueError`` naming it (convert it
+    with ``pd.to_numeric`` or risk-map it instead); so does a column with no non-missing value
+    or whose mean is not finite. Returns Python floats, in the order of ``columns``.
+    """
+    import pandas as pd
+
+    _require_frame(frame)
+    names = _column_names(columns, "columns")
+    _require_columns(frame, names, "imputation columns")
+    for name in names:
+        dtype = frame[name].dtype
+        if not (pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype)) \
+                or pd.api.types.is_complex_dtype(dtype):
+            raise ValueError(
+                f"column {name!r} has dtype {dtype}, not numeric: imputation needs numbers "
+                "(convert it with pd.to_numeric, or list it as a categorical column to risk-map it)"
+            )
+    if not names:
+        return {}
+    means = frame[names].astype(np.float64).mean(skipna=True)
+    result: dict[str, float] = {}
+    for name in names:
+        value = float(means[name])
+        if math.isnan(value):
+            raise ValueError(f"column {name!r} has no non-missing value to take a mean of")
+        if not math.isfinite(value):
+            raise ValueError(f"column {name!r} has a non-finite mean ({value}): it holds infinities")
+        result[name] = value
+    return result
+
+
+def transform_features(
+    frame: Any,
+    feature_columns: Sequence[str],
+    risk_tables: Mapping[str, Mapping[str, Any]] | None = None,
+    impute_values: Mapping[str, float] | None = None,
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """The ``(N, len(feature_columns))`` float32 matrix the served model sees for ``frame``.
+
+    Applies the artifacts with the tabular handler's own batch rule
+    (``TabularPreprocessor.transform_frame``): risk-mapped columns by ``str(value)`` with the
+    default bin for anything unseen; other columns as numbers (text that is not a number -> 0.0);
+    then missing values take their imputation value. Train on this matrix and the model sees the
+    same numbers in training as behind the endpoint. Raises ``ValueError`` for absent columns or
+    a malformed table.
+    """
+    from mainsail.errors import ModelLoadError
+    from mainsail.features.tabular import RiskTable, TabularPreprocessor
+
+    _require_frame(frame)
+    names = _column_names(feature_columns, "feature_columns")
+    _require_columns(frame, names, "feature columns")
+    try:
+        tables = {col: RiskTable.from_artifact(col, table) for col, table in dict(risk_tables or {}).items()}
+    except ModelLoadError as exc:
+        raise ValueError(exc.message) from None
+    preprocessor = TabularPreprocessor(names, tables, dict(impute_values or {}))
+    return preprocessor.transform_frame(frame)
