@@ -273,3 +273,83 @@ def test_unsupported_accept_is_415(served: tuple[LiveApp, Any]) -> None:
     r = app.client.post("/invocations", content=b"0.1,0.2,0.3,red,1",
                         headers={"content-type": "text/csv", "accept": "application/xml"})
     assert r.status_code == 415
+
+
+@pytest.mark.parametrize("library", ["lightgbm", "sklearn"])
+@pytest.mark.parametrize("classes", [2, 3])
+def test_lightgbm_and_sklearn_models_match_their_own_predict(tmp_path: Path, library: str, classes: int) -> None:
+    frame = synthetic(300, 5)
+    X = np.array([reference_row(r) for r in frame.to_dict(orient="records")])
+    y = (X[:, 0] + X[:, 3] > 0.5).astype(int) if classes == 2 else np.digitize(X[:, 0], [-0.5, 0.5])
+    if library == "lightgbm":
+        import lightgbm
+
+        params = {"objective": "binary" if classes == 2 else "multiclass", "verbose": -1, "num_leaves": 7}
+        if classes > 2:
+            params["num_class"] = classes
+        booster = lightgbm.train(params, lightgbm.Dataset(X, label=y, feature_name=FEATURES), num_boost_round=10)
+        booster.save_model(str(tmp_path / "model.txt"))
+        predict = booster.predict
+    else:
+        import joblib
+        from sklearn.ensemble import RandomForestClassifier
+
+        model = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0).fit(pd.DataFrame(X, columns=FEATURES), y)
+        joblib.dump(model, tmp_path / "model.joblib")
+        predict = model.predict_proba  # type: ignore[assignment]
+    (tmp_path / "risk_table_map.pkl").write_bytes(pickle.dumps(RISK))
+    (tmp_path / "impute_dict.pkl").write_bytes(pickle.dumps(IMPUTE))
+    handler = TabularHandler(tmp_path)  # no feature_columns.txt: the model's own feature names
+    handler.load()
+    records = messy_records(20, 6)
+    reply = handler.invoke(Invocation(json.dumps(records).encode(), "application/json", "application/json"))
+    rows = np.array([reference_row(r) for r in records])
+    if library == "sklearn":
+        rows = pd.DataFrame(rows, columns=FEATURES)
+    raw = np.asarray(predict(rows))
+    if raw.ndim == 1:
+        raw = np.column_stack([1 - raw, raw])
+    check_json(json.loads(reply.body), raw, raw)
+    single = handler.invoke(Invocation(json.dumps(records[0]).encode(), "application/json", "application/json"))
+    check_json(json.loads(single.body), raw[:1], raw[:1])
+
+
+def test_a_model_without_feature_names_needs_feature_columns(tmp_path: Path) -> None:
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    from mainsail.errors import ModelLoadError
+    from mainsail.serve.runtime import ModelRuntime
+
+    joblib.dump(LogisticRegression().fit(np.eye(4), [0, 1, 0, 1]), tmp_path / "model.joblib")
+    with pytest.raises(ModelLoadError, match="feature_columns.txt is missing"):
+        ModelRuntime(TabularHandler(tmp_path)).load()
+    write_feature_columns(tmp_path / "feature_columns.txt", ["a", "b", "c", "d"])
+    handler = TabularHandler(tmp_path)
+    handler.load()
+    reply = handler.invoke(Invocation(b"1,0,0,0", "text/csv", "text/csv"))
+    assert reply.body.decode().endswith(",class-0\n")
+
+
+def test_a_regression_booster_is_refused_with_a_hint(tmp_path: Path) -> None:
+    import xgboost
+
+    from mainsail.errors import ModelLoadError
+
+    booster = xgboost.train({"objective": "reg:squarederror"}, xgboost.DMatrix(np.eye(3), label=[1, 2, 3]), 2)
+    booster.save_model(str(tmp_path / "xgboost_model.json"))
+    write_feature_columns(tmp_path / "feature_columns.txt", ["a", "b", "c"])
+    with pytest.raises(ModelLoadError, match="reg:squarederror"):
+        TabularHandler(tmp_path).load()
+
+
+def test_a_broken_calibration_serves_raw_scores_for_both(tmp_path: Path) -> None:
+    booster, _ = train_xgboost(tmp_path, 2, None)
+    (tmp_path / "calibration").mkdir()
+    (tmp_path / "calibration" / "calibration_model.pkl").write_bytes(b"not a pickle")
+    handler = TabularHandler(tmp_path)
+    handler.load()
+    record = messy_records(1, 2)[0]
+    body = json.loads(handler.invoke(Invocation(json.dumps(record).encode(), "application/json", "application/json")).body)
+    raw, _ = expected(booster, [record], {}, None)
+    check_json(body, raw, raw)
