@@ -50,8 +50,8 @@ class ServeSettings(BaseSettings):
     )
     """Seconds a request may spend in the model before it is answered 504."""
     log_level: str = Field("info", validation_alias=_env("SAGEMAKER_CONTAINER_LOG_LEVEL"))
-    default_accept: str = Field(
-        "application/json",
+    default_accept: str | None = Field(
+        None,
         validation_alias=_env("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"),
     )
     max_payload_mb: float = Field(

@@ -20,6 +20,10 @@ def build_handler(model_path: Path, script: Path | None, *, framework: str = "au
 
     if model_path.is_dir() and find_model_file(model_path) is not None:
         return TabularHandler(model_path)
+    from mainsail.handlers.xgboost_algorithm import MODEL_FILE, XGBoostAlgorithmHandler
+
+    if (model_path / MODEL_FILE).is_file():
+        return XGBoostAlgorithmHandler(model_path)
     files = sorted(p.name for p in model_path.iterdir())[:20] if model_path.is_dir() else []
     raise ModelLoadError(
         f"no inference script (looked for code/inference.py in {model_path}; set --entry-point "

@@ -74,6 +74,10 @@ class Endpoints:
         self.settings = settings
         self.metrics = metrics
         self.limit = settings.max_payload_bytes
+        # SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT, else the handler's own default (the built-in XGBoost
+        # algorithm's container answers CSV), else JSON.
+        handler_accept: str = getattr(runtime.handler, "default_accept", None) or JSON_TYPE
+        self.default_accept = settings.default_accept or handler_accept
 
     async def ping(self, request: Request) -> Response:
         if self.runtime.ready:
@@ -86,9 +90,9 @@ class Endpoints:
         model_seconds: float | None = None
         try:
             body = await read_body(request, self.limit)
-            accept = request.headers.get("accept")
-            if not accept or accept.strip() == "*/*":
-                accept = self.settings.default_accept
+            accept = request.headers.get("accept") or self.default_accept
+            if accept.strip() == "*/*":
+                accept = self.default_accept
             headers = request.headers
             request_id = next((headers[h] for h in REQUEST_ID_HEADERS if h in headers), None)
             invocation = Invocation(body, _content_type(request), accept, headers, request_id)
