@@ -1,7 +1,9 @@
 """The `make demo` walk-through: build a model, serve it, send requests, print the answers, stop.
 
-Everything runs on embedded defaults: a scikit-learn model trained here on synthetic data, the
-SageMaker-style `code/inference.py` below, and `mainsail serve` on a free loopback port.
+Everything runs on embedded defaults, on free loopback ports: first a scikit-learn model with the
+SageMaker-style `code/inference.py` below; then an XGBoost classifier packaged with
+`mainsail.package` (risk tables, imputation, calibration) and served by the built-in tabular handler
+with no script at all, printing raw (`legacy-score`) and calibrated scores.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo" / "iris-model"
+TABULAR = ROOT / ".demo" / "abuse-model"
 
 INFERENCE_PY = '''\
 # A SageMaker scikit-learn inference script: mainsail runs it unchanged.
@@ -68,16 +71,45 @@ def build_model() -> None:
     print(f"built a scikit-learn iris classifier in {DEMO}")
 
 
+def build_tabular_model() -> None:
+    """An XGBoost classifier with risk tables, imputation and calibration: no inference script."""
+    import numpy as np
+    import pandas as pd
+    import xgboost
+
+    from mainsail.package import fit_and_package
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    frame = pd.DataFrame({
+        "amount": rng.gamma(2.0, 50.0, size=n),
+        "age_days": rng.integers(0, 3650, size=n).astype(float),
+        "payment": rng.choice(["card", "wire", "cash", "voucher"], size=n),
+        "region": rng.choice(["NA", "EU", "FE"], size=n),
+    })
+    frame.loc[rng.random(n) < 0.1, "amount"] = np.nan
+    risk = 0.01 * np.nan_to_num(frame["amount"]) + (frame["payment"] == "voucher") * 1.5
+    frame["is_abuse"] = (risk + rng.normal(size=n) > 1.5).astype(int)
+    fit_and_package(TABULAR, xgboost.XGBClassifier(n_estimators=50, max_depth=4, n_jobs=1), frame,
+                    label="is_abuse", feature_columns=["amount", "age_days", "payment", "region"],
+                    cat_columns=["payment", "region"], calibrate="isotonic", overwrite=True)
+    files = sorted(str(p.relative_to(TABULAR)) for p in TABULAR.rglob("*") if p.is_file())
+    print(f"packaged an XGBoost classifier with mainsail.package in {TABULAR}: {', '.join(files)}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def request(url: str, body: bytes | None = None, content_type: str | None = None) -> tuple[int, str]:
+def request(url: str, body: bytes | None = None, content_type: str | None = None,
+            accept: str | None = None) -> tuple[int, str]:
     req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     if content_type:
         req.add_header("Content-Type", content_type)
+    if accept:
+        req.add_header("Accept", accept)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, resp.read().decode()
@@ -85,13 +117,12 @@ def request(url: str, body: bytes | None = None, content_type: str | None = None
         return err.code, err.read().decode()
 
 
-def main() -> int:
-    build_model()
+def serve(model_dir: Path, examples: list[tuple[str, str, str]]) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mainsail.cli", "serve", str(DEMO), "--port", str(port),
+    cmd = [sys.executable, "-m", "mainsail.cli", "serve", str(model_dir), "--port", str(port),
            "--workers", "2", "--log-level", "warning"]
-    print("$ mainsail serve", DEMO.relative_to(ROOT), "--port", port, "--workers 2")
+    print("\n$ mainsail serve", model_dir.relative_to(ROOT), "--port", port, "--workers 2")
     server = subprocess.Popen(cmd, env={**os.environ})
     try:
         deadline = time.monotonic() + 60
@@ -107,27 +138,45 @@ def main() -> int:
                 return 1
             time.sleep(0.1)
         print(f"GET /ping -> 200 (ready at {url})\n")
-        examples = [
-            ("application/json", json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})),
-            ("text/csv", "5.9,3.0,4.2,1.5\n"),
-            ("text/plain", "hello"),
-        ]
-        for content_type, body in examples:
+        for content_type, accept, body in examples:
             if content_type == "text/plain":
                 print("(this script refuses text/plain: the client gets a JSON error with the message,"
                       " the server log gets the script's traceback)")
-            status, answer = request(url + "/invocations", body.encode(), content_type)
-            print(f"POST /invocations  Content-Type: {content_type}")
+            status, answer = request(url + "/invocations", body.encode(), content_type, accept)
+            print(f"POST /invocations  Content-Type: {content_type}  Accept: {accept}")
             print(textwrap.indent(body.strip(), "  > "))
-            print(f"  <- {status} {answer}\n")
+            print(textwrap.indent(f"<- {status} {answer.strip()}", "  "), "\n")
         status, metrics = request(url + "/metrics")
         counts = [line for line in metrics.splitlines() if line.startswith("Invocation")]
         print("GET /metrics (excerpt):\n" + textwrap.indent("\n".join(counts), "  "))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-        print("\nserver stopped")
+        print("server stopped")
     return 0
+
+
+def main() -> int:
+    print("== 1. A SageMaker scikit-learn inference script, unchanged ==")
+    build_model()
+    code = serve(DEMO, [
+        ("application/json", "application/json",
+         json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})),
+        ("text/csv", "application/json", "5.9,3.0,4.2,1.5\n"),
+        ("text/plain", "application/json", "hello"),
+    ])
+    if code:
+        return code
+    print("\n== 2. The built-in tabular handler: no script; risk tables, imputation, calibration ==")
+    build_tabular_model()
+    return serve(TABULAR, [
+        ("application/json", "application/json",
+         json.dumps({"amount": 250.0, "age_days": 12, "payment": "voucher", "region": "EU"})),
+        ("application/json", "application/json",
+         json.dumps([{"amount": None, "age_days": 900, "payment": "card", "region": "NA"},
+                     {"amount": 40.0, "age_days": 5, "payment": "bitcoin", "region": "FE"}])),
+        ("text/csv", "text/csv", "250.0,12,voucher,EU\n40.0,5,bitcoin,FE\n"),
+    ])
 
 
 if __name__ == "__main__":
