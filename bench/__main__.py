@@ -1,4 +1,4 @@
-"""``python -m bench serve [--duration S] [--quick] [--out docs/benchmarks.md]``."""
+"""``python -m bench {serve,tabular} [--duration S] [--quick] [--out docs/benchmarks.md]``."""
 
 from __future__ import annotations
 
@@ -37,20 +37,52 @@ def _serve(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _tabular(args: argparse.Namespace) -> int:
+    from bench import tabular
+    from bench.report import write_section
+
+    command = "python -m bench " + shlex.join(sys.argv[1:])
+    bench = tabular.run_tabular_benchmark(duration_s=args.duration, warmup_s=args.warmup, rounds=args.rounds,
+                                          quick=args.quick, command=command,
+                                          log=lambda line: print(line, file=sys.stderr, flush=True))
+    print()
+    print(tabular.results_table(bench))
+    print()
+    for check in tabular.tabular_checks(bench):
+        print(f"{check.name}: {check.measured} (target {check.target}): {check.verdict.strip('*')}")
+    print()
+    print(tabular.breakdown_text(bench))
+    print(tabular.pieces_table(bench))
+    write_section(args.out, "tabular", tabular.render_tabular_section(bench))
+    print(f"\nwrote the tabular section of {args.out} ({bench.wall_s:.0f} s in all)")
+    if bench.errors:
+        print(f"{bench.errors} requests failed: see the per-round table", file=sys.stderr)
+    return 1 if bench.errors else 0
+
+
+def _common(parser: argparse.ArgumentParser, quick: str) -> None:
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per cell (default 5)")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help=f"seconds of discarded warm-up per cell (default 1; {quick} with --quick)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds; the table shows medians (default 3; 1 with --quick)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                        help="markdown file to update (default docs/benchmarks.md)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="mainsail serve vs Flask + gunicorn vs the in-process floor")
-    serve.add_argument("--duration", type=float, default=5.0, help="seconds measured per cell (default 5)")
-    serve.add_argument("--warmup", type=float, default=None,
-                       help="seconds of discarded warm-up per cell (default 1; 0.3 with --quick)")
-    serve.add_argument("--rounds", type=int, default=3,
-                       help="interleaved rounds; the table shows medians (default 3; 1 with --quick)")
+    _common(serve, "0.3")
     serve.add_argument("--quick", action="store_true", help="a smoke run: one round of 1 s per cell")
     serve.add_argument("--workers", type=int, default=2, help="worker processes per server (default 2)")
-    serve.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
-                       help="markdown file to update (default docs/benchmarks.md)")
     serve.set_defaults(func=_serve)
+    tabular = commands.add_parser(
+        "tabular", help="the tabular handler on one record: fast path vs batch path vs booster vs HTTP")
+    _common(tabular, "0.15")
+    tabular.add_argument("--quick", action="store_true", help="a smoke run: one round of 0.4 s per cell")
+    tabular.set_defaults(func=_tabular)
     args = parser.parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so the servers this started are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

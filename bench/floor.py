@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,24 +35,30 @@ def measure_floor(model_dir: Path, body: bytes, *, duration_s: float, warmup_s: 
     def call() -> object:
         return output_fn(predict_fn(input_fn(text, content_type), model), "application/json")
 
+    return time_calls(call, duration_s=duration_s, warmup_s=warmup_s)
+
+
+def time_calls(call: Callable[[], object], *, duration_s: float, warmup_s: float) -> FloorResult:
+    """Call ``call()`` back to back in this thread for ``duration_s`` (after ``warmup_s`` discarded),
+    timing each call with ``perf_counter_ns``; the first call's result is kept as the sample."""
     sample = call()
-    deadline = time.perf_counter() + warmup_s
-    while time.perf_counter() < deadline:
+    clock = time.perf_counter_ns
+    deadline = clock() + int(warmup_s * 1e9)
+    while clock() < deadline:
         call()
-    timings: list[float] = []
-    clock = time.perf_counter
+    timings: list[int] = []
     started = clock()
-    end = started + duration_s
+    end = started + int(duration_s * 1e9)
     now = started
     while now < end:
         t0 = clock()
         call()
         now = clock()
         timings.append(now - t0)
-    elapsed = now - started
+    elapsed = (now - started) / 1e9
     timings.sort()
     return FloorResult(
-        calls=len(timings), duration_s=elapsed, p50_ms=percentile(timings, 50) * 1e3,
-        p99_ms=percentile(timings, 99) * 1e3, calls_per_s=len(timings) / elapsed,
+        calls=len(timings), duration_s=elapsed, p50_ms=percentile(timings, 50) / 1e6,
+        p99_ms=percentile(timings, 99) / 1e6, calls_per_s=len(timings) / elapsed,
         sample_output=repr(sample)[:200],
     )

@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +64,9 @@ def machine_summary() -> str:
             f"Python {platform.python_version()}")
 
 
-def versions() -> str:
+def versions(names: Sequence[str] = PACKAGES) -> str:
     found = []
-    for name in PACKAGES:
+    for name in names:
         try:
             found.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:

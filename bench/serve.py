@@ -168,16 +168,17 @@ def canned_argv(port: int) -> list[str]:
 
 
 def loadgen_argv(url: str, body_file: Path, *, concurrency: int, duration_s: float,
-                 warmup_s: float) -> list[str]:
+                 warmup_s: float, content_type: str = "text/csv") -> list[str]:
     return [sys.executable, "-m", "bench.loadgen", url, "--body-file", str(body_file),
-            "--content-type", "text/csv", "--concurrency", str(concurrency),
+            "--content-type", content_type, "--concurrency", str(concurrency),
             "--duration", str(duration_s), "--warmup", str(warmup_s)]
 
 
 def run_loadgen(url: str, body_file: Path, *, concurrency: int, duration_s: float,
-                warmup_s: float) -> LoadResult:
+                warmup_s: float, content_type: str = "text/csv") -> LoadResult:
     """Run the load generator in its own process and return what it measured."""
-    argv = loadgen_argv(url, body_file, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s)
+    argv = loadgen_argv(url, body_file, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s,
+                        content_type=content_type)
     done = subprocess.run(argv, cwd=ROOT, env=server_env(), capture_output=True, text=True,
                           timeout=duration_s + warmup_s + 60)
     if done.returncode != 0:
