@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mainsail.codecs import CsvCodec, MediaType, parse_media_type
 from mainsail.errors import BadRequest, ModelError
@@ -197,3 +199,35 @@ def test_encode_refuses_3d_arrays() -> None:
 def test_encode_refuses_unknown_objects() -> None:
     with pytest.raises(ModelError, match="^cannot encode object as text/csv$"):
         encode(object())
+
+
+_field = st.one_of(
+    st.text(alphabet="0123456789+-. \teEnNaAiIfFtTyY_x", max_size=8),
+    st.integers(-(2**70), 2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["", " ", "1 2", "--1", "+", "-", "1e", "nan", "inf", "Infinity", "0x1"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_field, min_size=1, max_size=6))
+def test_decode_record_types_fields_as_the_codec_does(fields: list[str]) -> None:
+    import math
+
+    from mainsail.codecs.base import parse_media_type
+    from mainsail.codecs.csv import CsvCodec, decode_record
+
+    line = ",".join(fields)
+    if not line.strip() or any("," in f for f in fields):
+        return
+    frame = CsvCodec().decode((line + "\n").encode(), parse_media_type("text/csv"))  # type: ignore[arg-type]
+    record = decode_record(line + "\n")
+    assert record is not None
+    cells = [frame[column].iloc[0] for column in frame.columns]
+    expected = [v.item() if hasattr(v, "item") else v for v in cells]
+    assert len(record) == len(expected)
+    for got, want in zip(record, expected, strict=True):
+        if isinstance(want, float) and math.isnan(want):
+            assert isinstance(got, float) and math.isnan(got)
+        else:
+            assert (type(got), got) == (type(want), want)

@@ -190,18 +190,35 @@ def _format_other(value: Any) -> str:
     return str(value)
 
 
+def _type_field(value: str) -> Any:
+    """One field typed as ``_column`` types a one-value column, with plain Python parsing."""
+    if not value:
+        return math.nan
+    if not _NOT_INT_ALPHABET.search(value):
+        try:
+            number = int(value)
+        except ValueError:
+            return value
+        return number if -(2**63) <= number < 2**63 else value
+    if not _NOT_FLOAT_ALPHABET.search(value):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def decode_record(text: str) -> list[Any] | None:
     """One CSV record typed field by field exactly as ``CsvCodec.decode`` types a one-row body.
 
     Returns None when ``text`` holds more than one record. The single-record fast paths use it to
     skip pandas while reading every value the way the batch path would.
     """
+    if '"' not in text and "\n" not in text.rstrip("\r\n") and "\r" not in text.rstrip("\r\n"):
+        line = text.rstrip("\r\n")
+        if line.strip():
+            return [_type_field(field) for field in line.split(",")]
     rows = _read_rows(text)
     if len(rows) != 1:
         return None
-    typed: list[Any] = []
-    for field in rows[0]:
-        column = _column((field,))
-        value = column[0]
-        typed.append(value.item() if hasattr(value, "item") else value)
-    return typed
+    return [_type_field(field) for field in rows[0]]
