@@ -19,7 +19,6 @@ import shutil
 import tarfile
 import tempfile
 import uuid
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from mainsail.features.artifacts import (
     RISK_TABLES,
     write_feature_columns,
 )
+from mainsail.features.fitting import column_names
 
 if TYPE_CHECKING:
     from mainsail.features.calibration import Calibrator
@@ -214,21 +214,8 @@ def _resolve_model(model: Any, columns: list[str]) -> _Model:
     raise TypeError(f"cannot package a {type(model).__module__}.{type(model).__qualname__}: pass {_SUPPORTED}")
 
 
-def _names(columns: Sequence[str], what: str) -> list[str]:
-    if isinstance(columns, str) or not isinstance(columns, Sequence):
-        raise TypeError(f"{what} must be a list of column names, got {columns!r}")
-    names = list(columns)
-    for name in names:
-        if not isinstance(name, str):
-            raise TypeError(f"{what} must hold column names (str), got {name!r}")
-    duplicates = sorted(n for n, k in Counter(names).items() if k > 1)
-    if duplicates:
-        raise ValueError(f"{what} names a column more than once: {', '.join(duplicates)}")
-    return names
-
-
 def _feature_names(feature_columns: Sequence[str]) -> list[str]:
-    names = _names(feature_columns, "feature_columns")
+    names = column_names(feature_columns, "feature_columns")
     if not names:
         raise ValueError("feature_columns must name at least one column")
     for name in names:
@@ -239,7 +226,7 @@ def _feature_names(feature_columns: Sequence[str]) -> list[str]:
 
 
 def _cat_names(cat_columns: Sequence[str], features: list[str]) -> list[str]:
-    cats = _names(cat_columns, "cat_columns")
+    cats = column_names(cat_columns, "cat_columns")
     unknown = [c for c in cats if c not in features]
     if unknown:
         raise ValueError(f"cat_columns {unknown} are not in feature_columns: every risk-mapped column is a model input")

@@ -31,9 +31,12 @@ def _require_frame(frame: Any) -> None:
         raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
 
 
-def _column_names(columns: Sequence[str], what: str) -> list[str]:
+def column_names(columns: Sequence[str], what: str) -> list[str]:
+    """``columns`` as a list of distinct names; ``what`` names the argument in the errors."""
     if isinstance(columns, str):
-        raise TypeError(f"{what} must be a sequence of column names, not one string: use [{columns!r}]")
+        raise TypeError(f"{what} must be a list of column names, not one string: use [{columns!r}]")
+    if not isinstance(columns, Sequence):
+        raise TypeError(f"{what} must be a list of column names, got {columns!r}")
     names = list(columns)
     for name in names:
         if not isinstance(name, str):
@@ -103,7 +106,7 @@ def fit_risk_tables(
     ``count_threshold``.
     """
     _require_frame(frame)
-    names = _column_names(columns, "columns")
+    names = column_names(columns, "columns")
     if isinstance(smooth_factor, bool) or not isinstance(smooth_factor, int | float) \
             or not 0.0 <= smooth_factor <= 1.0:
         raise ValueError(f"smooth_factor must be a number within [0, 1], got {smooth_factor!r}")
@@ -147,7 +150,7 @@ def fit_imputation(frame: Any, columns: Sequence[str]) -> dict[str, float]:
     import pandas as pd
 
     _require_frame(frame)
-    names = _column_names(columns, "columns")
+    names = column_names(columns, "columns")
     _require_columns(frame, names, "imputation columns")
     for name in names:
         dtype = frame[name].dtype
@@ -190,7 +193,7 @@ def transform_features(
     from mainsail.features.tabular import RiskTable, TabularPreprocessor
 
     _require_frame(frame)
-    names = _column_names(feature_columns, "feature_columns")
+    names = column_names(feature_columns, "feature_columns")
     _require_columns(frame, names, "feature columns")
     try:
         tables = {col: RiskTable.from_artifact(col, table) for col, table in dict(risk_tables or {}).items()}
