@@ -23,7 +23,7 @@ demo: $(VENV)/.installed-demo
 
 ## test: install the dev extras and run the whole test suite.
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 ## bench: the serving benchmark; writes docs/benchmarks.md.
 bench: $(VENV)/.installed-dev

@@ -71,6 +71,12 @@ class ServeSettings(BaseSettings):
     """Which framework container's default handler functions a script falls back to."""
     predict_threads: int = Field(2, ge=1, validation_alias=_env("MAINSAIL_PREDICT_THREADS"))
     """Threads per worker that run model code (the event loop never does)."""
+    device: str = Field("auto", validation_alias=_env("MAINSAIL_DEVICE"))
+    """Where the PyTorch handler runs the network: auto (GPU when available), cpu, cuda, cuda:1 ..."""
+    use_onnx: bool | None = Field(None, validation_alias=_env("MAINSAIL_USE_ONNX"))
+    """The PyTorch handler serves model.onnx when present unless this is false."""
+    onnx_intra_op_threads: int | None = Field(None, ge=1, validation_alias=_env("ONNX_INTRA_OP_THREADS"))
+    onnx_inter_op_threads: int | None = Field(None, ge=1, validation_alias=_env("ONNX_INTER_OP_THREADS"))
     home: Path = Field(default_factory=default_home, validation_alias=_env("MAINSAIL_HOME"))
     model_name: str = Field("model", validation_alias=_env("MAINSAIL_MODEL_NAME"))
 

@@ -7,15 +7,25 @@ from pathlib import Path
 from mainsail.errors import ModelLoadError
 from mainsail.handlers.base import Handler, Invocation, Reply
 from mainsail.handlers.script import ScriptHandler
+from mainsail.settings import ServeSettings
 
 __all__ = ["Handler", "Invocation", "Reply", "ScriptHandler", "build_handler"]
 
 
 def build_handler(model_path: Path, script: Path | None, *, framework: str = "auto",
-                  model_name: str = "model") -> Handler:
+                  model_name: str = "model", settings: ServeSettings | None = None) -> Handler:
     """The handler for a prepared model: its script if it has one, else a built-in handler."""
     if script is not None:
         return ScriptHandler(script, model_path, framework=framework, model_name=model_name)
+    if (model_path / "model_artifacts.pth").is_file() and (
+            (model_path / "model.pth").is_file() or (model_path / "model.onnx").is_file()):
+        from mainsail.handlers.pytorch.handler import PyTorchHandler
+
+        if settings is None:
+            return PyTorchHandler(model_path)
+        return PyTorchHandler(model_path, use_onnx=settings.use_onnx, device=settings.device,
+                              onnx_intra_op_threads=settings.onnx_intra_op_threads,
+                              onnx_inter_op_threads=settings.onnx_inter_op_threads)
     from mainsail.handlers.tabular import TabularHandler, find_model_file
 
     if model_path.is_dir() and find_model_file(model_path) is not None:

@@ -76,7 +76,7 @@ def worker_main(settings: ServeSettings, prepared: PreparedModel, extra_paths: l
     sys.path.extend(p for p in extra_paths if p not in sys.path)
     try:
         handler = build_handler(prepared.model_dir, prepared.script, framework=settings.framework,
-                                model_name=settings.model_name)
+                                model_name=settings.model_name, settings=settings)
         runtime = ModelRuntime(handler, timeout_s=settings.timeout, threads=settings.predict_threads)
         runtime.load()
     except MainsailError as exc:

@@ -1,0 +1,263 @@
+"""The built-in multimodal PyTorch handler: reference (cursus bsm_pytorch) model directories, no user code.
+
+Per record: tab fields imputed and made floats, text fields run through the pipelines rebuilt from
+``hyperparameters.json``, then the network (``model.onnx`` through ONNX Runtime when present, else
+``model.pth``), softmax probabilities, calibration, and the reference response layout.
+
+A record's scores never depend on its batch mates: records are grouped by their chunk counts and
+each group runs as one batch with no padding chunks (so the ONNX graph's chunk mean, which counts
+every chunk, sees only real ones), and the PyTorch networks average valid chunks only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from mainsail.codecs import default_registry
+from mainsail.codecs.toolkit import media_type_of
+from mainsail.errors import BadRequest, MissingColumns, ModelError, ModelLoadError, UnsupportedContentType
+from mainsail.features.artifacts import (
+    FEATURE_COLUMNS,
+    HYPERPARAMETERS,
+    IMPUTE_DICT,
+    load_data_pickle,
+    read_feature_columns,
+    read_hyperparameters,
+)
+from mainsail.features.calibration import Calibrator, calibrate, load_calibrator
+from mainsail.features.output import encode_scores
+from mainsail.features.tabular import TabularPreprocessor
+from mainsail.features.text import TextPipeline, pipelines_from_hyperparameters, resolve_tokenizer
+from mainsail.handlers.base import Invocation, Reply
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+ARTIFACTS_FILE = "model_artifacts.pth"
+# One record's text fields as chunk encodings, and its tab row.
+Encoded = tuple[dict[str, list[dict[str, list[int]]]], np.ndarray]
+INPUT_TYPES = ("application/json", "application/jsonlines", "text/csv", "application/x-parquet")
+
+
+class Network(Protocol):
+    """Runs one group of records with equal chunk counts: named inputs -> (B, classes) probabilities."""
+
+    kind: str
+
+    def probabilities(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray: ...
+
+
+class OnnxNetwork:
+    kind = "onnx"
+    # Thread counts default to ONNX Runtime's own (None); the settings' ONNX_INTRA_OP_THREADS and
+    # ONNX_INTER_OP_THREADS override them, as in the reference handler.
+
+    def __init__(self, path: Path, intra_op_threads: int | None, inter_op_threads: int | None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        if inter_op_threads:
+            options.inter_op_num_threads = inter_op_threads
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelLoadError(f"{path.name} cannot be loaded by ONNX Runtime: {exc}") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def probabilities(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        feed: dict[str, np.ndarray] = {}
+        for name in self.input_names:
+            value = inputs[name]
+            if "input_ids" in name or "attention_mask" in name:
+                feed[name] = value.astype(np.int64, copy=False)
+            else:
+                feed[name] = value.reshape(-1, 1).astype(np.float32, copy=False)
+        return np.asarray(self.session.run(None, feed)[0])
+
+
+class TorchNetwork:
+    kind = "pytorch"
+
+    def __init__(self, model_dir: Path, device: str) -> None:
+        import torch
+
+        from mainsail.handlers.pytorch.loading import load_pytorch_model
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.model, _ = load_pytorch_model(model_dir, device=self.device)
+
+    def probabilities(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        torch = self.torch
+        batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            logits = self.model(batch)
+            return np.asarray(torch.softmax(logits, dim=1).float().cpu().numpy())
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class PyTorchHandler:
+    """Loads a reference PyTorch model directory and answers with its response layout."""
+
+    name = "pytorch-multimodal"
+
+    def __init__(self, model_dir: Path, *, use_onnx: bool | None = None, device: str = "auto",
+                 onnx_intra_op_threads: int | None = None, onnx_inter_op_threads: int | None = None) -> None:
+        self.model_dir = model_dir
+        self.use_onnx = use_onnx
+        self.device = device
+        self.onnx_threads = (onnx_intra_op_threads, onnx_inter_op_threads)
+        self.codecs = default_registry()
+        self.network: Network | None = None
+        self.pipelines: dict[str, TextPipeline] = {}
+        self.tabular: TabularPreprocessor | None = None
+        self.feature_columns: list[str] = []
+        self.calibrator: Calibrator | None = None
+        self.input_keys: dict[str, tuple[str, str]] = {}
+
+    # -- load ----------------------------------------------------------------------------------
+    def load(self) -> None:
+        from mainsail.handlers.pytorch.loading import load_model_artifacts
+
+        config = dict(load_model_artifacts(self.model_dir / ARTIFACTS_FILE)["config"])
+        hp_path = self.model_dir / HYPERPARAMETERS
+        if hp_path.is_file():
+            text_config = {**config, **read_hyperparameters(hp_path)}
+        else:
+            logger.warning("%s is missing: text pipelines take the default steps", HYPERPARAMETERS)
+            text_config = {k: v for k, v in config.items() if not k.endswith("text_processing_steps")}
+        tokenizer = resolve_tokenizer(str(text_config.get("tokenizer") or ""), self.model_dir)
+        self.pipelines = pipelines_from_hyperparameters(text_config, tokenizer)
+        ids_key = text_config.get("text_input_ids_key") or "input_ids"
+        mask_key = text_config.get("text_attention_mask_key") or "attention_mask"
+        self.input_keys = {f: (f"{f}_{ids_key}", f"{f}_{mask_key}") for f in self.pipelines}
+        tab_fields = list(config.get("tab_field_list") or [])
+        impute_path = self.model_dir / IMPUTE_DICT
+        impute = load_data_pickle(impute_path) if impute_path.is_file() else config.get("imputation_dict") or {}
+        if not isinstance(impute, Mapping):
+            raise ModelLoadError(f"{IMPUTE_DICT} must hold a dict of column -> value")
+        self.tabular = TabularPreprocessor(tab_fields, {}, {k: v for k, v in impute.items() if k in tab_fields}) \
+            if tab_fields else None
+        columns_file = self.model_dir / FEATURE_COLUMNS
+        if columns_file.is_file():
+            self.feature_columns = read_feature_columns(columns_file)
+        else:
+            cat_fields = list(config.get("cat_field_list") or [])
+            self.feature_columns = tab_fields + [c for c in cat_fields if c not in tab_fields]
+        for field in self.pipelines:
+            if field not in self.feature_columns:
+                self.feature_columns.append(field)
+        onnx_path = self.model_dir / ONNX_FILE
+        use_onnx = onnx_path.is_file() if self.use_onnx is None else self.use_onnx
+        if use_onnx:
+            self.network = OnnxNetwork(onnx_path, *self.onnx_threads)
+        else:
+            self.network = TorchNetwork(self.model_dir, _resolve_device(self.device))
+        try:
+            self.calibrator = load_calibrator(self.model_dir)
+        except ModelLoadError as exc:
+            logger.error("calibration is broken, serving raw scores as calibrated: %s", exc.message)
+            self.calibrator = None
+        logger.info("pytorch handler: %s network, text fields %s, %d tab fields, calibration: %s",
+                    self.network.kind, list(self.pipelines), len(tab_fields),
+                    self.calibrator.kind if self.calibrator else "none")
+
+    # -- request path --------------------------------------------------------------------------
+    def invoke(self, invocation: Invocation) -> Reply:
+        records = self.records(invocation.body, invocation.content_type)
+        raw = self.predict_records(records)
+        calibrated = calibrate(raw, self.calibrator)
+        body, content_type = encode_scores(raw, calibrated, invocation.accept, layout="pytorch",
+                                           request_id=invocation.request_id)
+        return Reply(body, content_type)
+
+    def records(self, body: bytes, content_type: str | None) -> list[dict[str, Any]]:
+        """The request body as records (column name -> raw value), every feature column present."""
+        kind = media_type_of(content_type)
+        if kind not in INPUT_TYPES and kind not in self.codecs.decoder_types():
+            raise UnsupportedContentType(content_type, list(INPUT_TYPES))
+        if kind == "application/json" and body.lstrip()[:1] == b"{":
+            try:
+                single = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                single = None
+            if isinstance(single, dict) and "instances" not in single:
+                self._check_columns(single)
+                return [single]
+        frame = self.codecs.decode(body, content_type)
+        if isinstance(frame, np.ndarray):
+            raise UnsupportedContentType(content_type, list(INPUT_TYPES))
+        if len(frame) == 0:
+            raise BadRequest("the body holds no records")
+        if all(isinstance(c, (int, np.integer)) for c in frame.columns):
+            if frame.shape[1] != len(self.feature_columns):
+                raise BadRequest(f"expected {len(self.feature_columns)} columns in {FEATURE_COLUMNS} order, "
+                                 f"got {frame.shape[1]}")
+            frame = frame.set_axis(self.feature_columns, axis=1)
+        self._check_columns(frame.columns)
+        records: list[dict[str, Any]] = frame.to_dict(orient="records")
+        return records
+
+    def _check_columns(self, present: Any) -> None:
+        missing = [c for c in self.feature_columns if c not in present]
+        if missing:
+            raise MissingColumns(missing)
+
+    def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """(N, classes) probabilities, each record scored exactly as it would be alone."""
+        assert self.network is not None
+        encoded = [self._encode(record) for record in records]
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for index, (texts, _) in enumerate(encoded):
+            groups[tuple(len(texts[f]) for f in self.pipelines)].append(index)
+        out: np.ndarray | None = None
+        for indices in groups.values():
+            inputs = self._collate([encoded[i] for i in indices])
+            try:
+                probs = self.network.probabilities(inputs)
+            except Exception as exc:
+                raise ModelError(f"the {self.network.kind} network failed: {type(exc).__name__}: {exc}") from exc
+            if out is None:
+                out = np.empty((len(records), probs.shape[1]), dtype=probs.dtype)
+            out[indices] = probs
+        assert out is not None
+        return out
+
+    def _encode(self, record: Mapping[str, Any]) -> Encoded:
+        texts = {field: pipeline(record.get(field)) for field, pipeline in self.pipelines.items()}
+        if self.tabular is None:
+            return texts, np.empty((1, 0), dtype=np.float32)
+        row = self.tabular.transform_record(record)
+        # A missing value with no imputation value is 0.0 (the reference's single-record rule): a
+        # NaN would poison every score of the network.
+        return texts, np.where(np.isnan(row), np.float32(0.0), row)
+
+    def _collate(self, encoded: Sequence[Encoded]) -> dict[str, np.ndarray]:
+        inputs: dict[str, np.ndarray] = {}
+        for field, (ids_key, mask_key) in self.input_keys.items():
+            suffix_ids = ids_key[len(field) + 1:]
+            suffix_mask = mask_key[len(field) + 1:]
+            inputs[ids_key] = np.array([[c[suffix_ids] for c in texts[field]] for texts, _ in encoded], dtype=np.int64)
+            inputs[mask_key] = np.array([[c[suffix_mask] for c in texts[field]] for texts, _ in encoded],
+                                        dtype=np.int64)
+        if self.tabular is not None:
+            tab = np.vstack([row for _, row in encoded])
+            for i, name in enumerate(self.tabular.feature_columns):
+                inputs[name] = tab[:, i]
+        return inputs
