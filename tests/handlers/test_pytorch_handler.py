@@ -175,3 +175,36 @@ def test_mainsail_serve_serves_the_reference_directory(home: Path) -> None:
         (want,) = json_scores(expected_body(case))
         assert float(record["legacy-score"]) == pytest.approx(float(want["legacy-score"]), abs=1e-5)
     assert "pytorch handler: onnx network" in server.log()
+
+
+def test_a_user_model_class_from_the_model_directory(tmp_path: Path) -> None:
+    import torch
+
+    from mainsail.handlers.pytorch.loading import load_model_artifacts
+
+    copy = tmp_path / "model"
+    shutil.copytree(MODEL, copy)
+    (copy / "model.onnx").unlink()
+    artifacts = load_model_artifacts(copy / "model_artifacts.pth")
+    artifacts["model_class"] = "my_trimodal"
+    artifacts["config"]["model_class"] = "my_trimodal"
+    torch.save(artifacts, copy / "model_artifacts.pth")
+    hp = json.loads((copy / "hyperparameters.json").read_text())
+    hp["model_class"] = "my_trimodal"
+    (copy / "hyperparameters.json").write_text(json.dumps(hp))
+    with pytest.raises(ModelLoadError, match="my_trimodal.*bimodal_bert"):
+        ModelRuntime(PyTorchHandler(copy)).load()
+    (copy / "code").mkdir()
+    (copy / "code" / "mainsail_models.py").write_text(
+        "import torch\n"
+        "from mainsail.handlers.pytorch import TrimodalBert\n"
+        "class Undecided(TrimodalBert):\n"
+        "    def forward(self, batch):\n"
+        "        return super().forward(batch) * 0.0\n"
+        "def register(registry):\n"
+        "    registry.register('my_trimodal', Undecided)\n"
+    )
+    handler = PyTorchHandler(copy)
+    handler.load()
+    (record,) = json_scores(ask(handler, GOOD, "application/json", "application/json"))
+    assert float(record["legacy-score"]) == 0.5

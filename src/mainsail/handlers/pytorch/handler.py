@@ -84,6 +84,37 @@ class OnnxNetwork:
         return np.asarray(self.session.run(None, feed)[0])
 
 
+USER_MODELS_MODULE = "mainsail_models.py"
+ENTRY_POINT_GROUP = "mainsail.models"
+
+
+def model_registry(model_dir: Path) -> Any:
+    """The default model classes, plus those registered by installed packages (entry points in the
+    ``mainsail.models`` group) and by the model directory's ``code/mainsail_models.py``: each is a
+    callable (or a module with ``register``) taking the registry and calling ``registry.register``."""
+    from importlib.metadata import entry_points
+
+    from mainsail.handlers.pytorch.registry import default_model_registry
+    from mainsail.handlers.script import import_script
+
+    registry = default_model_registry()
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()(registry)
+        except Exception as exc:
+            raise ModelLoadError(f"model classes from entry point {entry.name!r} failed: {exc}") from exc
+    user = model_dir / "code" / USER_MODELS_MODULE
+    if user.is_file():
+        register = getattr(import_script(user), "register", None)
+        if not callable(register):
+            raise ModelLoadError(f"code/{USER_MODELS_MODULE} must define register(registry)")
+        try:
+            register(registry)
+        except Exception as exc:
+            raise ModelLoadError(f"code/{USER_MODELS_MODULE} register() failed: {type(exc).__name__}: {exc}") from exc
+    return registry
+
+
 class TorchNetwork:
     kind = "pytorch"
 
@@ -94,7 +125,7 @@ class TorchNetwork:
 
         self.torch = torch
         self.device = torch.device(device)
-        self.model, _ = load_pytorch_model(model_dir, device=self.device)
+        self.model, _ = load_pytorch_model(model_dir, model_registry(model_dir), device=self.device)
 
     def probabilities(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         torch = self.torch
