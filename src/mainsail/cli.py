@@ -74,6 +74,32 @@ def serve(
     raise typer.Exit(code)
 
 
+@app.command("export-onnx")
+def export_onnx(
+    model_dir: Annotated[str, typer.Argument(help="Reference (cursus bsm_pytorch) PyTorch model directory")],
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", help="Where to write the graph [default <MODEL_DIR>/model.onnx]")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (14 or later)")] = 14,
+    atol: Annotated[float, typer.Option(
+        help="Largest absolute difference of the probabilities allowed between ONNX Runtime and PyTorch")] = 1e-4,
+) -> None:
+    """Export the network to ONNX in the reference's layout, verified against PyTorch before it is written."""
+    from mainsail.errors import MainsailError
+    from mainsail.handlers.pytorch.export import export_onnx as export
+
+    try:
+        report = export(model_dir, output=output, opset=opset, atol=atol)
+    except MainsailError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {report.path}")
+    typer.echo(f"max abs diff {report.max_abs_diff:.3g} (atol {atol:g}), opset {report.opset}, "
+               f"inputs {', '.join(report.inputs)}")
+
+
 @app.command()
 def version() -> None:
     """Print mainsail's version."""
