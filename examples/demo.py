@@ -3,7 +3,8 @@
 Everything runs on embedded defaults, on free loopback ports: first a scikit-learn model with the
 SageMaker-style `code/inference.py` below; then an XGBoost classifier packaged with
 `mainsail.package` (risk tables, imputation, calibration) and served by the built-in tabular handler
-with no script at all, printing raw (`legacy-score`) and calibrated scores.
+with no script at all, printing raw (`legacy-score`) and calibrated scores; last a tiny bimodal BERT
+(text + tabular) trained here for a few steps and served by the built-in PyTorch handler.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo" / "iris-model"
 TABULAR = ROOT / ".demo" / "abuse-model"
+BIMODAL = ROOT / ".demo" / "bimodal-model"
 
 INFERENCE_PY = '''\
 # A SageMaker scikit-learn inference script: mainsail runs it unchanged.
@@ -169,13 +171,26 @@ def main() -> int:
         return code
     print("\n== 2. The built-in tabular handler: no script; risk tables, imputation, calibration ==")
     build_tabular_model()
-    return serve(TABULAR, [
+    code = serve(TABULAR, [
         ("application/json", "application/json",
          json.dumps({"amount": 250.0, "age_days": 12, "payment": "voucher", "region": "EU"})),
         ("application/json", "application/json",
          json.dumps([{"amount": None, "age_days": 900, "payment": "card", "region": "NA"},
                      {"amount": 40.0, "age_days": 5, "payment": "bitcoin", "region": "FE"}])),
         ("text/csv", "text/csv", "250.0,12,voucher,EU\n40.0,5,bitcoin,FE\n"),
+    ])
+    if code:
+        return code
+    print("\n== 3. The built-in multimodal PyTorch handler: a bimodal BERT (text + tabular), no script ==")
+    sys.path.insert(0, str(ROOT / "examples"))
+    from bimodal_demo import build_bimodal_model, sample_records
+
+    build_bimodal_model(BIMODAL, size="tiny")
+    print(f"trained a tiny bimodal_bert for a few steps and wrote it in the reference layout to {BIMODAL}")
+    first, second = sample_records(2)
+    return serve(BIMODAL, [
+        ("application/json", "application/json", json.dumps(first)),
+        ("application/jsonlines", "text/csv", json.dumps(first) + "\n" + json.dumps(second) + "\n"),
     ])
 
 

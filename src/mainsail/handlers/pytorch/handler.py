@@ -12,6 +12,7 @@ every chunk, sees only real ones), and the PyTorch networks average valid chunks
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -161,6 +162,9 @@ class PyTorchHandler:
         self.feature_columns: list[str] = []
         self.calibrator: Calibrator | None = None
         self.input_keys: dict[str, tuple[str, str]] = {}
+        # A fast tokenizer re-sets its backend's padding and truncation on every call, so two threads
+        # tokenizing at once corrupt each other's chunks: text preprocessing runs one record at a time.
+        self._text_lock = threading.Lock()
 
     # -- load ----------------------------------------------------------------------------------
     def load(self) -> None:
@@ -271,7 +275,8 @@ class PyTorchHandler:
         return out
 
     def _encode(self, record: Mapping[str, Any]) -> Encoded:
-        texts = {field: pipeline(record.get(field)) for field, pipeline in self.pipelines.items()}
+        with self._text_lock:
+            texts = {field: pipeline(record.get(field)) for field, pipeline in self.pipelines.items()}
         if self.tabular is None:
             return texts, np.empty((1, 0), dtype=np.float32)
         row = self.tabular.transform_record(record)
