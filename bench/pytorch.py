@@ -21,7 +21,6 @@ import importlib.util
 import os
 import resource
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +34,7 @@ from bench.loadgen import LoadResult
 from bench.procs import Server, free_port, machine_busy_s, running
 from bench.report import Check, checks_table, machine_summary, versions
 from bench.serve import HOST, ROOT, ServerInfo, mainsail_argv, run_loadgen, server_env
+from bench.summary import CellSummary
 
 JSON = "application/json"
 SIZES = ("tiny", "minilm")
@@ -128,32 +128,6 @@ class Sample:
     @property
     def errors(self) -> int:
         return self.result.errors if isinstance(self.result, LoadResult) else 0
-
-
-@dataclass
-class CellSummary:
-    spec: CellSpec
-    samples: list[Sample]
-
-    @property
-    def p50_ms(self) -> float:
-        return statistics.median(s.result.p50_ms for s in self.samples)
-
-    @property
-    def p99_ms(self) -> float:
-        return statistics.median(s.result.p99_ms for s in self.samples)
-
-    @property
-    def rate(self) -> float:
-        return statistics.median(s.rate for s in self.samples)
-
-    @property
-    def errors(self) -> int:
-        return sum(s.errors for s in self.samples)
-
-    @property
-    def count(self) -> int:
-        return sum(s.count for s in self.samples)
 
 
 @dataclass

@@ -1,0 +1,59 @@
+"""The median-over-rounds summary of one benchmark cell, shared by the benchmarks."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class _Timed(Protocol):
+    @property
+    def p50_ms(self) -> float: ...
+
+    @property
+    def p99_ms(self) -> float: ...
+
+
+class Sample(Protocol):
+    """One round's measurement of a cell: its timings, rate, errors and count."""
+
+    @property
+    def result(self) -> _Timed: ...
+
+    @property
+    def rate(self) -> float: ...
+
+    @property
+    def errors(self) -> int: ...
+
+    @property
+    def count(self) -> int: ...
+
+
+@dataclass
+class CellSummary:
+    """A cell's samples over the rounds: medians of p50, p99 and rate; sums of errors and counts."""
+
+    spec: Any
+    samples: list[Any]  # Sample objects; each benchmark has its own concrete type
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(s.result.p50_ms for s in self.samples)
+
+    @property
+    def p99_ms(self) -> float:
+        return statistics.median(s.result.p99_ms for s in self.samples)
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(s.rate for s in self.samples)
+
+    @property
+    def errors(self) -> int:
+        return sum(s.errors for s in self.samples)
+
+    @property
+    def count(self) -> int:
+        return sum(s.count for s in self.samples)
