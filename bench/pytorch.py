@@ -88,7 +88,7 @@ class CellSpec:
 
 
 def in_process_specs(size: str) -> list[CellSpec]:
-    specs = [CellSpec(f"{size}/encode", size, "handler preprocessing of one record (`_encode`: text pipeline "
+    specs = [CellSpec(f"{size}/encode", size, "handler preprocessing of one record (`encode_record`: text pipeline "
                       "+ tab row)", "in process")]
     for network in NETWORKS:
         specs.append(CellSpec(f"{size}/{network}/one", size, f"`predict_records([record])`, {network}",
@@ -265,13 +265,13 @@ def _run_size(bench: PyTorchBenchmark, size: str, tmp: Path, log: Callable[[str]
     info = SizeInfo(
         size=size, build_s=build_s, export_s=export_s, accuracy=_accuracy(handlers["pytorch"], demo),
         parameters=sum(p.numel() for p in network.parameters()) if network is not None else 0,
-        chunks=len(torch_handler._encode(record)[0][field_name]),
-        batch_chunks=[len(torch_handler._encode(r)[0][field_name]) for r in records], json_bytes=len(body),
+        chunks=len(torch_handler.encode_record(record)[0][field_name]),
+        batch_chunks=[len(torch_handler.encode_record(r)[0][field_name]) for r in records], json_bytes=len(body),
         export_max_abs_diff=report.max_abs_diff,
         onnx_vs_pytorch=float(np.max(np.abs(together["onnx"] - together["pytorch"]))), reply=reply)
     bench.models[size] = info
 
-    calls: dict[str, Callable[[], object]] = {f"{size}/encode": lambda: torch_handler._encode(record)}
+    calls: dict[str, Callable[[], object]] = {f"{size}/encode": lambda: torch_handler.encode_record(record)}
     for name, handler in handlers.items():
         calls[f"{size}/{name}/one"] = (lambda h=handler: h.predict_records([record]))
         calls[f"{size}/{name}/batch"] = (lambda h=handler: h.predict_records(records))
@@ -559,7 +559,7 @@ its figures used.
 * **In process** (one thread: `torch.set_num_threads(1)`, ONNX Runtime with 1 intra-op and 1 inter-op
   thread): `PyTorchHandler(dir, use_onnx=False|True).predict_records(records)`, each call timed with
   `perf_counter_ns`, back to back; the handler groups records by chunk count and runs each group as one
-  batch. Preprocessing is `handler._encode(record)`.
+  batch. Preprocessing is `handler.encode_record(record)`.
 * **End to end**: `mainsail serve DIR --workers N --log-level warning` with `OMP_NUM_THREADS=1`,
   `ONNX_INTRA_OP_THREADS=1`, `ONNX_INTER_OP_THREADS=1` and `MAINSAIL_USE_ONNX=false` (PyTorch) or `true`
   (ONNX), every other setting at its default; the serve benchmark's closed-loop load generator

