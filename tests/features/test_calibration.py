@@ -460,3 +460,20 @@ def test_write_table_refuses_a_non_table(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_table(tmp_path / "c.pkl", [(0.0, "x")])
     assert not (tmp_path / "c.pkl").exists()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(-0.5, 1.5) | st.just(float("nan")), st.floats(0, 1)), min_size=1, max_size=12),
+    st.booleans(),
+    st.lists(st.floats(-1, 2) | st.just(float("nan")), min_size=1, max_size=20),
+)
+def test_the_one_value_path_equals_the_vectorized_path(points: list[tuple[float, float]], sort: bool,
+                                                       values: list[float]) -> None:
+    if sort:
+        points = sorted(points, key=lambda p: (p[0] != p[0], p[0]))
+    table = LookupTable.from_points(points)
+    vector = table(np.array(values))
+    for value, expected in zip(values, vector.tolist(), strict=True):
+        got = table.value(value)
+        assert got == expected or (got != got and expected != expected)

@@ -19,6 +19,8 @@ run code hidden in a data file.
 
 from __future__ import annotations
 
+import bisect
+
 import logging
 import pickle
 import re
@@ -72,6 +74,8 @@ class LookupTable:
     # True when those segments' lower and upper ends are both non-decreasing: binary search finds
     # the first matching segment. Otherwise (unsorted tables) a per-segment scan does.
     _sorted: bool = field(init=False, repr=False)
+    # Plain-float copies for the one-value path (Python floats do the same IEEE arithmetic).
+    _lists: tuple[list[float], list[float], list[float], list[int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         x = np.array(self.x, dtype=np.float64).reshape(-1)
@@ -91,6 +95,7 @@ class LookupTable:
         object.__setattr__(self, "y", y)
         object.__setattr__(self, "_seg", seg)
         object.__setattr__(self, "_sorted", sorted_)
+        object.__setattr__(self, "_lists", (x.tolist(), y.tolist(), ends.tolist(), seg.tolist()))
 
     @classmethod
     def from_points(cls, points: Sequence[tuple[float, float]]) -> LookupTable:
@@ -112,6 +117,26 @@ class LookupTable:
             xs.append(_as_number(point[0], i, "raw"))
             ys.append(_as_number(point[1], i, "calibrated"))
         return cls(np.array(xs, dtype=np.float64), np.array(ys, dtype=np.float64))
+
+    def value(self, raw: float) -> float:
+        """One value, with plain floats: the same result as ``__call__`` (the single-record path)."""
+        xs, ys, ends, seg = self._lists
+        if raw <= xs[0]:
+            return ys[0]
+        if raw >= xs[-1] or raw != raw:
+            return ys[-1]
+        if not self._sorted:
+            return float(self(np.array([raw]))[0])
+        k = bisect.bisect_left(ends, raw)  # first segment whose upper end reaches raw
+        if k >= len(seg):
+            return ys[-1]
+        i = seg[k]
+        x1, x2, y1, y2 = xs[i], xs[i + 1], ys[i], ys[i + 1]
+        if x1 > raw:
+            return ys[-1]
+        if x2 == x1:
+            return y1
+        return y1 + (y2 - y1) * (raw - x1) / (x2 - x1)
 
     def __call__(self, values: npt.ArrayLike) -> FloatArray:
         """Calibrate every value (any shape) in one vectorized pass; returns float64 of the same shape."""
@@ -273,7 +298,11 @@ def _calibrate_class1(scores: np.ndarray[Any, Any], calibrator: Calibrator) -> n
             calibrator.kind, calibrator.source, scores.shape,
         )
         return _raw_copy(scores)
-    value = calibrator.tables[1](scores[:, 1])
+    table = calibrator.tables[1]
+    if scores.shape[0] == 1:  # one record: plain floats, a few microseconds instead of a dozen numpy calls
+        value = np.array([table.value(float(scores[0, 1]))])
+    else:
+        value = table(scores[:, 1])
     out = np.empty_like(scores)
     out[:, 1] = value
     if calibrator.kind == "percentile":
