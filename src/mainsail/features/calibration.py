@@ -20,7 +20,6 @@ run code hidden in a data file.
 from __future__ import annotations
 
 import bisect
-
 import logging
 import pickle
 import re
