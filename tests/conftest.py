@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -48,33 +49,45 @@ def wait_ready(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | 
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
-class LiveApp:
-    """A real uvicorn server, in a thread of the test process, on a free loopback port."""
+class ThreadedServer:
+    """An ASGI app served by a real uvicorn in a thread of the test process, on a free loopback port."""
 
-    def __init__(self, runtime: ModelRuntime, settings: ServeSettings, load_on_startup: bool) -> None:
-        self.runtime = runtime
+    def __init__(self, app: Any, *, lifespan: str = "on") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(runtime, settings, load_on_startup=load_on_startup)
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
-                                access_log=False, lifespan="on")
+                                access_log=False, lifespan=lifespan)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.client = httpx.Client(base_url=self.url, timeout=30)
 
-    def __enter__(self) -> LiveApp:
+    def start(self) -> None:
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
             if time.monotonic() > deadline:
                 raise TimeoutError("uvicorn did not start")
             time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+class LiveApp(ThreadedServer):
+    """The data plane's app around one runtime, with an httpx client."""
+
+    def __init__(self, runtime: ModelRuntime, settings: ServeSettings, load_on_startup: bool) -> None:
+        self.runtime = runtime
+        super().__init__(create_app(runtime, settings, load_on_startup=load_on_startup))
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def __enter__(self) -> LiveApp:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.client.close()
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.stop()
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -12,46 +11,29 @@ from typing import Any
 import boto3
 import httpx
 import pytest
-import uvicorn
 from botocore.exceptions import ClientError
 
 from mainsail.control import SQLiteStore, create_control_app
+from tests.conftest import ThreadedServer
 
 REGION = "us-east-1"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mainsail:latest"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ControlServer:
+class ControlServer(ThreadedServer):
     """``create_control_app`` served by uvicorn in a thread on a free loopback port."""
 
     def __init__(self, db: Path) -> None:
         self.store = SQLiteStore(db)
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        port = int(self.url.rsplit(":", 1)[1])
-        config = uvicorn.Config(create_control_app(self.store), host="127.0.0.1", port=port,
-                                log_config=None, access_log=False, lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        super().__init__(create_control_app(self.store), lifespan="off")
 
     def __enter__(self) -> ControlServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise TimeoutError("uvicorn did not start")
-            time.sleep(0.01)
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.stop()
         self.store.close()
 
     def client(self, region: str = REGION) -> Any:
