@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from mainsail.control import endpoints
 from mainsail.control import resources as res
 from mainsail.control.errors import (
     ControlError,
@@ -263,6 +265,7 @@ OPERATIONS: dict[str, Operation] = {
     "AddTags": add_tags,
     "DeleteTags": delete_tags,
     "ListTags": list_tags,
+    **endpoints.OPERATIONS,
 }
 
 
@@ -300,4 +303,13 @@ def create_control_app(store: StateStore) -> Starlette:
             return _respond(500, {"__type": "InternalFailure",
                                   "Message": f"{type(exc).__name__}: {exc}"}, request_id)
 
-    return Starlette(routes=[Route("/", dispatch, methods=["POST"])])
+    runtime = endpoints.Runtime(store)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await runtime.aclose()
+
+    # the runtime API (no X-Amz-Target) lives on its own REST paths
+    return Starlette(routes=[Route("/", dispatch, methods=["POST"]), runtime.route],
+                     lifespan=lifespan)

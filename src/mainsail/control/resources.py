@@ -20,6 +20,8 @@ NAME_PATTERN = "^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}"
 MODEL_NAME_PATTERN = "^[a-zA-Z0-9]([\\-a-zA-Z0-9]*[a-zA-Z0-9])?"
 ROLE_PATTERN = "^arn:aws[a-z\\-]*:iam::\\d{12}:role/?[a-zA-Z_0-9+=,.@\\-_/]+"
 URL_PATTERN = "^(https|s3)://([^/]+)/?(.*)"
+# A mainsail extension to the real service: model data already on this machine.
+LOCAL_MODEL_DATA = re.compile(r"^(file://)?/.*")
 IMAGE_PATTERN = "^[\\S]+"
 TAG_PATTERN = "^([\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*)"
 _TAG_RE = re.compile(r"^[\w\s.:/=+\-@]*$")
@@ -185,8 +187,9 @@ def _validate_container(v: Violations, container: Any, path: str) -> None:
         v.add(container, path, "Member must be a structure")
         return
     v.string(container.get("Image"), f"{path}.image", max_len=255, pattern=IMAGE_PATTERN)
-    v.string(container.get("ModelDataUrl"), f"{path}.modelDataUrl", max_len=1024,
-             pattern=URL_PATTERN)
+    url = container.get("ModelDataUrl")
+    local = isinstance(url, str) and LOCAL_MODEL_DATA.match(url) is not None
+    v.string(url, f"{path}.modelDataUrl", max_len=1024, pattern=None if local else URL_PATTERN)
     env = container.get("Environment")
     if env is not None and (not isinstance(env, dict) or len(env) > 100):
         v.add("{...}", f"{path}.environment", "Member must have length less than or equal to 100")

@@ -1,0 +1,210 @@
+"""Where endpoint instances run: the ``Backend`` protocol and ``LocalBackend`` (local subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+import httpx
+
+
+class ModelSourceError(Exception):
+    """The model's artifacts cannot be made available to an instance; the text is a FailureReason."""
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """What one instance serves: the endpoint/variant it belongs to and the model's container."""
+
+    endpoint: str
+    variant: str
+    index: int
+    model_data_url: str
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A started instance, as recorded in the store."""
+
+    variant: str
+    pid: int
+    port: int
+    log_path: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Instance:
+        return cls(variant=str(record["variant"]), pid=int(record["pid"]), port=int(record["port"]),
+                   log_path=str(record["log_path"]))
+
+
+class Backend(Protocol):
+    """Starts, checks and stops instances. Every method is safe to call repeatedly."""
+
+    def start(self, spec: InstanceSpec) -> Instance:
+        """Start one instance (without waiting for it to be ready); ModelSourceError if impossible."""
+        ...
+
+    def stop(self, instance: Instance) -> None:
+        """Stop the instance (no-op when already gone)."""
+        ...
+
+    def healthy(self, instance: Instance) -> bool:
+        """Whether the instance answers ``GET /ping`` with 200."""
+        ...
+
+    def failure(self, instance: Instance) -> str | None:
+        """Why the instance is gone (its exit and last log lines), or ``None`` while it runs."""
+        ...
+
+
+def free_port() -> int:
+    """A free loopback TCP port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def default_home() -> Path:
+    """``$MAINSAIL_HOME`` or ``~/.mainsail``."""
+    return Path(os.environ.get("MAINSAIL_HOME") or Path.home() / ".mainsail")
+
+
+def tail(path: str | Path, lines: int = 10, max_chars: int = 900) -> str:
+    """The last non-empty lines of a log file (at most ``max_chars``)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join(kept)[-max_chars:]
+
+
+class LocalBackend:
+    """Instances as ``mainsail serve`` subprocesses on loopback ports, each in its own session."""
+
+    def __init__(self, home: Path | None = None, *, stop_timeout: float = 10.0) -> None:
+        self.home = home or default_home()
+        self.stop_timeout = stop_timeout
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def _model_dir(self, spec: InstanceSpec) -> Path:
+        url = spec.model_data_url
+        parsed = urlparse(url)
+        if parsed.scheme == "file":
+            path = Path(unquote(parsed.path))
+        elif parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
+            path = Path(url)
+        else:
+            raise ModelSourceError(
+                f"ModelDataUrl {url!r} is not supported by the local backend yet "
+                "(use a local directory, a model.tar.gz path or a file:// URL).")
+        if path.is_dir():
+            return path
+        if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            target = self.home / "models" / spec.endpoint / spec.variant
+            marker = target / ".extracted"
+            if not marker.exists():
+                target.mkdir(parents=True, exist_ok=True)
+                try:
+                    with tarfile.open(path) as tar:
+                        tar.extractall(target, filter="data")
+                except (tarfile.TarError, OSError) as exc:
+                    raise ModelSourceError(f"Could not extract {path}: {exc}") from None
+                marker.touch()
+            return target
+        raise ModelSourceError(f"ModelDataUrl {url!r}: no such directory or model archive.")
+
+    def start(self, spec: InstanceSpec) -> Instance:
+        model_dir = self._model_dir(spec)
+        port = free_port()
+        logs = self.home / "logs" / spec.endpoint
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{spec.variant}-{spec.index}-{port}.log"
+        env = {**os.environ, "MAINSAIL_HOME": str(self.home), **spec.environment}
+        cmd = [sys.executable, "-m", "mainsail.cli", "serve", str(model_dir), "--port", str(port),
+               "--workers", "1", "--host", "127.0.0.1"]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        with self._lock:
+            self._procs[proc.pid] = proc
+        return Instance(variant=spec.variant, pid=proc.pid, port=port, log_path=str(log_path))
+
+    def _exit_code(self, pid: int) -> int | None:
+        """The exit code, ``None`` while running; -1 when the process is unknown and gone."""
+        with self._lock:
+            proc = self._procs.get(pid)
+        if proc is not None:
+            return proc.poll()
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return -1
+        except PermissionError:
+            return None
+        return None
+
+    def healthy(self, instance: Instance) -> bool:
+        try:
+            return httpx.get(instance.url + "/ping", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def failure(self, instance: Instance) -> str | None:
+        code = self._exit_code(instance.pid)
+        if code is None:
+            return None
+        lines = tail(instance.log_path)
+        return f"Instance of variant {instance.variant} exited with code {code}: {lines}"
+
+    def stop(self, instance: Instance) -> None:
+        if self._exit_code(instance.pid) is None:
+            try:
+                os.killpg(instance.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+            deadline = time.monotonic() + self.stop_timeout
+            while self._exit_code(instance.pid) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        try:  # the group may still hold workers even after the leader exited
+            os.killpg(instance.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        with self._lock:
+            proc = self._procs.pop(instance.pid, None)
+        if proc is not None:
+            proc.wait(5)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # let the group's last members die
+            try:
+                os.killpg(instance.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.02)
+
+    def stop_all(self) -> None:
+        """Stop every process this backend started (teardown)."""
+        with self._lock:
+            pids = list(self._procs)
+        for pid in pids:
+            self.stop(Instance(variant="", pid=pid, port=0, log_path=""))
