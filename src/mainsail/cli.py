@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -98,6 +100,40 @@ def export_onnx(
     typer.echo(f"wrote {report.path}")
     typer.echo(f"max abs diff {report.max_abs_diff:.3g} (atol {atol:g}), opset {report.opset}, "
                f"inputs {', '.join(report.inputs)}")
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for the SageMaker API, the runtime API and /metrics")] = 8700,
+    home: Annotated[str | None, typer.Option(
+        help="State, models and logs [env MAINSAIL_HOME; default ~/.mainsail]")] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Run the control plane: the SageMaker hosting API and runtime API for boto3 and the SDK."""
+    import uvicorn
+
+    from mainsail.control import SQLiteStore, create_control_app
+    from mainsail.control.backends import LocalBackend, default_home
+    from mainsail.control.reconciler import Reconciler
+    from mainsail.log import configure_logging
+
+    configure_logging(log_level)
+    root = Path(home).expanduser() if home else default_home()
+    root.mkdir(parents=True, exist_ok=True)
+    store = SQLiteStore(root / "state.db")
+    reconciler = Reconciler(store, LocalBackend(root))
+    reconciler.start()
+    logger.info("mainsail up: http://%s:%d (state in %s)", host, port, root)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with this handler in place
+    # that re-raise returns here, so the instances are stopped and the exit code is 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.run(create_control_app(store), host=host, port=port, log_config=None, access_log=False)
+    finally:
+        # Instances do not outlive the control plane that owns them (re-adopting them is future work).
+        reconciler.stop(stop_instances=True)
+        store.close()
 
 
 @app.command()

@@ -278,6 +278,7 @@ def test_reload_restarts_workers_when_the_script_changes(tmp_path: Path, home: P
                 pass
             time.sleep(0.1)
         assert text == "version 2"
+    assert "died" not in server.log(), "retired workers must not be replaced as if they had crashed"
 
 
 def test_unsafe_archive_is_refused(tmp_path: Path, home: Path) -> None:

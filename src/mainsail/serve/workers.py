@@ -107,6 +107,8 @@ class Worker:
     go: Event
     generation: int
     started: float = field(default_factory=time.monotonic)
+    retired: bool = False
+    """Told to stop (reload): its exit is expected, not a crash to replace."""
 
     @property
     def serving(self) -> bool:
@@ -183,6 +185,8 @@ class Supervisor:
                 self._workers.remove(worker)
                 self._forget(worker)
                 code = worker.process.exitcode
+                if worker.retired:
+                    continue
                 if code == EXIT_LOAD_FAILED:
                     logger.error("worker pid %s could not load the model", worker.process.pid)
                     continue
@@ -207,6 +211,7 @@ class Supervisor:
         for _ in range(self.settings.workers):
             self._spawn()
         for worker in old:
+            worker.retired = True
             if worker.process.is_alive() and worker.process.pid:
                 os.kill(worker.process.pid, signal.SIGTERM)
 
