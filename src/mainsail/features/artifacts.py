@@ -71,6 +71,19 @@ def load_data_pickle(path: Path) -> Any:
         raise ModelLoadError(f"{path.name} is not a readable pickle: {type(exc).__name__}: {exc}") from None
 
 
+def load_mapping_artifact(path: Path, what: str) -> dict[str, Any] | None:
+    """A pickled ``{column: ...}`` artifact (risk tables, imputation values), or None when absent.
+
+    Keys are made strings; anything but a dict is a ``ModelLoadError`` saying what ``what`` should be.
+    """
+    if not path.exists():
+        return None
+    raw = load_data_pickle(path)
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path.name} must hold a dict of column -> {what}")
+    return {str(key): value for key, value in raw.items()}
+
+
 def read_feature_columns(path: Path) -> list[str]:
     """``feature_columns.txt``: ``#`` comments, then ``<index>,<name>`` lines in column order.
 

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from mainsail.errors import MissingColumns, ModelLoadError
-from mainsail.features.artifacts import load_data_pickle
 
 _NAN_WORDS = frozenset({"nan", "+nan", "-nan"})
 
@@ -146,22 +145,11 @@ class TabularPreprocessor:
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, feature_columns: Sequence[str]) -> TabularPreprocessor:
-        from mainsail.features.artifacts import IMPUTE_DICT, RISK_TABLES
+        from mainsail.features.artifacts import IMPUTE_DICT, RISK_TABLES, load_mapping_artifact
 
-        tables: dict[str, RiskTable] = {}
-        risk_path = model_dir / RISK_TABLES
-        if risk_path.exists():
-            raw = load_data_pickle(risk_path)
-            if not isinstance(raw, Mapping):
-                raise ModelLoadError(f"{RISK_TABLES} must hold a dict of column -> table")
-            tables = {str(col): RiskTable.from_artifact(str(col), table) for col, table in raw.items()}
-        impute: dict[str, Any] = {}
-        impute_path = model_dir / IMPUTE_DICT
-        if impute_path.exists():
-            raw = load_data_pickle(impute_path)
-            if not isinstance(raw, Mapping):
-                raise ModelLoadError(f"{IMPUTE_DICT} must hold a dict of column -> value")
-            impute = {str(k): v for k, v in raw.items()}
+        raw_tables = load_mapping_artifact(model_dir / RISK_TABLES, "table") or {}
+        tables = {col: RiskTable.from_artifact(col, table) for col, table in raw_tables.items()}
+        impute = load_mapping_artifact(model_dir / IMPUTE_DICT, "value") or {}
         return cls(feature_columns, tables, impute)
 
     def missing_columns(self, present: Any) -> list[str]:

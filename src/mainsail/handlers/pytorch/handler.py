@@ -28,7 +28,7 @@ from mainsail.features.artifacts import (
     FEATURE_COLUMNS,
     HYPERPARAMETERS,
     IMPUTE_DICT,
-    load_data_pickle,
+    load_mapping_artifact,
     read_feature_columns,
     read_hyperparameters,
 )
@@ -183,10 +183,12 @@ class PyTorchHandler:
         mask_key = text_config.get("text_attention_mask_key") or "attention_mask"
         self.input_keys = {f: (f"{f}_{ids_key}", f"{f}_{mask_key}") for f in self.pipelines}
         tab_fields = list(config.get("tab_field_list") or [])
-        impute_path = self.model_dir / IMPUTE_DICT
-        impute = load_data_pickle(impute_path) if impute_path.is_file() else config.get("imputation_dict") or {}
-        if not isinstance(impute, Mapping):
-            raise ModelLoadError(f"{IMPUTE_DICT} must hold a dict of column -> value")
+        impute = load_mapping_artifact(self.model_dir / IMPUTE_DICT, "value")
+        if impute is None:
+            from_config = config.get("imputation_dict") or {}
+            if not isinstance(from_config, Mapping):
+                raise ModelLoadError("the config's imputation_dict must be a dict of column -> value")
+            impute = dict(from_config)
         self.tabular = TabularPreprocessor(tab_fields, {}, {k: v for k, v in impute.items() if k in tab_fields}) \
             if tab_fields else None
         columns_file = self.model_dir / FEATURE_COLUMNS
