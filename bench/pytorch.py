@@ -34,7 +34,7 @@ from bench.loadgen import LoadResult
 from bench.procs import Server, free_port, machine_busy_s, running
 from bench.report import Check, checks_table, machine_summary, versions
 from bench.serve import HOST, ROOT, ServerInfo, mainsail_argv, run_loadgen, server_env
-from bench.summary import CellSummary
+from bench.summary import CellSummary, ResultCounts
 
 JSON = "application/json"
 SIZES = ("tiny", "minilm")
@@ -105,7 +105,7 @@ def http_specs(size: str, workers: Sequence[int]) -> list[CellSpec]:
 
 
 @dataclass
-class Sample:
+class Sample(ResultCounts):
     """One round of one cell."""
 
     spec: CellSpec
@@ -121,13 +121,6 @@ class Sample:
             return self.result.rps
         return self.result.calls_per_s * self.spec.records
 
-    @property
-    def count(self) -> int:
-        return self.result.requests if isinstance(self.result, LoadResult) else self.result.calls
-
-    @property
-    def errors(self) -> int:
-        return self.result.errors if isinstance(self.result, LoadResult) else 0
 
 
 @dataclass

@@ -6,6 +6,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bench.loadgen import LoadResult
+
 
 class _Timed(Protocol):
     @property
@@ -29,6 +31,20 @@ class Sample(Protocol):
 
     @property
     def count(self) -> int: ...
+
+
+class ResultCounts:
+    """``count`` and ``errors`` of a sample whose ``result`` is a FloorResult or a LoadResult."""
+
+    result: Any
+
+    @property
+    def count(self) -> int:
+        return int(self.result.requests if isinstance(self.result, LoadResult) else self.result.calls)
+
+    @property
+    def errors(self) -> int:
+        return int(self.result.errors) if isinstance(self.result, LoadResult) else 0
 
 
 @dataclass

@@ -36,7 +36,7 @@ from bench.loadgen import LoadResult, percentile
 from bench.procs import Server, free_port, machine_busy_s, running
 from bench.report import Check, checks_table, machine_summary, versions
 from bench.serve import HOST, ROOT, ServerInfo, canned_argv, mainsail_argv, run_loadgen, server_env
-from bench.summary import CellSummary
+from bench.summary import CellSummary, ResultCounts
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -205,7 +205,7 @@ SERVERS = {"mainsail-w1": 1, "mainsail-w2": 2}
 
 
 @dataclass
-class Sample:
+class Sample(ResultCounts):
     """One round of one cell."""
 
     key: str
@@ -218,13 +218,6 @@ class Sample:
     def rate(self) -> float:
         return self.result.rps if isinstance(self.result, LoadResult) else self.result.calls_per_s
 
-    @property
-    def count(self) -> int:
-        return self.result.requests if isinstance(self.result, LoadResult) else self.result.calls
-
-    @property
-    def errors(self) -> int:
-        return self.result.errors if isinstance(self.result, LoadResult) else 0
 
 
 @dataclass
