@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 from typing import Any
-from urllib.parse import urlparse
 
 from mainsail.control import resources as res
 from mainsail.control.backends import Backend, Instance, InstanceSpec, ModelSourceError
@@ -112,10 +111,6 @@ class Reconciler:
             url = container.get("ModelDataUrl")
             if not url:
                 raise ModelSourceError(f"Model {pv['ModelName']} has no ModelDataUrl.")
-            if urlparse(url).scheme == "s3":
-                raise ModelSourceError(
-                    f"Could not fetch model data {url} for variant {pv['VariantName']}: s3:// "
-                    "model data is not supported yet; use a local path or a file:// URL.")
             env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
             for index in range(int(pv.get("InitialInstanceCount", 1))):
                 specs.append(InstanceSpec(endpoint=record["EndpointName"],
