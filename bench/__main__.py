@@ -1,4 +1,4 @@
-"""``python -m bench {serve,tabular,pytorch} [--duration S] [--quick] [--out docs/benchmarks.md]``."""
+"""``python -m bench {serve,tabular,pytorch,control} [--duration S] [--quick] [--out docs/benchmarks.md]``."""
 
 from __future__ import annotations
 
@@ -82,6 +82,31 @@ def _pytorch(args: argparse.Namespace) -> int:
     return 1 if bench.errors else 0
 
 
+def _control(args: argparse.Namespace) -> int:
+    from bench import control
+    from bench.report import write_section
+
+    command = "python -m bench " + shlex.join(sys.argv[1:])
+    bench = control.run_control_benchmark(duration_s=args.duration, warmup_s=args.warmup, rounds=args.rounds,
+                                          quick=args.quick, boto3_loop=not args.no_boto3, command=command,
+                                          log=lambda line: print(line, file=sys.stderr, flush=True))
+    print()
+    print(control.results_table(bench))
+    print()
+    print(control.overhead_table(bench))
+    print()
+    for check in control.control_checks(bench):
+        print(f"{check.name}: {check.measured} (target {check.target}): {check.verdict.strip('*')}")
+    text = control.boto3_text(bench)
+    if text:
+        print(text)
+    write_section(args.out, "control", control.render_control_section(bench))
+    print(f"\nwrote the control section of {args.out} ({bench.wall_s:.0f} s in all)")
+    if bench.errors:
+        print(f"{bench.errors} requests failed: see the per-round table", file=sys.stderr)
+    return 1 if bench.errors else 0
+
+
 def _common(parser: argparse.ArgumentParser, quick: str) -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per cell (default 5)")
     parser.add_argument("--warmup", type=float, default=None,
@@ -123,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     pytorch.add_argument("--workers", type=int, nargs="+", default=None,
                          help="worker counts to serve with (default 1 2; 1 with --quick)")
     pytorch.set_defaults(func=_pytorch)
+    control = commands.add_parser(
+        "control", help="the control-plane hop: mainsail up's /endpoints/NAME/invocations vs the instance directly")
+    _common(control, "0.3")
+    control.add_argument("--quick", action="store_true", help="a smoke run: one round of 1 s per cell")
+    control.add_argument("--no-boto3", action="store_true", help="skip the boto3 invoke_endpoint loop")
+    control.set_defaults(func=_control)
     args = parser.parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so the servers this started are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

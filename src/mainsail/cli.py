@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from mainsail import __version__
+from mainsail.control.commands import register
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="mainsail: SageMaker-compatible model serving on your own machine.")
@@ -116,22 +117,25 @@ def up(
     from mainsail.control import SQLiteStore, create_control_app
     from mainsail.control.backends import LocalBackend, default_home
     from mainsail.control.reconciler import Reconciler
+    from mainsail.control.router import Router
     from mainsail.log import configure_logging
 
     configure_logging(log_level)
     root = Path(home).expanduser() if home else default_home()
     root.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(root / "state.db")
-    reconciler = Reconciler(store, LocalBackend(root))
+    router = Router(store)
+    reconciler = Reconciler(store, LocalBackend(root), in_flight=router.in_flight)
     reconciler.start()
     logger.info("mainsail up: http://%s:%d (state in %s)", host, port, root)
     # uvicorn re-raises the signal that stopped it once it has shut down; with this handler in place
     # that re-raise returns here, so the instances are stopped and the exit code is 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvicorn.run(create_control_app(store), host=host, port=port, log_config=None, access_log=False)
+        uvicorn.run(create_control_app(store, router), host=host, port=port, log_config=None, access_log=False)
     finally:
-        # Instances do not outlive the control plane that owns them (re-adopting them is future work).
+        # Instances do not outlive the control plane that owns them; the next `mainsail up` starts
+        # them again (and adopts the ones a killed control plane left running).
         reconciler.stop(stop_instances=True)
         store.close()
 
@@ -140,6 +144,9 @@ def up(
 def version() -> None:
     """Print mainsail's version."""
     typer.echo(__version__)
+
+
+register(app)
 
 
 def main() -> None:

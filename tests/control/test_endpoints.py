@@ -6,94 +6,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import boto3
-import joblib
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
-from sklearn.linear_model import LinearRegression
 
-from mainsail.control import SQLiteStore, create_control_app
+from mainsail.control import SQLiteStore
 from mainsail.control import endpoints as ep
 from mainsail.control.backends import LocalBackend
-from mainsail.control.reconciler import Reconciler
-from tests.conftest import ThreadedServer
+from tests.control.helpers import INFERENCE_BAD, INFERENCE_OK, REGION, WAIT, Plane, deploy, make_model_dir
 
-REGION = "us-east-1"
-IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mainsail:latest"
-ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
-WAIT = {"Delay": 1, "MaxAttempts": 30}
-
-INFERENCE_OK = """
-import os
-import joblib
-
-def model_fn(model_dir):
-    return joblib.load(os.path.join(model_dir, "model.joblib"))
-"""
-
-INFERENCE_BAD = """
-def model_fn(model_dir):
-    raise RuntimeError("boom: the weights are corrupt")
-"""
-
-
-class Plane(ThreadedServer):
-    """Control app + reconciler + local backend, with boto3 clients."""
-
-    def __init__(self, home: Path) -> None:
-        self.store = SQLiteStore(home / "state.db")
-        self.backend = LocalBackend(home)
-        self.reconciler = Reconciler(self.store, self.backend, interval=0.1)
-        super().__init__(create_control_app(self.store), lifespan="on")
-
-    def __enter__(self) -> Plane:
-        self.start()
-        self.reconciler.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.reconciler.stop(stop_instances=True)
-        self.backend.stop_all()
-        self.stop()
-        self.store.close()
-
-    def client(self, service: str) -> Any:
-        return boto3.client(service, endpoint_url=self.url, region_name=REGION,
-                            aws_access_key_id="x", aws_secret_access_key="x",
-                            config=Config(retries={"max_attempts": 1, "mode": "standard"}))
-
-
-@pytest.fixture
-def plane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Plane]:
-    monkeypatch.setenv("MAINSAIL_HOME", str(tmp_path))
-    with Plane(tmp_path) as p:
-        yield p
-
-
-def _model_dir(root: Path, script: str) -> Path:
-    root.mkdir()
-    (root / "code").mkdir()
-    (root / "code" / "inference.py").write_text(script)
-    model = LinearRegression().fit([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [0.0, 2.0, 3.0])
-    joblib.dump(model, root / "model.joblib")
-    return root
-
-
-def _deploy(sm: Any, name: str, model_dir: Path, url: str | None = None) -> str:
-    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE,
-                    PrimaryContainer={"Image": IMAGE,
-                                      "ModelDataUrl": url or f"file://{model_dir}",
-                                      "Environment": {"MAINSAIL_TEST": "1"}})
-    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[
-        {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1,
-         "InstanceType": "ml.m5.large"}])
-    arn: str = sm.create_endpoint(EndpointName=name, EndpointConfigName=name)["EndpointArn"]
-    return arn
+_deploy, _model_dir = deploy, make_model_dir
 
 
 def _arn(name: str) -> str:
@@ -167,14 +90,6 @@ def test_model_load_failure_marks_endpoint_failed(plane: Plane, tmp_path: Path) 
     sm.get_waiter("endpoint_deleted").wait(EndpointName="broken", WaiterConfig=WAIT)
 
 
-def test_s3_model_data_fails_clearly(plane: Plane, tmp_path: Path) -> None:
-    sm = plane.client("sagemaker")
-    _deploy(sm, "remote", tmp_path, url="s3://bucket/model.tar.gz")
-    desc = sm.describe_endpoint(EndpointName="remote")
-    assert desc["EndpointStatus"] == "Failed"
-    assert "s3://" in desc["FailureReason"] and "not supported" in desc["FailureReason"]
-
-
 def test_missing_endpoint_errors(plane: Plane) -> None:
     sm, rt = plane.client("sagemaker"), plane.client("sagemaker-runtime")
     with pytest.raises(ClientError) as exc:
@@ -193,7 +108,7 @@ def test_missing_endpoint_errors(plane: Plane) -> None:
 def test_list_endpoints_pagination(plane: Plane, tmp_path: Path) -> None:
     sm = plane.client("sagemaker")
     for name in ("p1", "p2", "p3"):
-        _deploy(sm, name, tmp_path, url="s3://bucket/model.tar.gz")  # fail fast, no processes
+        _deploy(sm, name, tmp_path, url=f"file://{tmp_path}/missing")  # fail fast, no processes
     first = sm.list_endpoints(MaxResults=2, SortBy="Name", SortOrder="Ascending")
     assert [e["EndpointName"] for e in first["Endpoints"]] == ["p1", "p2"]
     second = sm.list_endpoints(MaxResults=2, SortBy="Name", SortOrder="Ascending",
@@ -222,13 +137,27 @@ def test_local_backend_extracts_model_archive(tmp_path: Path) -> None:
                                         model_data_url=f"file://{tmp_path}/missing"))
 
 
-def test_pick_instance_follows_weights() -> None:
+def test_router_picks_by_weight_target_and_outstanding_requests(tmp_path: Path) -> None:
     import random
 
-    record = {"ProductionVariants": [{"VariantName": "a", "CurrentWeight": 0.0},
-                                     {"VariantName": "b", "CurrentWeight": 1.0}],
-              "Instances": [{"variant": "a", "port": 1}, {"variant": "b", "port": 2}]}
-    rng = random.Random(0)
-    picks = [ep.pick_instance(record, rng) for _ in range(20)]
-    assert {p["variant"] for p in picks if p is not None} == {"b"} and None not in picks
-    assert ep.pick_instance({"ProductionVariants": [], "Instances": []}) is None
+    from mainsail.control.router import Router, Table
+
+    store = SQLiteStore(tmp_path / "s.db")
+    router = Router(store, rng=random.Random(0))
+    record = {"EndpointStatus": "InService",
+              "ProductionVariants": [{"VariantName": "a", "CurrentWeight": 0.0},
+                                     {"VariantName": "b", "CurrentWeight": 1.0,
+                                      "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}}],
+              "Instances": [{"variant": "a", "port": 1, "ready": True}, {"variant": "b", "port": 2, "ready": True},
+                            {"variant": "b", "port": 3, "ready": True}, {"variant": "b", "port": 4, "ready": False}]}
+    table = Table.of(record)
+    picks = [router.pick(table, None) for _ in range(30)]
+    assert {(v.name, port) for v, port in picks} <= {("b", 2), ("b", 3)}  # type: ignore[misc]
+    assert router.pick(table, "a")[1] == 1  # TargetVariant overrides a zero weight
+    assert router.pick(table, "zzz") == "The variant zzz is not present in the endpoint."
+    router._in_flight[2] = 5  # least outstanding requests: port 3 is idle
+    assert {router.pick(table, "b")[1] for _ in range(10)} == {3}  # type: ignore[index]
+    empty = Table.of({"EndpointStatus": "InService", "ProductionVariants": [{"VariantName": "a"}],
+                      "Instances": [{"variant": "a", "port": 1, "ready": False}]})
+    assert router.pick(empty, None) == ""
+    store.close()

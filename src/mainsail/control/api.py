@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from mainsail.control.errors import (
     UnknownOperationException,
     ValidationException,
 )
+from mainsail.control.router import Router
 from mainsail.control.store import Record, StateStore
 
 logger = logging.getLogger(__name__)
@@ -181,7 +184,8 @@ def delete_endpoint_config(call: Call) -> dict[str, Any]:
 # -- tags --------------------------------------------------------------------------------------
 
 _ARN_KEYS = {res.MODEL: ("ModelArn", "ModelName"),
-             res.ENDPOINT_CONFIG: ("EndpointConfigArn", "EndpointConfigName")}
+             res.ENDPOINT_CONFIG: ("EndpointConfigArn", "EndpointConfigName"),
+             endpoints.ENDPOINT: ("EndpointArn", "EndpointName")}
 _RESOURCE_ARN_RE = re.compile(r"arn:aws[a-z-]*:sagemaker:[a-z0-9-]*:[0-9]{12}:(.+)")
 
 
@@ -274,8 +278,10 @@ def _respond(status: int, payload: dict[str, Any], request_id: str) -> Response:
                     headers={"x-amzn-RequestId": request_id})
 
 
-def create_control_app(store: StateStore) -> Starlette:
-    """The control-plane ASGI app: SageMaker JSON 1.1 operations over ``store``."""
+def create_control_app(store: StateStore, router: Router | None = None) -> Starlette:
+    """The control-plane ASGI app: SageMaker JSON 1.1 operations over ``store``, the runtime API
+    (``router``, one over ``store`` by default) and ``/metrics``."""
+    router = router or Router(store)
 
     async def dispatch(request: Request) -> Response:
         request_id = str(uuid.uuid4())
@@ -295,7 +301,10 @@ def create_control_app(store: StateStore) -> Starlette:
                 raise SerializationException("Request body must be a JSON object.")
             call = Call(store, region_of(request.headers.get("authorization")), body)
             # SQLite calls block: keep them off the event loop
-            return _respond(200, await run_in_threadpool(operation, call), request_id)
+            result = await run_in_threadpool(operation, call)
+            if operation is endpoints.describe_endpoint:
+                result = await _settle(call, result)
+            return _respond(200, result, request_id)
         except ControlError as exc:
             return _respond(exc.status_code, exc.to_aws(), request_id)
         except Exception as exc:
@@ -303,13 +312,23 @@ def create_control_app(store: StateStore) -> Starlette:
             return _respond(500, {"__type": "InternalFailure",
                                   "Message": f"{type(exc).__name__}: {exc}"}, request_id)
 
-    runtime = endpoints.Runtime(store)
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        await runtime.aclose()
+        await router.aclose()
 
     # the runtime API (no X-Amz-Target) lives on its own REST paths
-    return Starlette(routes=[Route("/", dispatch, methods=["POST"]), runtime.route],
+    return Starlette(routes=[Route("/", dispatch, methods=["POST"]), router.route,
+                             Route("/metrics", router.metrics_endpoint, methods=["GET"])],
                      lifespan=lifespan)
+
+
+async def _settle(call: Call, result: dict[str, Any]) -> dict[str, Any]:
+    """Re-describe a Creating/Updating/Deleting endpoint for up to DESCRIBE_SETTLE_SECONDS so that a
+    client's first poll (boto3's waiters poll at once, then sleep 30 s) already sees where it lands.
+    Waits on the event loop, holding no thread; a deleted endpoint raises ValidationException here."""
+    deadline = time.monotonic() + endpoints.DESCRIBE_SETTLE_SECONDS
+    while result.get("EndpointStatus") in endpoints.SETTLING and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        result = await run_in_threadpool(endpoints.describe_endpoint, call)
+    return result

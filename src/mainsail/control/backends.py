@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlparse
 
 import httpx
 
@@ -74,6 +73,15 @@ class Backend(Protocol):
         """Why the instance is gone (its exit and last log lines), or ``None`` while it runs."""
         ...
 
+    def adopt(self, instance: Instance) -> bool:
+        """Take over an instance recorded by an earlier control plane: ``True`` if it still runs
+        (and is the process recorded, not a reused pid)."""
+        ...
+
+    def reap(self, known: set[int]) -> list[int]:
+        """Stop instances this backend started earlier that are not in ``known``; their pids."""
+        ...
+
 
 def free_port() -> int:
     """A free loopback TCP port."""
@@ -108,31 +116,9 @@ class LocalBackend:
         self._lock = threading.Lock()
 
     def _model_dir(self, spec: InstanceSpec) -> Path:
-        url = spec.model_data_url
-        parsed = urlparse(url)
-        if parsed.scheme == "file":
-            path = Path(unquote(parsed.path))
-        elif parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
-            path = Path(url)
-        else:
-            raise ModelSourceError(
-                f"ModelDataUrl {url!r} is not supported by the local backend yet "
-                "(use a local directory, a model.tar.gz path or a file:// URL).")
-        if path.is_dir():
-            return path
-        if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
-            target = self.home / "models" / spec.endpoint / spec.variant
-            marker = target / ".extracted"
-            if not marker.exists():
-                target.mkdir(parents=True, exist_ok=True)
-                try:
-                    with tarfile.open(path) as tar:
-                        tar.extractall(target, filter="data")
-                except (tarfile.TarError, OSError) as exc:
-                    raise ModelSourceError(f"Could not extract {path}: {exc}") from None
-                marker.touch()
-            return target
-        raise ModelSourceError(f"ModelDataUrl {url!r}: no such directory or model archive.")
+        from mainsail.control.modeldata import resolve_model_data
+
+        return resolve_model_data(spec.model_data_url, self.home)
 
     def start(self, spec: InstanceSpec) -> Instance:
         model_dir = self._model_dir(spec)
@@ -140,7 +126,9 @@ class LocalBackend:
         logs = self.home / "logs" / spec.endpoint
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{spec.variant}-{spec.index}-{port}.log"
-        env = {**os.environ, "MAINSAIL_HOME": str(self.home), **spec.environment}
+        from mainsail.control.modeldata import resolve_environment
+
+        env = {**os.environ, "MAINSAIL_HOME": str(self.home), **resolve_environment(spec.environment, self.home)}
         cmd = [sys.executable, "-m", "mainsail.cli", "serve", str(model_dir), "--port", str(port),
                "--workers", "1", "--host", "127.0.0.1"]
         with open(log_path, "ab") as log:
@@ -148,6 +136,8 @@ class LocalBackend:
                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
         with self._lock:
             self._procs[proc.pid] = proc
+        self._pid_dir.mkdir(parents=True, exist_ok=True)
+        (self._pid_dir / f"{proc.pid}.json").write_text(json.dumps({"pid": proc.pid, "port": port}))
         return Instance(variant=spec.variant, pid=proc.pid, port=port, log_path=str(log_path))
 
     def _exit_code(self, pid: int) -> int | None:
@@ -178,6 +168,11 @@ class LocalBackend:
         return f"Instance of variant {instance.variant} exited with code {code}: {lines}"
 
     def stop(self, instance: Instance) -> None:
+        with self._lock:
+            ours = instance.pid in self._procs
+        if not ours and not self._is_instance(instance.pid, instance.port):
+            (self._pid_dir / f"{instance.pid}.json").unlink(missing_ok=True)
+            return  # gone, or its pid now belongs to another process: never signal that
         if self._exit_code(instance.pid) is None:
             try:
                 os.killpg(instance.pid, signal.SIGTERM)
@@ -194,6 +189,7 @@ class LocalBackend:
             proc = self._procs.pop(instance.pid, None)
         if proc is not None:
             proc.wait(5)
+        (self._pid_dir / f"{instance.pid}.json").unlink(missing_ok=True)
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:  # let the group's last members die
             try:
@@ -201,6 +197,43 @@ class LocalBackend:
             except (ProcessLookupError, PermissionError):
                 break
             time.sleep(0.02)
+
+    @property
+    def _pid_dir(self) -> Path:
+        return self.home / "instances"
+
+    @staticmethod
+    def _is_instance(pid: int, port: int) -> bool:
+        """Whether ``pid`` runs and is a ``mainsail serve`` on ``port`` (pids are reused)."""
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            try:
+                os.kill(pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return False
+            return True  # no /proc (macOS): trust the pid
+        return b"mainsail.cli" in argv and b"serve" in argv and str(port).encode() in argv
+
+    def adopt(self, instance: Instance) -> bool:
+        return self._is_instance(instance.pid, instance.port)
+
+    def reap(self, known: set[int]) -> list[int]:
+        stopped = []
+        for path in sorted(self._pid_dir.glob("*.json")) if self._pid_dir.is_dir() else []:
+            try:
+                info = json.loads(path.read_text())
+                pid, port = int(info["pid"]), int(info["port"])
+            except (OSError, ValueError, KeyError, TypeError):
+                path.unlink(missing_ok=True)
+                continue
+            if pid in known:
+                continue
+            if self._is_instance(pid, port):
+                self.stop(Instance(variant="", pid=pid, port=port, log_path=""))
+                stopped.append(pid)
+            path.unlink(missing_ok=True)
+        return stopped
 
     def stop_all(self) -> None:
         """Stop every process this backend started (teardown)."""

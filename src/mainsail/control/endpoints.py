@@ -1,22 +1,16 @@
-"""Endpoint operations (Create/Describe/List/DeleteEndpoint) and the runtime ``InvokeEndpoint`` route.
+"""Endpoint operations: Create/Describe/List/Update/UpdateEndpointWeightsAndCapacities/DeleteEndpoint.
 
-Operations only write desired state to the store; the ``Reconciler`` makes it so.
+Operations only write desired state to the store; the ``Reconciler`` makes it so. An endpoint record
+is the DescribeEndpoint shape plus internal keys (``INTERNAL_KEYS``): the reconciler owns
+``Instances`` (the serving set), ``PendingInstances`` (an update's new set) and ``Draining`` (old
+instances finishing their requests); the API owns ``Pending`` (what an update asked for).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import time
-import urllib.parse
 from typing import TYPE_CHECKING, Any
-
-import httpx
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from mainsail.control import resources as res
 from mainsail.control.errors import ValidationException
@@ -26,11 +20,14 @@ if TYPE_CHECKING:
     from mainsail.control.api import Call
 
 ENDPOINT = "endpoint"
-CREATING, IN_SERVICE, FAILED, DELETING = "Creating", "InService", "Failed", "Deleting"
-INTERNAL_KEYS = ("Tags", "Instances")
-#: How long DescribeEndpoint waits for a Creating endpoint to settle before answering.
+CREATING, IN_SERVICE, UPDATING, FAILED, DELETING = "Creating", "InService", "Updating", "Failed", "Deleting"
+#: Statuses DescribeEndpoint waits on (briefly) so that a client's first poll sees where it settles.
+SETTLING = (CREATING, UPDATING, DELETING)
+INTERNAL_KEYS = ("Tags", "Instances", "PendingInstances", "Draining", "Pending", "Specs", "PendingSpecs",
+                 "PendingConfig")
+#: How long DescribeEndpoint waits for a Creating/Updating/Deleting endpoint to settle.
 DESCRIBE_SETTLE_SECONDS = float(os.environ.get("MAINSAIL_DESCRIBE_SETTLE_SECONDS", "5"))
-MAX_PAYLOAD = 6 * 1024 * 1024
+RETAINABLE = ("DesiredInstanceCount", "DesiredWeight", "DataCaptureConfig")
 
 
 def endpoint_arn(region: str, name: str) -> str:
@@ -55,47 +52,85 @@ def _name(call: Call) -> str:
     return str(value)
 
 
-def create_endpoint(call: Call) -> dict[str, Any]:
-    name = _name(call)
-    config_name = call.body.get("EndpointConfigName")
+def _config(call: Call, member: str = "EndpointConfigName") -> Record:
+    config_name = call.body.get(member)
     v = res.Violations()
     if v.required(config_name, "endpointConfigName"):
         res.validate_name(v, config_name, "endpointConfigName")
-    tags = call.body.get("Tags")
-    if tags is not None:
-        res.validate_tags(v, tags)
     v.raise_if_any()
     config = call.store.get(res.ENDPOINT_CONFIG, str(config_name))
     if config is None:
         raise res.not_found(res.ENDPOINT_CONFIG,
                             res.arn(call.region, res.ENDPOINT_CONFIG, str(config_name)))
+    return config
+
+
+def _deployed_images(store: StateStore, model_name: str | None, now: float) -> list[dict[str, Any]]:
+    model = store.get(res.MODEL, model_name) if model_name else None
+    if model is None:
+        return []
+    container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
+    image = container.get("Image")
+    return [{"SpecifiedImage": image, "ResolvedImage": image, "ResolutionTime": now}] if image else []
+
+
+def variant_summaries(store: StateStore, config: Record, now: float) -> list[dict[str, Any]]:
+    """The DescribeEndpoint ``ProductionVariants`` of a config, before any instance runs."""
+    summaries = []
+    for pv in config.get("ProductionVariants", []):
+        weight = float(pv.get("InitialVariantWeight", 1.0))
+        summary: dict[str, Any] = {"VariantName": pv["VariantName"]}
+        images = _deployed_images(store, pv.get("ModelName"), now)
+        if images:
+            summary["DeployedImages"] = images
+        summary.update({"CurrentWeight": weight, "DesiredWeight": weight, "CurrentInstanceCount": 0,
+                        "DesiredInstanceCount": desired_count(pv)})
+        if pv.get("ServerlessConfig"):
+            summary["CurrentServerlessConfig"] = pv["ServerlessConfig"]
+            summary["DesiredServerlessConfig"] = pv["ServerlessConfig"]
+        if pv.get("RoutingConfig"):
+            summary["RoutingConfig"] = pv["RoutingConfig"]
+        summaries.append(summary)
+    return summaries
+
+
+def desired_count(pv: dict[str, Any]) -> int:
+    """Instances a config variant asks for (a serverless variant runs one, for now)."""
+    return int(pv.get("InitialInstanceCount") or 1)
+
+
+def create_endpoint(call: Call) -> dict[str, Any]:
+    name = _name(call)
+    config = _config(call)
+    v = res.Violations()
+    tags = call.body.get("Tags")
+    if tags is not None:
+        res.validate_tags(v, tags)
+    v.raise_if_any()
     now = time.time()
-    variants = [{"VariantName": pv["VariantName"],
-                 "CurrentWeight": float(pv.get("InitialVariantWeight", 1.0)),
-                 "DesiredWeight": float(pv.get("InitialVariantWeight", 1.0)),
-                 "CurrentInstanceCount": 0,
-                 "DesiredInstanceCount": int(pv.get("InitialInstanceCount", 1))}
-                for pv in config.get("ProductionVariants", [])]
     arn = endpoint_arn(call.region, name)
     record: Record = {"EndpointName": name, "EndpointArn": arn,
-                      "EndpointConfigName": str(config_name), "ProductionVariants": variants,
+                      "EndpointConfigName": config["EndpointConfigName"],
+                      "ProductionVariants": variant_summaries(call.store, config, now),
                       "EndpointStatus": CREATING, "CreationTime": now, "LastModifiedTime": now,
                       "Tags": list(tags or []), "Instances": []}
+    for key in ("DataCaptureConfig", "AsyncInferenceConfig"):
+        if config.get(key):
+            record[key] = config[key]
+    if call.body.get("DeploymentConfig"):
+        record["LastDeploymentConfig"] = call.body["DeploymentConfig"]
     if not call.store.insert(ENDPOINT, name, record):
         raise ValidationException(f'Cannot create already existing endpoint "{arn}".')
     return {"EndpointArn": arn}
 
 
 def describe_endpoint(call: Call) -> dict[str, Any]:
+    """DescribeEndpoint now; ``api`` re-asks for up to DESCRIBE_SETTLE_SECONDS while it settles."""
     name = _name(call)
-    deadline = time.monotonic() + DESCRIBE_SETTLE_SECONDS
-    while True:
-        record = call.store.get(ENDPOINT, name)
-        if record is None:
-            raise not_found(endpoint_arn(call.region, name))
-        if record["EndpointStatus"] != CREATING or time.monotonic() >= deadline:
-            return public(record)
-        time.sleep(0.1)
+    record = call.store.get(ENDPOINT, name)
+    if record is None:
+        raise not_found(endpoint_arn(call.region, name))
+    return public(record)
 
 
 def list_endpoints(call: Call) -> dict[str, Any]:
@@ -112,6 +147,126 @@ def list_endpoints(call: Call) -> dict[str, Any]:
         page.append({**summary, "EndpointStatus": record["EndpointStatus"],
                      "LastModifiedTime": record["LastModifiedTime"]})
     out["Endpoints"] = page
+    return out
+
+
+def _updatable(call: Call, name: str) -> Record:
+    record = call.store.get(ENDPOINT, name)
+    if record is None:
+        raise not_found(endpoint_arn(call.region, name))
+    if record["EndpointStatus"] != IN_SERVICE:
+        raise ValidationException(
+            f'Cannot update in-progress endpoint "{endpoint_arn(call.region, name)}".'
+            if record["EndpointStatus"] in SETTLING else
+            f'Cannot update endpoint "{endpoint_arn(call.region, name)}" in status '
+            f'{record["EndpointStatus"]}.')
+    return record
+
+
+def _start_update(call: Call, name: str, pending: dict[str, Any]) -> dict[str, Any]:
+    arn = endpoint_arn(call.region, name)
+
+    def mark(record: Record) -> Record:
+        if record["EndpointStatus"] != IN_SERVICE:  # raced with another writer
+            raise ValidationException(f'Cannot update in-progress endpoint "{arn}".')
+        record["EndpointStatus"] = UPDATING
+        record["Pending"] = pending
+        record["PendingInstances"] = []
+        record.pop("FailureReason", None)
+        record["LastModifiedTime"] = time.time()
+        if pending["Kind"] == "config":
+            record["PendingDeploymentSummary"] = {
+                "EndpointConfigName": pending["EndpointConfigName"],
+                "ProductionVariants": [
+                    {k: v for k, v in pv.items() if k != "RoutingConfig"} for pv in pending["Variants"]],
+                "StartTime": record["LastModifiedTime"]}
+        return record
+
+    if call.store.update(ENDPOINT, name, mark) is None:
+        raise not_found(arn)
+    return {"EndpointArn": arn}
+
+
+def update_endpoint(call: Call) -> dict[str, Any]:
+    """Blue/green: the new config's instances start; traffic moves once all answer; old ones drain."""
+    name = _name(call)
+    config = _config(call)
+    record = _updatable(call, name)
+    excluded = set()
+    for item in call.body.get("ExcludeRetainedVariantProperties") or []:
+        kind = item.get("VariantPropertyType") if isinstance(item, dict) else None
+        if kind not in RETAINABLE:
+            raise ValidationException(
+                f"1 validation error detected: Value '{kind}' at 'excludeRetainedVariantProperties' "
+                f"failed to satisfy constraint: Member must satisfy enum value set: {list(RETAINABLE)}")
+        excluded.add(kind)
+    retain = bool(call.body.get("RetainAllVariantProperties"))
+    current = {pv["VariantName"]: pv for pv in record["ProductionVariants"]}
+    variants = variant_summaries(call.store, config, time.time())
+    if retain:
+        for summary in variants:
+            old = current.get(summary["VariantName"])
+            if old is None:
+                continue
+            if "DesiredWeight" not in excluded:
+                summary["CurrentWeight"] = summary["DesiredWeight"] = old["CurrentWeight"]
+            if "DesiredInstanceCount" not in excluded:
+                summary["DesiredInstanceCount"] = old["DesiredInstanceCount"]
+    pending = {"Kind": "config", "EndpointConfigName": config["EndpointConfigName"], "Variants": variants}
+    if call.body.get("DeploymentConfig"):
+        pending["DeploymentConfig"] = call.body["DeploymentConfig"]
+    return _start_update(call, name, pending)
+
+
+def update_endpoint_weights_and_capacities(call: Call) -> dict[str, Any]:
+    name = _name(call)
+    desired = call.body.get("DesiredWeightsAndCapacities")
+    v = res.Violations()
+    if v.required(desired, "desiredWeightsAndCapacities"):
+        v.length(desired, "desiredWeightsAndCapacities", minimum=1, maximum=10)
+        for i, item in enumerate(desired if isinstance(desired, list) else [], start=1):
+            path = f"desiredWeightsAndCapacities.{i}.member"
+            if not isinstance(item, dict):
+                v.add(item, path, "Member must be a structure")
+                continue
+            if v.required(item.get("VariantName"), f"{path}.variantName"):
+                res.validate_name(v, item["VariantName"], f"{path}.variantName")
+            v.number(item.get("DesiredWeight"), f"{path}.desiredWeight", minimum=0)
+            v.number(item.get("DesiredInstanceCount"), f"{path}.desiredInstanceCount", minimum=0)
+    v.raise_if_any()
+    assert isinstance(desired, list)
+    record = _updatable(call, name)
+    by_name = {pv["VariantName"]: dict(pv) for pv in record["ProductionVariants"]}
+    missing = [item["VariantName"] for item in desired if item["VariantName"] not in by_name]
+    if missing:
+        raise ValidationException(
+            f"The variant(s) [{', '.join(missing)}] is/are not present in endpoint "
+            f'"{endpoint_arn(call.region, name)}".')
+    for item in desired:
+        count = item.get("DesiredInstanceCount")
+        if count is not None and int(count) < 1:
+            raise ValidationException(
+                f"DesiredInstanceCount for variant {item['VariantName']} must be at least 1.")
+    for item in desired:
+        summary = by_name[item["VariantName"]]
+        if item.get("DesiredWeight") is not None:
+            summary["DesiredWeight"] = float(item["DesiredWeight"])
+        if item.get("DesiredInstanceCount") is not None:
+            summary["DesiredInstanceCount"] = int(item["DesiredInstanceCount"])
+    pending = {"Kind": "capacity", "EndpointConfigName": record["EndpointConfigName"],
+               "Variants": list(by_name.values())}
+
+    out = _start_update(call, name, pending)
+
+    def show_desired(current: Record) -> Record:  # Describe shows DesiredWeight/Count at once
+        if current.get("Pending") is pending or current.get("Pending") == pending:
+            current["ProductionVariants"] = [
+                {**pv, "DesiredWeight": by_name[pv["VariantName"]]["DesiredWeight"],
+                 "DesiredInstanceCount": by_name[pv["VariantName"]]["DesiredInstanceCount"]}
+                for pv in current["ProductionVariants"]]
+        return current
+
+    call.store.update(ENDPOINT, name, show_desired)
     return out
 
 
@@ -132,104 +287,7 @@ OPERATIONS = {
     "CreateEndpoint": create_endpoint,
     "DescribeEndpoint": describe_endpoint,
     "ListEndpoints": list_endpoints,
+    "UpdateEndpoint": update_endpoint,
+    "UpdateEndpointWeightsAndCapacities": update_endpoint_weights_and_capacities,
     "DeleteEndpoint": delete_endpoint,
 }
-
-
-# -- runtime -----------------------------------------------------------------------------------
-
-
-def _runtime_error(status: int, code: str, message: str, **extra: Any) -> Response:
-    return Response(json.dumps({"message": message, **extra}), status_code=status,
-                    media_type="application/json", headers={"X-Amzn-ErrorType": code})
-
-
-def pick_instance(record: Record, rng: random.Random | None = None) -> dict[str, Any] | None:
-    """A random instance of a variant drawn by CurrentWeight (``None`` when there is none)."""
-    rng = rng or random.Random()
-    instances = record.get("Instances", [])
-    variants = [pv for pv in record.get("ProductionVariants", [])
-                if any(i["variant"] == pv["VariantName"] for i in instances)]
-    if not variants:
-        return None
-    weights = [float(pv.get("CurrentWeight", 1.0)) for pv in variants]
-    if sum(weights) <= 0:
-        weights = [1.0] * len(variants)
-    variant = rng.choices(variants, weights=weights)[0]["VariantName"]
-    chosen: dict[str, Any] = rng.choice([i for i in instances if i["variant"] == variant])
-    return chosen
-
-
-class Runtime:
-    """The runtime API's ``route`` and the keep-alive client it forwards with (``aclose`` at exit)."""
-
-    def __init__(self, store: StateStore, *, timeout: float = 60.0) -> None:
-        self.clients: list[httpx.AsyncClient] = []
-        self.route = _invocations_route(store, self.clients, timeout)
-
-    async def aclose(self) -> None:
-        while self.clients:
-            await self.clients.pop().aclose()
-
-
-def _invocations_route(store: StateStore, clients: list[httpx.AsyncClient],
-                       timeout: float) -> Route:
-    """``POST /endpoints/{name}/invocations`` forwarded to an instance of the endpoint."""
-
-    async def invoke(request: Request) -> Response:
-        from mainsail.control.api import region_of
-
-        region = region_of(request.headers.get("authorization"))
-        name = urllib.parse.unquote(request.path_params["name"])
-        record = await run_in_threadpool(store.get, ENDPOINT, name)
-        if record is None:
-            return _runtime_error(400, "ValidationError",
-                                  f"Endpoint {name} of account {res.ACCOUNT} not found.")
-        if record["EndpointStatus"] != IN_SERVICE:
-            return _runtime_error(400, "ValidationError",
-                                  f"Endpoint {name} of account {res.ACCOUNT} is not in service "
-                                  f"(status {record['EndpointStatus']}).")
-        body = await request.body()
-        if len(body) > MAX_PAYLOAD:
-            return _runtime_error(400, "ValidationError",
-                                  f"Request payload size exceeds the limit of {MAX_PAYLOAD} bytes.")
-        instance = pick_instance(record)
-        if instance is None:
-            return _runtime_error(400, "ValidationError", f"Endpoint {name} has no instances.")
-        if not clients:
-            clients.append(httpx.AsyncClient(timeout=timeout))
-        headers = {k: v for k, v in (("content-type", request.headers.get("content-type")),
-                                     ("accept", request.headers.get("accept")),
-                                     ("x-amzn-sagemaker-custom-attributes",
-                                      request.headers.get("x-amzn-sagemaker-custom-attributes")))
-                   if v is not None}
-        log_arn = (f"arn:aws:logs:{region}:{res.ACCOUNT}:log-group:/aws/sagemaker/Endpoints/"
-                   f"{name}")
-        variant = str(instance["variant"])
-        try:
-            upstream = await clients[0].post(
-                f"http://127.0.0.1:{int(instance['port'])}/invocations", content=body,
-                headers=headers)
-        except httpx.HTTPError as exc:
-            return _runtime_error(424, "ModelError",
-                                  f"Could not reach the instance of variant {variant}: {exc}",
-                                  OriginalStatusCode=502, OriginalMessage=str(exc),
-                                  LogStreamArn=log_arn)
-        if not 200 <= upstream.status_code < 300:
-            kind = "client" if upstream.status_code < 500 else "server"
-            text = upstream.text
-            return _runtime_error(
-                424, "ModelError",
-                f'Received {kind} error ({upstream.status_code}) from primary with message '
-                f'"{text}". See {log_arn} in account {res.ACCOUNT} for more information.',
-                OriginalStatusCode=upstream.status_code, OriginalMessage=text,
-                LogStreamArn=log_arn, ErrorCode=f"{kind.upper()}_ERROR_FROM_MODEL")
-        out_headers = {"x-Amzn-Invoked-Production-Variant": variant}
-        custom = upstream.headers.get("x-amzn-sagemaker-custom-attributes")
-        if custom is not None:
-            out_headers["X-Amzn-SageMaker-Custom-Attributes"] = custom
-        return Response(upstream.content, status_code=200, headers=out_headers,
-                        media_type=upstream.headers.get("content-type",
-                                                        "application/octet-stream"))
-
-    return Route("/endpoints/{name:path}/invocations", invoke, methods=["POST"])

@@ -14,7 +14,7 @@ DEFAULT_REGION = "us-east-1"
 
 MODEL = "model"
 ENDPOINT_CONFIG = "endpoint-config"
-KIND_LABELS = {MODEL: "model", ENDPOINT_CONFIG: "endpoint configuration"}
+KIND_LABELS = {MODEL: "model", ENDPOINT_CONFIG: "endpoint configuration", "endpoint": "endpoint"}
 
 NAME_PATTERN = "^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}"
 MODEL_NAME_PATTERN = "^[a-zA-Z0-9]([\\-a-zA-Z0-9]*[a-zA-Z0-9])?"

@@ -39,6 +39,10 @@ class StateStore(Protocol):
         """Remove the record; ``False`` when it was absent."""
         ...
 
+    def subscribe(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(kind, name)`` after every committed change (in the writer's thread)."""
+        ...
+
 
 class SQLiteStore:
     """A ``StateStore`` in one SQLite table of JSON text (WAL mode), shared by threads under a lock."""
@@ -46,6 +50,7 @@ class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
+        self._observers: list[Callable[[str, str], None]] = []
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         with self._lock:
             if self.path != ":memory:":
@@ -85,6 +90,7 @@ class SQLiteStore:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+        self._changed(kind, name)
 
     def insert(self, kind: str, name: str, record: Record) -> bool:
         with self._lock:
@@ -98,7 +104,8 @@ class SQLiteStore:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
-            return True
+        self._changed(kind, name)
+        return True
 
     def update(self, kind: str, name: str, mutate: Callable[[Record], Record]) -> Record | None:
         with self._lock:
@@ -114,7 +121,8 @@ class SQLiteStore:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
-            return new
+        self._changed(kind, name)
+        return new
 
     def list(self, kind: str) -> list[Record]:
         with self._lock:
@@ -134,7 +142,17 @@ class SQLiteStore:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
-            return cursor.rowcount > 0
+        if cursor.rowcount > 0:
+            self._changed(kind, name)
+            return True
+        return False
+
+    def subscribe(self, callback: Callable[[str, str], None]) -> None:
+        self._observers.append(callback)
+
+    def _changed(self, kind: str, name: str) -> None:
+        for callback in list(self._observers):
+            callback(kind, name)
 
     def close(self) -> None:
         """Close the connection; the store is unusable afterwards."""

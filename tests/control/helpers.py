@@ -1,0 +1,86 @@
+"""What the control-plane tests share: a control plane in a thread (app + router + reconciler +
+local backend) with real boto3 clients, and small scikit-learn model directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import boto3
+import joblib
+from botocore.config import Config
+from sklearn.linear_model import LinearRegression
+
+from mainsail.control import SQLiteStore, create_control_app
+from mainsail.control.backends import LocalBackend
+from mainsail.control.reconciler import Reconciler
+from mainsail.control.router import Router
+from tests.conftest import ThreadedServer
+
+REGION = "us-east-1"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mainsail:latest"
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+WAIT = {"Delay": 1, "MaxAttempts": 30}
+
+INFERENCE_OK = """
+import os
+import joblib
+
+def model_fn(model_dir):
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+"""
+
+INFERENCE_BAD = """
+def model_fn(model_dir):
+    raise RuntimeError("boom: the weights are corrupt")
+"""
+
+
+class Plane(ThreadedServer):
+    """Control app + reconciler + local backend, with boto3 clients."""
+
+    def __init__(self, home: Path) -> None:
+        self.store = SQLiteStore(home / "state.db")
+        self.backend = LocalBackend(home)
+        self.router = Router(self.store)
+        self.reconciler = Reconciler(self.store, self.backend, interval=0.1, in_flight=self.router.in_flight)
+        super().__init__(create_control_app(self.store, self.router), lifespan="on")
+
+    def __enter__(self) -> Plane:
+        self.start()
+        self.reconciler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reconciler.stop(stop_instances=True)
+        self.backend.stop_all()
+        self.stop()
+        self.store.close()
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, endpoint_url=self.url, region_name=REGION,
+                            aws_access_key_id="x", aws_secret_access_key="x",
+                            config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+
+
+def make_model_dir(root: Path, script: str, scale: float = 1.0) -> Path:
+    root.mkdir()
+    (root / "code").mkdir()
+    (root / "code" / "inference.py").write_text(script)
+    model = LinearRegression().fit([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [0.0, 2.0 * scale, 3.0 * scale])
+    joblib.dump(model, root / "model.joblib")
+    return root
+
+
+def deploy(sm: Any, name: str, model_dir: Path, url: str | None = None) -> str:
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE,
+                    PrimaryContainer={"Image": IMAGE,
+                                      "ModelDataUrl": url or f"file://{model_dir}",
+                                      "Environment": {"MAINSAIL_TEST": "1"}})
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1,
+         "InstanceType": "ml.m5.large"}])
+    arn: str = sm.create_endpoint(EndpointName=name, EndpointConfigName=name)["EndpointArn"]
+    return arn
+
+
