@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mainsail.control import endpoints
+from mainsail.control import endpoints, sts
 from mainsail.control import resources as res
 from mainsail.control.errors import (
     ControlError,
@@ -289,6 +289,8 @@ def create_control_app(store: StateStore, router: Router | None = None) -> Starl
         try:
             op_name = target[len(TARGET_PREFIX):] if target and target.startswith(
                 TARGET_PREFIX) else None
+            if target is None and sts.is_query_call(request.headers.get("content-type")):
+                return sts.handle(await request.body(), request_id)
             operation = OPERATIONS.get(op_name or "")
             if operation is None:
                 raise UnknownOperationException(target)
