@@ -21,8 +21,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 demo: $(VENV)/.installed-demo
 	$(PY) examples/demo.py
 
-## test: install the dev extras and run the whole test suite.
+## test: install the dev extras, build (once; cached outside the tree) the two SageMaker SDK
+## environments the SDK tests run their scripts with, and run the whole test suite.
 test: $(VENV)/.installed-dev
+	PYTHON=$(PYTHON) scripts/sdk-venv 2 >/dev/null
+	PYTHON=$(PYTHON) scripts/sdk-venv 3 >/dev/null
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 ## bench: the serving benchmark; writes docs/benchmarks.md.

@@ -572,16 +572,34 @@ def overhead_table(bench: ControlBenchmark) -> str:
 def cpu_text(bench: ControlBenchmark) -> str:
     """How much of the hop's latency is the control plane's own CPU."""
     parts = []
+    window = bench.warmup_s + bench.duration_s
+    busiest = 0.0
     for c in bench.concurrencies:
         hop = bench.cell(HOP, c)
         if hop is None or not hop.rounds:
             continue
-        cores = statistics.median(m.up_cpu_s / (bench.warmup_s + bench.duration_s) for m in hop.rounds)
+        cores = statistics.median(m.up_cpu_s / window for m in hop.rounds)
+        busiest = max(busiest, cores)
         parts.append(f"{hop.up_us_per_req:,.0f} µs per request at concurrency {c} ({cores:.2f} cores busy)")
     if not parts:
         return ""
-    return ("`mainsail up` spent " + " and ".join(parts) + " of its own CPU forwarding: one process on one "
-            "event loop, so at about 1 core it is the hop's throughput ceiling.")
+    text = ("`mainsail up` spent " + " and ".join(parts) + " of its own CPU forwarding: one process on one "
+            "event loop")
+    if busiest >= 0.8:
+        return text + ", so at about 1 core it is the hop's throughput ceiling."
+    text += ", well below the one core that would cap the hop's throughput."
+    high = max(bench.concurrencies)
+    direct, hop = bench.cell(DIRECT, high), bench.cell(HOP, high)
+    if high == min(bench.concurrencies) or direct is None or hop is None:
+        return text
+    direct_cores = statistics.median(m.instance_cpu_s / window for m in direct.rounds)
+    hop_cores = statistics.median(m.instance_cpu_s / window for m in hop.rounds)
+    if hop_cores < 0.9 * direct_cores:
+        text += (f" At concurrency {high} the instance itself got {hop_cores:.2f} cores on the hop path against "
+                 f"{direct_cores:.2f} direct: with one more busy process on the machine's {os.cpu_count()} cores "
+                 "(see also the other-load column below), the instance gets less CPU on the hop path; that, more "
+                 "than the forwarding's own CPU, is what the hop loses there.")
+    return text
 
 
 def boto3_text(bench: ControlBenchmark) -> str:
@@ -686,8 +704,10 @@ columns are each process's CPU time over the cell divided by the requests it ser
   keep-alive), the same body for both paths; {bench.warmup_s:g} s of discarded warm-up then
   {bench.duration_s:g} s measured per cell. **direct** posts to `http://127.0.0.1:<instance
   port>/invocations`; **hop** posts to `http://127.0.0.1:<up port>/endpoints/{ENDPOINT_NAME}/invocations`,
-  which `mainsail up` forwards to the same instance over a keep-alive `httpx.AsyncClient`. Each round
-  measures both paths at each concurrency, alternating which goes first.
+  which `mainsail up` forwards to the same instance over its pooled keep-alive connections
+  (`mainsail.control.forward`: HTTP/1.1 written by hand on asyncio transports, responses parsed by
+  httptools; it replaced an `httpx.AsyncClient`, whose own layers took most of the route's CPU). Each
+  round measures both paths at each concurrency, alternating which goes first.
 * **boto3 loop**: `boto3.client("sagemaker-runtime").invoke_endpoint(...)` and `Body.read()` one call
   at a time in the benchmark process for {bench.warmup_s:g} s + {bench.duration_s:g} s per round, retries off.
 * **Noise**: other processes on the machine used up to {worst_other:.2f} cores during a measurement

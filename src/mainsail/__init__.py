@@ -1,9 +1,48 @@
-"""mainsail: self-hosted real-time model inference that speaks SageMaker's language."""
+"""mainsail: self-hosted real-time model inference that speaks SageMaker's language.
+
+``import mainsail`` stays cheap: the Python API (``mainsail.deploy``, ``mainsail.endpoint``,
+``mainsail.load`` and their classes, all in ``mainsail.client``) is imported on first use
+(PEP 562), and with it boto3 or the serving stack only when a call needs them.
+"""
 
 from __future__ import annotations
 
 from mainsail.errors import MainsailError
 
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing would double what `import mainsail` costs
+if TYPE_CHECKING:
+    from typing import Any
+
+    from mainsail.client import (
+        DeploymentFailed,
+        Endpoint,
+        LocalModel,
+        MainsailClientError,
+        ModelInvocationError,
+        Response,
+        deploy,
+        endpoint,
+        load,
+    )
+
 __version__ = "0.1.0"
 
-__all__ = ["MainsailError", "__version__"]
+_LAZY = frozenset({"deploy", "endpoint", "load", "Endpoint", "LocalModel", "Response", "MainsailClientError",
+                   "ModelInvocationError", "DeploymentFailed"})
+
+__all__ = ["DeploymentFailed", "Endpoint", "LocalModel", "MainsailClientError", "MainsailError",
+           "ModelInvocationError", "Response", "__version__", "deploy", "endpoint", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from mainsail import client
+
+        value = getattr(client, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mainsail' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -132,12 +132,52 @@ def up(
     # that re-raise returns here, so the instances are stopped and the exit code is 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvicorn.run(create_control_app(store, router), host=host, port=port, log_config=None, access_log=False)
+        uvicorn.run(create_control_app(store, router, home=root, s3_root=root / "s3"), host=host, port=port,
+                    log_config=None, access_log=False)
     finally:
         # Instances do not outlive the control plane that owns them; the next `mainsail up` starts
         # them again (and adopts the ones a killed control plane left running).
         reconciler.stop(stop_instances=True)
         store.close()
+
+
+@app.command()
+def doctor(
+    model: Annotated[str, typer.Argument(help="Model directory or model.tar.gz to check")],
+    entry_point: Annotated[str | None, typer.Option(
+        "--entry-point", help="Inference script [env SAGEMAKER_PROGRAM; default inference.py]")] = None,
+    source_dir: Annotated[str | None, typer.Option(
+        "--source-dir", help="Directory or sourcedir.tar.gz holding the script "
+        "[env SAGEMAKER_SUBMIT_DIRECTORY]")] = None,
+    framework: Annotated[str | None, typer.Option(help="auto, generic, sklearn, pytorch, xgboost")] = None,
+    sample: Annotated[str | None, typer.Option(help="A request body to send in a trial invocation")] = None,
+    sample_content_type: Annotated[str | None, typer.Option(
+        "--sample-content-type", help="Its Content-Type [default: from the file extension]")] = None,
+    accept: Annotated[str | None, typer.Option(help="Accept header of the trial invocation")] = None,
+    serverless: Annotated[bool, typer.Option("--serverless", help="Check serverless limits (4 MB request)")] = False,
+    invoke: Annotated[bool, typer.Option("--invoke/--no-invoke", help="Load the model and send a sample")] = True,
+    install_requirements: Annotated[bool, typer.Option(
+        "--install-requirements", help="pip-install code/requirements.txt (cached, as serve does) first")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too (exit 1)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """Check a model before deployment: archive, layout, script, requirements, artifacts, a trial invocation."""
+    from mainsail import doctor as checks
+
+    logging.disable(logging.CRITICAL)  # the findings say what the handlers would log
+    try:
+        findings = checks.diagnose(model, entry_point=entry_point, source_dir=source_dir, framework=framework,
+                                   sample=sample, sample_content_type=sample_content_type, accept=accept,
+                                   serverless=serverless, invoke=invoke, install_requirements=install_requirements)
+    finally:
+        logging.disable(logging.NOTSET)
+    if as_json:
+        typer.echo(checks.to_json(model, findings, strict=strict))
+    else:
+        from rich.console import Console
+
+        checks.render(model, findings, Console())
+    raise typer.Exit(checks.exit_code(findings, strict=strict))
 
 
 @app.command()

@@ -22,6 +22,7 @@ def configure_logging(level: str = "info", *, access_log: bool = True) -> None:
         "loggers": {
             "uvicorn.error": {"level": level_name},
             "uvicorn.access": {"level": "WARNING"},
+            "httpx": {"level": "WARNING"},  # one line per health check otherwise
             "mainsail.access": {"level": level_name if access_log else "WARNING"},
         },
     })

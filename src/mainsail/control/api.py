@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mainsail.control import endpoints, sts
+from mainsail.control import endpoints, logs, s3, s3store, sts
 from mainsail.control import resources as res
 from mainsail.control.errors import (
     ControlError,
@@ -278,10 +279,16 @@ def _respond(status: int, payload: dict[str, Any], request_id: str) -> Response:
                     headers={"x-amzn-RequestId": request_id})
 
 
-def create_control_app(store: StateStore, router: Router | None = None) -> Starlette:
+def create_control_app(store: StateStore, router: Router | None = None, *,
+                       home: Path | None = None, s3_root: Path | None = None) -> Starlette:
     """The control-plane ASGI app: SageMaker JSON 1.1 operations over ``store``, the runtime API
     (``router``, one over ``store`` by default) and ``/metrics``."""
     router = router or Router(store)
+    if home is None:
+        from mainsail.control.backends import default_home
+
+        home = default_home()
+    logs_api = logs.LogsApi(home)
 
     async def dispatch(request: Request) -> Response:
         request_id = str(uuid.uuid4())
@@ -291,6 +298,10 @@ def create_control_app(store: StateStore, router: Router | None = None) -> Starl
                 TARGET_PREFIX) else None
             if target is None and sts.is_query_call(request.headers.get("content-type")):
                 return sts.handle(await request.body(), request_id)
+            if target and target.startswith(logs.TARGET_PREFIX):  # CloudWatch Logs, over the log files
+                result = await run_in_threadpool(logs_api.call, target, await request.body(),
+                                                 region_of(request.headers.get("authorization")))
+                return _respond(200, result, request_id)
             operation = OPERATIONS.get(op_name or "")
             if operation is None:
                 raise UnknownOperationException(target)
@@ -320,8 +331,10 @@ def create_control_app(store: StateStore, router: Router | None = None) -> Starl
         await router.aclose()
 
     # the runtime API (no X-Amz-Target) lives on its own REST paths
-    return Starlette(routes=[Route("/", dispatch, methods=["POST"]), router.route,
-                             Route("/metrics", router.metrics_endpoint, methods=["GET"])],
+    # S3 (path style) answers what the control plane does not, and what is signed for s3
+    s3_first, s3_last = s3.s3_routes(s3store.S3Store(s3_root or home / "s3"))
+    return Starlette(routes=[s3_first, Route("/", dispatch, methods=["POST"]), router.route,
+                             Route("/metrics", router.metrics_endpoint, methods=["GET"]), s3_last],
                      lifespan=lifespan)
 
 

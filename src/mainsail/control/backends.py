@@ -128,7 +128,9 @@ class LocalBackend:
         log_path = logs / f"{spec.variant}-{spec.index}-{port}.log"
         from mainsail.control.modeldata import resolve_environment
 
-        env = {**os.environ, "MAINSAIL_HOME": str(self.home), **resolve_environment(spec.environment, self.home)}
+        # unbuffered: a print() in a user script reaches the log file (and CloudWatch Logs) at once
+        env = {**os.environ, "MAINSAIL_HOME": str(self.home), "PYTHONUNBUFFERED": "1",
+               **resolve_environment(spec.environment, self.home)}
         cmd = [sys.executable, "-m", "mainsail.cli", "serve", str(model_dir), "--port", str(port),
                "--workers", "1", "--host", "127.0.0.1"]
         with open(log_path, "ab") as log:

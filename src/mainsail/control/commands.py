@@ -2,7 +2,9 @@
 
 Every command talks to a running ``mainsail up`` through the real boto3 ``sagemaker`` and
 ``sagemaker-runtime`` clients, exactly as a user's own scripts would. boto3 is imported inside the
-commands so that the CLI stays importable without it.
+commands so that the CLI stays importable without it. The steps themselves (clients, the
+create-model/config/endpoint sequence, the waits, the delete sequence) live in ``mainsail.client``,
+which the Python API (``mainsail.deploy`` ...) shares; this module adds the options and the output.
 """
 
 from __future__ import annotations
@@ -11,20 +13,23 @@ import contextlib
 import datetime as dt
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-DEFAULT_URL = "http://127.0.0.1:8700"
-DEFAULT_IMAGE = "mainsail"
-DEFAULT_ROLE = "arn:aws:iam::000000000000:role/mainsail"
-VARIANT = "AllTraffic"
-#: Seconds between DescribeEndpoint polls (the API itself holds a Creating answer for a few seconds).
-POLL_INTERVAL = 0.5
+from mainsail import client
+from mainsail.client import (  # noqa: F401 - DEFAULT_ROLE, POLL_INTERVAL, VARIANT: still importable from here
+    DEFAULT_IMAGE,
+    DEFAULT_ROLE,
+    DEFAULT_URL,
+    POLL_INTERVAL,
+    VARIANT,
+    MainsailClientError,
+    WaitTimeout,
+)
 
 UrlOption = Annotated[str, typer.Option(
     "--url", envvar="MAINSAIL_URL", help="The control plane (`mainsail up`) [env MAINSAIL_URL]")]
@@ -52,10 +57,6 @@ def _console(*, stderr: bool = False) -> Any:
     return console
 
 
-def _region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-
-
 @dataclass
 class Api:
     """The two boto3 clients for one control plane URL, made on first use."""
@@ -67,29 +68,13 @@ class Api:
         if service in self._clients:
             return self._clients[service]
         try:
-            import boto3
-            import botocore.session
-            from botocore.config import Config
+            made = client.boto3_client(self.url, service)
         except ImportError:
             raise Fail("the commands need boto3: pip install 'mainsail[s3]'") from None
-        core = botocore.session.get_session()
-        resolver = core.get_component("credential_provider")
-        for slow in ("iam-role", "container-role"):  # no metadata-service probes for a local API
-            with contextlib.suppress(Exception):
-                resolver.remove(slow)
-        kwargs: dict[str, Any] = {"endpoint_url": self.url, "region_name": _region()}
-        if core.get_credentials() is None:  # the control plane does not check them: any will do
-            kwargs.update(aws_access_key_id="mainsail", aws_secret_access_key="mainsail")
-        if service == "sagemaker-runtime":
-            kwargs["config"] = Config(retries={"max_attempts": 1}, read_timeout=120)
-        else:
-            kwargs["config"] = Config(retries={"max_attempts": 2, "mode": "standard"}, read_timeout=60)
-        try:
-            client = boto3.session.Session(botocore_session=core).client(service, **kwargs)
         except ValueError as exc:  # botocore rejects a malformed endpoint_url
             raise Fail(f"bad --url {self.url!r}: {exc}") from None
-        self._clients[service] = client
-        return client
+        self._clients[service] = made
+        return made
 
     @property
     def sm(self) -> Any:
@@ -123,6 +108,9 @@ def _handled(url: str) -> Iterator[None]:
     except Fail as exc:
         _err(f"error: {exc.message}")
         raise typer.Exit(exc.code) from None
+    except MainsailClientError as exc:
+        _err(f"error: {exc.message}")
+        raise typer.Exit(1) from None
     except (EndpointConnectionError, BotoConnectionError):
         _err(f"error: no control plane at {url}: start it with `mainsail up`")
         raise typer.Exit(1) from None
@@ -140,31 +128,9 @@ def _handled(url: str) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def _code(exc: Any) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "Error"))
-
-
-def _message(exc: Any) -> str:
-    error = exc.response.get("Error", {})
-    return str(error.get("Message") or exc.response.get("message") or exc)
-
-
-def _is_missing(exc: Any) -> bool:
-    """Whether a ClientError is the API's "Could not find ..." answer."""
-    return _code(exc) in ("ValidationException", "ResourceNotFound") and "could not find" in _message(exc).lower()
-
-
-def _describe(call: Callable[..., Any], **kwargs: Any) -> dict[str, Any] | None:
-    """``call(**kwargs)``'s answer, or ``None`` when the resource does not exist."""
-    from botocore.exceptions import ClientError
-
-    try:
-        answer: dict[str, Any] = call(**kwargs)
-    except ClientError as exc:
-        if _is_missing(exc):
-            return None
-        raise
-    return answer
+_code = client.error_code
+_message = client.error_message
+_describe = client.describe_or_none
 
 
 def _when(value: Any) -> str:
@@ -193,19 +159,10 @@ def _status(status: str) -> str:
 
 def model_data_url(model: str) -> str:
     """MODEL as a ModelDataUrl: URLs kept, local directories and archives made absolute ``file://``."""
-    if "://" in model:
-        scheme = model.split("://", 1)[0].lower()
-        if scheme not in ("file", "s3"):
-            raise Fail(f"unsupported model URL {model!r}: use a local path, a file:// or an s3:// URL", 2)
-        return model
-    path = Path(model).expanduser().resolve()
-    if path.is_dir():
-        return path.as_uri()
-    if path.is_file():
-        if not path.name.endswith((".tar.gz", ".tgz", ".tar")):
-            raise Fail(f"{model}: not a model directory or a model.tar.gz archive", 2)
-        return path.as_uri()
-    raise Fail(f"{model}: no such model directory or archive", 2)
+    try:
+        return client.model_data_url(model)
+    except MainsailClientError as exc:
+        raise Fail(exc.message, 2) from None
 
 
 def parse_env(pairs: list[str] | None) -> dict[str, str]:
@@ -219,62 +176,17 @@ def parse_env(pairs: list[str] | None) -> dict[str, str]:
     return env
 
 
-def _existing(api: Api, name: str) -> list[str]:
-    found = []
-    if _describe(api.sm.describe_model, ModelName=name) is not None:
-        found.append("model")
-    if _describe(api.sm.describe_endpoint_config, EndpointConfigName=name) is not None:
-        found.append("endpoint config")
-    if _describe(api.sm.describe_endpoint, EndpointName=name) is not None:
-        found.append("endpoint")
-    return found
-
-
-def _create(api: Api, name: str, url: str, image: str, env: dict[str, str], instances: int,
-            instance_type: str) -> None:
-    """Create model, endpoint config and endpoint NAME; on a failure delete what was created, re-raise."""
-    undo: list[Callable[[], Any]] = []
-    try:
-        container: dict[str, Any] = {"Image": image, "ModelDataUrl": url}
-        if env:
-            container["Environment"] = env
-        api.sm.create_model(ModelName=name, PrimaryContainer=container, ExecutionRoleArn=DEFAULT_ROLE)
-        undo.append(lambda: api.sm.delete_model(ModelName=name))
-        _err(f"created model {name} ({url})")
-        api.sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
-            "VariantName": VARIANT, "ModelName": name, "InitialInstanceCount": instances,
-            "InstanceType": instance_type, "InitialVariantWeight": 1.0}])
-        undo.append(lambda: api.sm.delete_endpoint_config(EndpointConfigName=name))
-        _err(f"created endpoint config {name} ({VARIANT}: {instances} x {instance_type})")
-        api.sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
-        _err(f"created endpoint {name}")
-    except BaseException:
-        for step in reversed(undo):
-            with contextlib.suppress(Exception):
-                step()
-        if undo:
-            _err(f"removed what this deploy had created for {name}")
-        raise
-
-
 def _wait_in_service(api: Api, name: str, timeout: float) -> dict[str, Any]:
     """Poll DescribeEndpoint until the endpoint leaves Creating (or ``timeout`` seconds pass)."""
     console = _console(stderr=True)
-    start = time.monotonic()
     with console.status(f"waiting for endpoint [bold]{name}[/bold] (Creating)") as spinner:
-        while True:
-            described = _describe(api.sm.describe_endpoint, EndpointName=name)
-            if described is None:
-                raise Fail(f"endpoint {name} disappeared while it was being created")
-            status = str(described.get("EndpointStatus"))
-            if status not in ("Creating", "Updating"):
-                return described
-            elapsed = time.monotonic() - start
-            if elapsed >= timeout:
-                raise Fail(f"endpoint {name} still {status} after {timeout:g} s: "
-                           f"follow it with `mainsail describe {name}`")
+        def progress(status: str, elapsed: float) -> None:
             spinner.update(f"waiting for endpoint [bold]{name}[/bold] ({status}, {elapsed:.0f} s)")
-            time.sleep(POLL_INTERVAL)
+
+        try:
+            return client.wait_for_endpoint(api.sm, name, timeout, progress=progress)
+        except WaitTimeout as exc:
+            raise Fail(f"{exc.message}: follow it with `mainsail describe {name}`") from None
 
 
 def deploy(
@@ -296,11 +208,11 @@ def deploy(
     with _handled(url):
         data_url = model_data_url(model)
         environment = parse_env(env)
-        existing = _existing(api, name)
+        existing = client.existing_resources(api.sm, name)
         if existing:
-            raise Fail(f"{' and '.join(existing)} {name} already exist{'s' if len(existing) == 1 else ''}: "
+            raise Fail(f"{client.already_exist_message(existing, name)}: "
                        f"remove with `mainsail delete {name}` or pick another --name")
-        _create(api, name, data_url, image, environment, instances, instance_type)
+        client.create_resources(api.sm, name, data_url, image, environment, instances, instance_type, log=_err)
         if no_wait:
             typer.echo(f"endpoint {name} is Creating: follow it with `mainsail describe {name}`")
             return
@@ -475,15 +387,10 @@ def invoke(
 # -- delete ------------------------------------------------------------------------------------
 
 
-def _wait_gone(api: Api, name: str, timeout: float) -> bool:
+def _wait_gone(sm: Any, name: str, timeout: float) -> bool:
     console = _console(stderr=True)
-    deadline = time.monotonic() + timeout
     with console.status(f"deleting endpoint [bold]{name}[/bold]"):
-        while time.monotonic() < deadline:
-            if _describe(api.sm.describe_endpoint, EndpointName=name) is None:
-                return True
-            time.sleep(POLL_INTERVAL)
-    return False
+        return client.wait_gone(sm, name, timeout)
 
 
 def delete(
@@ -495,60 +402,123 @@ def delete(
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """Delete an endpoint, then its endpoint config and its variants' models."""
-    from botocore.exceptions import ClientError
-
     api = Api(url)
     with _handled(url):
-        described = _describe(api.sm.describe_endpoint, EndpointName=name)
-        if described is not None:
-            config_name = str(described.get("EndpointConfigName") or name)
-        else:
-            # no endpoint: leftovers of a deploy by the same name are still cleaned up
-            config_name = name
-            leftovers = [kind for kind, found in (
-                ("endpoint config", _describe(api.sm.describe_endpoint_config, EndpointConfigName=name)),
-                ("model", _describe(api.sm.describe_model, ModelName=name))) if found is not None]
-            if not leftovers or (keep_config and keep_model):
-                raise Fail(f"endpoint {name} not found at {url}")
-            _err(f"endpoint {name} not found; removing the {' and '.join(leftovers)} of that name")
-        config = _describe(api.sm.describe_endpoint_config, EndpointConfigName=config_name)
-        if config is not None:
-            models = list(dict.fromkeys(str(pv["ModelName"]) for pv in (
-                *config.get("ProductionVariants", []), *config.get("ShadowProductionVariants", []))
-                if pv.get("ModelName")))
-        else:
-            models = [name] if described is None else []
-            if described is not None:
-                _err(f"endpoint config {config_name} not found: its models are unknown, left as they are")
-        if described is not None:
-            try:
-                api.sm.delete_endpoint(EndpointName=name)
-            except ClientError as exc:
-                if not _is_missing(exc):
-                    raise
-            if not no_wait:
-                if not _wait_gone(api, name, timeout):
-                    raise Fail(f"endpoint {name} still Deleting after {timeout:g} s; "
-                               "its config and models are left in place")
-            typer.echo(f"deleted endpoint {name}")
-        if config is not None and not keep_config:
-            try:
-                api.sm.delete_endpoint_config(EndpointConfigName=config_name)
-                typer.echo(f"deleted endpoint config {config_name}")
-            except ClientError as exc:
-                if not _is_missing(exc):
-                    raise
-                _err(f"endpoint config {config_name} was already gone")
-        if not keep_model:
-            for model in models:
-                try:
-                    api.sm.delete_model(ModelName=model)
-                    typer.echo(f"deleted model {model}")
-                except ClientError as exc:
-                    if not _is_missing(exc):
-                        raise
-                    if described is not None or config is not None:
-                        _err(f"model {model} not found (already deleted)")
+        client.delete_resources(api.sm, name, url=url, keep_config=keep_config, keep_model=keep_model,
+                                wait=not no_wait, timeout=timeout, say=typer.echo, warn=_err, gone=_wait_gone)
+
+
+# -- env -----------------------------------------------------------------------------------------
+
+#: Variables that would send a client elsewhere, or mean nothing with the dummy credentials.
+ENV_UNSET = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+             "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_ENDPOINT_URL_SAGEMAKER",
+             "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", "AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL_LOGS",
+             "AWS_ENDPOINT_URL_S3")
+
+
+def default_bucket(region: str) -> str:
+    """The bucket ``Session.default_bucket()`` would pick on AWS for the local account (the one
+    STS GetCallerIdentity answers)."""
+    from mainsail.control.resources import ACCOUNT
+
+    return f"sagemaker-{region}-{ACCOUNT}"
+
+
+def sdk_config_text(region: str) -> str:
+    """The SageMaker Python SDK defaults config (``SAGEMAKER_USER_CONFIG_OVERRIDE``) for mainsail."""
+    return (
+        "# SageMaker Python SDK defaults for a local mainsail control plane (written by `mainsail env`).\n"
+        "# DefaultS3Bucket spares Session.default_bucket() its STS GetCallerIdentity call, which the SDK\n"
+        "# sends to https://sts.<region>.amazonaws.com whatever AWS_ENDPOINT_URL says; TelemetryOptOut\n"
+        "# stops its telemetry requests.\n"
+        "SchemaVersion: '1.0'\n"
+        "SageMaker:\n"
+        "  PythonSDK:\n"
+        "    Modules:\n"
+        "      TelemetryOptOut: true\n"
+        "      Session:\n"
+        f"        DefaultS3Bucket: {default_bucket(region)}\n"
+    )
+
+
+def env_vars(url: str, region: str, config_path: Path) -> dict[str, str]:
+    """What an unmodified boto3 / SageMaker SDK script needs in its environment to use ``url``."""
+    return {
+        "AWS_ENDPOINT_URL": url,  # every service: SageMaker, runtime, STS, Logs, S3
+        "AWS_ACCESS_KEY_ID": "mainsail",  # always: real credentials must not leave for AWS
+        "AWS_SECRET_ACCESS_KEY": "mainsail",
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
+        "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata probes
+        "SAGEMAKER_USER_CONFIG_OVERRIDE": str(config_path),
+        "SAGEMAKER_VALIDATE_ROLE": "false",  # SDK v3: no IAM calls to check the role
+        "MAINSAIL_URL": url,  # the mainsail commands
+    }
+
+
+def _quote_fish(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def render_env(values: dict[str, str], unset: tuple[str, ...], shell: str) -> str:
+    """``values`` as commands of ``shell`` (sh, fish or powershell), ``unset`` removed first."""
+    import shlex
+
+    lines: list[str] = []
+    if shell == "fish":
+        lines += [f"set -e {name};" for name in unset]
+        lines += [f"set -gx {name} {_quote_fish(value)};" for name, value in values.items()]
+    elif shell == "powershell":
+        lines += [f"Remove-Item Env:{name} -ErrorAction SilentlyContinue" for name in unset]
+        lines += [f"$Env:{name} = '{value.replace(chr(39), chr(39) * 2)}'" for name, value in values.items()]
+    else:
+        lines.append("unset " + " ".join(unset))
+        lines += [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+    return "\n".join(lines)
+
+
+def _valid_region(region: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", region) is not None
+
+
+def env(
+    url: UrlOption = DEFAULT_URL,
+    region: Annotated[str, typer.Option(help="AWS_REGION / AWS_DEFAULT_REGION for the clients")] = "us-east-1",
+    shell: Annotated[str, typer.Option(help="Syntax of the output: sh (bash, zsh), fish or powershell")] = "sh",
+    home: Annotated[str | None, typer.Option(
+        help="Where the SDK config file is written [env MAINSAIL_HOME; default ~/.mainsail]")] = None,
+) -> None:
+    """Print the environment for boto3 / SageMaker SDK scripts: eval "$(mainsail env)"."""
+    from mainsail.control.backends import default_home
+
+    if shell not in ("sh", "bash", "zsh", "fish", "powershell", "pwsh"):
+        _err(f"error: unknown --shell {shell!r}: use sh, fish or powershell")
+        raise typer.Exit(2)
+    if not url.startswith(("http://", "https://")):
+        _err(f"error: --url must be an http:// or https:// URL, not {url!r}")
+        raise typer.Exit(2)
+    if not _valid_region(region):
+        _err(f"error: bad --region {region!r}")
+        raise typer.Exit(2)
+    root = Path(home).expanduser() if home else default_home()
+    config = root.resolve() / f"sagemaker-sdk-config-{region}.yaml"
+    try:
+        config.parent.mkdir(parents=True, exist_ok=True)
+        text = sdk_config_text(region)
+        if not config.is_file() or config.read_text() != text:
+            tmp = config.with_name(config.name + f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            tmp.replace(config)
+    except OSError as exc:
+        _err(f"error: cannot write {config}: {exc}")
+        raise typer.Exit(1) from None
+    kind = {"bash": "sh", "zsh": "sh", "pwsh": "powershell"}.get(shell, shell)
+    typer.echo(render_env(env_vars(url.rstrip("/"), region, config), ENV_UNSET, kind))
+    if kind == "sh":
+        typer.echo('# run: eval "$(mainsail env)"')
 
 
 def register(app: typer.Typer) -> None:
@@ -558,3 +528,4 @@ def register(app: typer.Typer) -> None:
     app.command()(describe)
     app.command()(invoke)
     app.command()(delete)
+    app.command()(env)

@@ -9,6 +9,10 @@ object by object. Cache directories are built in a temporary directory and renam
 half-written one is never used and concurrent callers are safe. ``resolve_environment`` does the same
 for ``SAGEMAKER_SUBMIT_DIRECTORY`` (a ``sourcedir.tar.gz``). Every failure is a ``ModelSourceError``
 whose one-line message names the URL.
+
+``s3://`` is read with boto3 at ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` when either is set;
+with neither set and mainsail's own S3 store present under the cache root (``$MAINSAIL_HOME/s3``,
+made by ``mainsail up``), it is read from that store on disk instead (:class:`OwnStoreClient`).
 """
 
 from __future__ import annotations
@@ -244,6 +248,64 @@ def _endpoint_from_env() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+class OwnStoreClient:
+    """The few S3 calls model data needs, answered from mainsail's own S3 store on disk (no HTTP).
+
+    Used when no S3 endpoint is configured (neither ``AWS_ENDPOINT_URL_S3`` nor ``AWS_ENDPOINT_URL``)
+    and ``<MAINSAIL_HOME>/s3`` holds a store (``mainsail up`` makes one), so that an object uploaded
+    to ``mainsail up``'s S3 works as ``ModelDataUrl`` with no configuration. Failures are
+    ``ModelSourceError`` with the same wording as the boto3 path.
+    """
+
+    def __init__(self, root: Path) -> None:
+        from mainsail.control.s3store import S3Store
+
+        self.store = S3Store(root, clean=False)
+        self.meta = type("Meta", (), {"endpoint_url": f"file://{root}"})()
+
+    def _missing(self, url: str, exc: Exception) -> ModelSourceError:
+        from mainsail.control.s3store import S3Error
+
+        if isinstance(exc, S3Error) and exc.code == "NoSuchBucket":
+            return ModelSourceError(f"Could not get model data {url}: bucket {_split_s3(url)[0]} does not exist.")
+        return ModelSourceError(f"Could not get model data {url}: no such object.")
+
+    def head(self, url: str, bucket: str, key: str) -> tuple[str, int]:
+        from mainsail.control.s3store import S3Error
+
+        try:
+            meta = self.store.head(bucket, key)
+        except S3Error as exc:
+            raise self._missing(url, exc) from None
+        return meta.etag, meta.size
+
+    def download(self, url: str, bucket: str, key: str, dest: Path) -> None:
+        from mainsail.control.s3store import S3Error
+
+        try:
+            _, fh = self.store.open(bucket, key)
+        except S3Error as exc:
+            raise self._missing(url, exc) from None
+        with fh, dest.open("wb") as out:
+            shutil.copyfileobj(fh, out, 1 << 20)
+
+    def list(self, url: str, bucket: str, prefix: str) -> list[tuple[str, str, int]]:
+        from mainsail.control.s3store import S3Error
+
+        try:
+            return [(m.key, m.etag, m.size) for m in self.store.list_objects(bucket, prefix)]
+        except S3Error as exc:
+            raise self._missing(url, exc) from None
+
+
+def own_store(cache_root: Path) -> OwnStoreClient | None:
+    """mainsail's own S3 store under ``cache_root`` when no S3 endpoint is configured and it exists."""
+    root = cache_root / "s3"
+    if _endpoint_from_env() is None and (root / "buckets").is_dir():
+        return OwnStoreClient(root)
+    return None
+
+
 def s3_client(url: str = "s3://") -> Any:
     """A boto3 S3 client. The endpoint comes from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``
     (read by botocore itself); dummy credentials are used only with such an endpoint and none set."""
@@ -273,6 +335,9 @@ def _split_s3(url: str) -> tuple[str, str]:
 @contextmanager
 def _s3_errors(url: str, client: Any) -> Iterator[None]:
     """Turn botocore / s3transfer exceptions into a one-line ``ModelSourceError`` naming ``url``."""
+    if isinstance(client, OwnStoreClient):  # raises ModelSourceError itself, and needs no boto3
+        yield
+        return
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import (
         BotoCoreError,
@@ -334,7 +399,10 @@ def _download(client: Any, url: str, bucket: str, key: str, dest: Path, size: in
     if size > limit:
         raise ModelSourceError(
             f"Model data {url} is {size} bytes, more than the limit of {limit} ({MAX_BYTES_ENV}).")
-    client.download_file(bucket, key, str(dest))  # streamed to disk by s3transfer
+    if isinstance(client, OwnStoreClient):
+        client.download(url, bucket, key, dest)
+    else:
+        client.download_file(bucket, key, str(dest))  # streamed to disk by s3transfer
     if dest.stat().st_size > limit:
         raise ModelSourceError(f"Model data {url} grew past the limit of {limit} bytes ({MAX_BYTES_ENV}).")
 
@@ -344,11 +412,12 @@ def _resolve_s3_object(source: ModelSource, cache_root: Path, cache_dir: Path, l
     bucket, key = _split_s3(url)
     if not key:
         raise ModelSourceError(f"Model data {url}: the URL names a bucket but no object.")
-    client = s3_client(url)
+    own = own_store(cache_root)
+    client: Any = own or s3_client(url)
     index = _Index(cache_root)
     index_key = f"{cache_dir.name}:{source.compression}:{url}"
     with _s3_errors(url, client):
-        etag, size = _head(client, url, bucket, key)
+        etag, size = own.head(url, bucket, key) if own else _head(client, url, bucket, key)
         cached = index.get(index_key, etag, size)
         if cached is not None:
             return cached
@@ -358,7 +427,7 @@ def _resolve_s3_object(source: ModelSource, cache_root: Path, cache_dir: Path, l
         try:
             name = PurePosixPath(key).name or "model"
             local = scratch / name
-            _download(client, url, bucket, key, local, size, limit)
+            _download(own or client, url, bucket, key, local, size, limit)
             if source.compression == "Gzip":
                 target = extract_archive(local, cache_dir, url, max_bytes=limit)
             else:  # one uncompressed object: a directory holding that file
@@ -391,13 +460,17 @@ def _relative_key(url: str, prefix: str, key: str) -> PurePosixPath:
 def _resolve_s3_prefix(source: ModelSource, cache_dir: Path, limit: int) -> Path:
     url = source.to_url()
     bucket, prefix = _split_s3(url)
-    client = s3_client(url)
+    own = own_store(cache_dir.parent)
+    client: Any = own or s3_client(url)
     with _s3_errors(url, client):
         objects: list[tuple[str, str, int]] = []
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                if not obj["Key"].endswith("/"):  # folder placeholders
-                    objects.append((obj["Key"], str(obj.get("ETag", "")), int(obj.get("Size", 0))))
+        if own is not None:
+            objects = [obj for obj in own.list(url, bucket, prefix) if not obj[0].endswith("/")]
+        else:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    if not obj["Key"].endswith("/"):  # folder placeholders
+                        objects.append((obj["Key"], str(obj.get("ETag", "")), int(obj.get("Size", 0))))
         if not objects:
             raise ModelSourceError(f"Could not get model data {url}: no objects under the prefix.")
         total = sum(size for _, _, size in objects)
@@ -414,7 +487,10 @@ def _resolve_s3_prefix(source: ModelSource, cache_dir: Path, limit: int) -> Path
             for key, _, _ in objects:
                 dest = staging.joinpath(*_relative_key(url, prefix, key).parts)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, key, str(dest))
+                if own is not None:
+                    own.download(url, bucket, key, dest)
+                else:
+                    client.download_file(bucket, key, str(dest))
             return _publish(staging, target, url)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -18,7 +18,6 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -27,6 +26,7 @@ from starlette.routing import Route
 
 from mainsail.control import resources as res
 from mainsail.control.endpoints import ENDPOINT, IN_SERVICE, UPDATING
+from mainsail.control.forward import Forwarder, ForwardError
 from mainsail.control.store import Record, StateStore
 from mainsail.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mainsail.serve.metrics import LATENCY_BUCKETS_US
@@ -110,7 +110,7 @@ class Router:
         self._generation: dict[str, int] = {}
         self._in_flight: dict[int, int] = {}
         self._lock = threading.Lock()
-        self._client: httpx.AsyncClient | None = None
+        self._client: Forwarder | None = None
         store.subscribe(self._changed)
         self.route = Route("/endpoints/{name:path}/invocations", self.invoke, methods=["POST"])
 
@@ -195,18 +195,16 @@ class Router:
         labels = (name, variant.name)
         self.metrics.invocations.labels(*labels).inc()
         self.metrics.per_instance.labels(*labels, str(port)).inc()
-        headers = {k: v for k in _FORWARDED if (v := request.headers.get(k)) is not None}
+        headers = [(k, v) for k in _FORWARDED if (v := request.headers.get(k)) is not None]
         region = region_of(request.headers.get("authorization"))
         log_arn = f"arn:aws:logs:{region}:{res.ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{name}"
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self.timeout, limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
+            self._client = Forwarder(max_idle=256)
         self._in_flight[port] = self._in_flight.get(port, 0) + 1
         upstream_started = time.perf_counter()
         try:
-            upstream = await self._client.post(f"http://127.0.0.1:{port}/invocations", content=body,
-                                               headers=headers)
-        except httpx.HTTPError as exc:
+            upstream = await self._client.post(port, "/invocations", body, headers, timeout=self.timeout)
+        except ForwardError as exc:
             self.metrics.errors_5xx.labels(*labels).inc()
             return _error(424, "ModelError", f"Could not reach the instance of variant {variant.name}: {exc}",
                           OriginalStatusCode=502, OriginalMessage=str(exc), LogStreamArn=log_arn)
@@ -214,16 +212,16 @@ class Router:
             self._in_flight[port] -= 1
         model_us = (time.perf_counter() - upstream_started) * 1e6
         self.metrics.model_latency.labels(*labels).observe(model_us)
-        if not 200 <= upstream.status_code < 300:
-            client_error = upstream.status_code < 500
+        if not 200 <= upstream.status < 300:
+            client_error = upstream.status < 500
             (self.metrics.errors_4xx if client_error else self.metrics.errors_5xx).labels(*labels).inc()
             kind = "client" if client_error else "server"
             text = upstream.text
             return _error(
                 424, "ModelError",
-                f'Received {kind} error ({upstream.status_code}) from primary with message "{text}". '
+                f'Received {kind} error ({upstream.status}) from primary with message "{text}". '
                 f"See {log_arn} in account {res.ACCOUNT} for more information.",
-                OriginalStatusCode=upstream.status_code, OriginalMessage=text, LogStreamArn=log_arn,
+                OriginalStatusCode=upstream.status, OriginalMessage=text, LogStreamArn=log_arn,
                 ErrorCode=f"{kind.upper()}_ERROR_FROM_MODEL")
         out_headers = {"x-Amzn-Invoked-Production-Variant": variant.name}
         custom = upstream.headers.get("x-amzn-sagemaker-custom-attributes")
@@ -231,7 +229,7 @@ class Router:
             out_headers["X-Amzn-SageMaker-Custom-Attributes"] = custom
         self.metrics.overhead_latency.labels(*labels).observe(
             max((time.perf_counter() - started) * 1e6 - model_us, 0.0))
-        return Response(upstream.content, status_code=200, headers=out_headers,
+        return Response(upstream.body, status_code=200, headers=out_headers,
                         media_type=upstream.headers.get("content-type", "application/octet-stream"))
 
     async def metrics_endpoint(self, request: Request) -> Response:
