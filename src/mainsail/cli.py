@@ -48,6 +48,12 @@ def serve(
         help="pip-install code/requirements.txt (cached), or only report what is missing")] = None,
     reload: Annotated[bool, typer.Option(
         "--reload", help="Restart the workers when the script or model files change")] = False,
+    multi_model: Annotated[str | None, typer.Option(
+        "--multi-model", metavar="MODELS_DIR", help="Serve the multi-model API (POST /models ...) "
+        "[env SAGEMAKER_MULTI_MODEL=true; models dir default /opt/ml/models]")] = None,
+    models_memory_mb: Annotated[float | None, typer.Option(
+        "--models-memory-mb", help="Multi-model: memory budget of the loaded models, LRU-evicted "
+        "[env MAINSAIL_MULTI_MODEL_MEMORY_MB; default half the RAM]")] = None,
 ) -> None:
     """Serve one model with the SageMaker container contract (/ping, /invocations)."""
     from pydantic import ValidationError
@@ -70,7 +76,12 @@ def serve(
         raise typer.Exit(2) from None
     configure_logging(settings.log_level)
     try:
-        code = run_server(settings)
+        from mainsail.serve.multimodel import multi_model_from_env, serve_multi_model
+
+        if multi_model is not None or multi_model_from_env():
+            code = serve_multi_model(settings, multi_model or model, models_memory_mb, workers)
+        else:
+            code = run_server(settings)
     except MainsailError as exc:
         logger.error("%s", exc.message)
         raise typer.Exit(1) from None
@@ -125,8 +136,12 @@ def up(
     root.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(root / "state.db")
     router = Router(store)
-    reconciler = Reconciler(store, LocalBackend(root), in_flight=router.in_flight)
+    reconciler = Reconciler(store, LocalBackend(root), traffic=router)
     reconciler.start()
+    from mainsail.control.transform import TransformRunner
+
+    transforms = TransformRunner(store, reconciler.backend, root)
+    transforms.start()
     logger.info("mainsail up: http://%s:%d (state in %s)", host, port, root)
     # uvicorn re-raises the signal that stopped it once it has shut down; with this handler in place
     # that re-raise returns here, so the instances are stopped and the exit code is 0.
@@ -137,6 +152,7 @@ def up(
     finally:
         # Instances do not outlive the control plane that owns them; the next `mainsail up` starts
         # them again (and adopts the ones a killed control plane left running).
+        transforms.stop()
         reconciler.stop(stop_instances=True)
         store.close()
 

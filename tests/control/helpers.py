@@ -39,11 +39,12 @@ def model_fn(model_dir):
 class Plane(ThreadedServer):
     """Control app + reconciler + local backend, with boto3 clients."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, serverless_idle: float | None = None) -> None:
         self.store = SQLiteStore(home / "state.db")
         self.backend = LocalBackend(home)
         self.router = Router(self.store)
-        self.reconciler = Reconciler(self.store, self.backend, interval=0.1, in_flight=self.router.in_flight)
+        self.reconciler = Reconciler(self.store, self.backend, interval=0.1, traffic=self.router,
+                                     serverless_idle=serverless_idle)
         super().__init__(create_control_app(self.store, self.router), lifespan="on")
 
     def __enter__(self) -> Plane:

@@ -433,7 +433,7 @@ class Plane(ThreadedServer):
         self.store = SQLiteStore(home / "state.db")
         self.backend = LocalBackend(home)
         self.router = Router(self.store)
-        self.reconciler = Reconciler(self.store, self.backend, interval=0.1, in_flight=self.router.in_flight)
+        self.reconciler = Reconciler(self.store, self.backend, interval=0.1, traffic=self.router)
         super().__init__(create_control_app(self.store, self.router), lifespan="on")
 
     def __enter__(self) -> Plane:

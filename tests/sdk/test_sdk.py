@@ -161,3 +161,128 @@ def test_sdk_v3_core_resources(up: Up, tmp_path: Path) -> None:
     assert "status: InService" in result.stdout and "listed: ['core-endpoint']" in result.stdout
     assert "invoke: [1]" in result.stdout and "deleted: []" in result.stdout
     _no_leftovers(up)
+
+
+# -- SDK v2 flows (tests/sdk/sdk_v2_flows.py): framework models, serializers, updates, failures --------------
+FLOWS = Path(__file__).with_name("sdk_v2_flows.py")
+ROWS_PREDICTED = "[1, 0]"  # what _archive(..., 4, ...)'s classifier answers for the flows' two rows
+FAILING = """
+def model_fn(model_dir):
+    raise RuntimeError("weights checksum mismatch in model.joblib")
+"""
+
+PYTORCH_INFERENCE = """
+import os
+
+import torch
+from net import build  # from source_dir, shipped in the repacked model.tar.gz's code/
+
+
+def model_fn(model_dir):
+    model = build()
+    model.load_state_dict(torch.load(os.path.join(model_dir, "model.pth"), map_location="cpu"))
+    return model
+"""
+
+
+def _resources(up: Up) -> dict[str, set[str]]:
+    sm = up.client("sagemaker")
+    return {
+        "endpoints": {e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]},  # type: ignore[attr-defined]
+        "configs": {c["EndpointConfigName"]
+                    for c in sm.list_endpoint_configs()["EndpointConfigs"]},  # type: ignore[attr-defined]
+        "models": {m["ModelName"] for m in sm.list_models()["Models"]},  # type: ignore[attr-defined]
+    }
+
+
+def _run_flow(up: Up, *args: str) -> str:
+    """Runs one flow and checks that it left no endpoint, endpoint config or model behind."""
+    before = _resources(up)
+    result = up.run(sdk_python(2), FLOWS, *args)
+    _no_leftovers(up)
+    assert _resources(up) == before, result.stdout
+    return result.stdout
+
+
+def _source_dir(root: Path, script: str) -> Path:
+    code = root / "code-src"
+    code.mkdir(parents=True)
+    (code / "inference.py").write_text(script)
+    return code
+
+
+def test_sdk_v2_pytorch_model_repack_json(up: Up, tmp_path: Path) -> None:
+    import torch
+
+    linear = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 1.0]]))
+        linear.bias.copy_(torch.tensor([0.5, 0.0]))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    torch.save(linear.state_dict(), model_dir / "model.pth")
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(model_dir / "model.pth", arcname="model.pth")
+    code = _source_dir(tmp_path, PYTORCH_INFERENCE)
+    (code / "net.py").write_text("import torch\n\n\ndef build():\n    return torch.nn.Linear(3, 2)\n")
+
+    out = _run_flow(up, "pytorch", str(archive), str(code))
+    assert "pytorch-inference:2.1" in out and "program: inference.py" in out
+    assert "predict: [[14.5, 1.0], [0.5, 0.0]]" in out
+    # the SDK repacked the archive with code/ and uploaded it (HeadObject + GetObject + PutObject)
+    repacked = out.split("repacked: ", 1)[1].split()[0]
+    bucket, key = repacked.removeprefix("s3://").split("/", 1)
+    body = up.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[attr-defined]
+    repacked_tar = tmp_path / "repacked.tar.gz"
+    repacked_tar.write_bytes(body)
+    with tarfile.open(repacked_tar) as tar:
+        names = set(tar.getnames())
+    assert {"model.pth", "code/inference.py", "code/net.py"} <= {n.removeprefix("./") for n in names}, names
+
+
+def test_sdk_v2_xgboost_builtin_algorithm_csv(up: Up, tmp_path: Path) -> None:
+    import numpy as np
+    import xgboost
+
+    X = np.array([[(i * 7 + j * 3) % 5 - 2.0 for j in range(3)] for i in range(60)])
+    y = (X[:, 0] + X[:, 1] > 0).astype(float)
+    booster = xgboost.train({"objective": "binary:logistic", "max_depth": 2, "nthread": 1},
+                            xgboost.DMatrix(X, label=y), num_boost_round=5)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    booster.save_model(str(model_dir / "model.json"))
+    (model_dir / "model.json").rename(model_dir / "xgboost-model")
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(model_dir / "xgboost-model", arcname="xgboost-model")
+    rows = np.array([[0.0, 1.0, 2.0], [3.0, -1.0, 0.5], [1.0, 1.0, 1.0]])
+    expected = booster.predict(xgboost.DMatrix(rows)).tolist()
+
+    out = _run_flow(up, "xgboost", str(archive))
+    assert "/sagemaker-xgboost:1.7-1" in out
+    predicted = [float(v) for v in out.split("predict: ", 1)[1].splitlines()[0].strip("[]").split(",")]
+    assert predicted == pytest.approx(expected, abs=1e-6)
+
+
+def test_sdk_v2_numpy_serializer_deserializer(up: Up, tmp_path: Path) -> None:
+    out = _run_flow(up, "numpy", str(_archive(tmp_path, 4, code=False)), str(_source_dir(tmp_path, INFERENCE)))
+    assert "request content type: application/x-npy accept: ('application/x-npy',)" in out
+    assert "response content type: application/x-npy" in out
+    assert "predict: ndarray int64 " + ROWS_PREDICTED in out
+
+
+def test_sdk_v2_update_endpoint_instance_count_and_model(up: Up, tmp_path: Path) -> None:
+    out = _run_flow(up, "update", str(_archive(tmp_path, 4, code=False)), str(_source_dir(tmp_path, INFERENCE)))
+    for n in (1, 2, 3):
+        assert f"predict {n}: {ROWS_PREDICTED}" in out
+    assert "config 2: sdk-v2-update-" in out
+    assert "instances: 2 2" in out and "instances: 1 1" in out
+    assert "models: ['sdk-v2-update-second']" in out
+
+
+def test_sdk_v2_deploy_failure_reports_the_model_fn_exception(up: Up, tmp_path: Path) -> None:
+    out = _run_flow(up, "failure", str(_archive(tmp_path, 4, code=False)), str(_source_dir(tmp_path, FAILING)))
+    raised = out.split("raised: ", 1)[1].splitlines()[0]
+    assert raised.startswith("UnexpectedStatusException | Error hosting endpoint sdk-v2-failure: Failed. Reason: ")
+    assert "RuntimeError: weights checksum mismatch in model.joblib" in raised

@@ -73,6 +73,10 @@ class Backend(Protocol):
         """Why the instance is gone (its exit and last log lines), or ``None`` while it runs."""
         ...
 
+    def memory_bytes(self, instance: Instance) -> int | None:
+        """Resident memory of the instance (all its processes), ``None`` when unknown."""
+        ...
+
     def adopt(self, instance: Instance) -> bool:
         """Take over an instance recorded by an earlier control plane: ``True`` if it still runs
         (and is the process recorded, not a reused pid)."""
@@ -116,8 +120,13 @@ class LocalBackend:
         self._lock = threading.Lock()
 
     def _model_dir(self, spec: InstanceSpec) -> Path:
-        from mainsail.control.modeldata import resolve_model_data
+        from mainsail.control.modeldata import multi_model_prefix, resolve_model_data
 
+        if multi_model_prefix(spec.model_data_url, spec.environment) is not None:
+            # a multi-model endpoint: an empty models dir; the router loads target models on demand
+            models = self.home / "multi-model" / spec.endpoint / f"{spec.variant}-{spec.index}"
+            models.mkdir(parents=True, exist_ok=True)
+            return models
         return resolve_model_data(spec.model_data_url, self.home)
 
     def start(self, spec: InstanceSpec) -> Instance:
@@ -131,7 +140,10 @@ class LocalBackend:
         # unbuffered: a print() in a user script reaches the log file (and CloudWatch Logs) at once
         env = {**os.environ, "MAINSAIL_HOME": str(self.home), "PYTHONUNBUFFERED": "1",
                **resolve_environment(spec.environment, self.home)}
-        cmd = [sys.executable, "-m", "mainsail.cli", "serve", str(model_dir), "--port", str(port),
+        from mainsail.control.modeldata import multi_model_prefix
+
+        multi = ["--multi-model"] if multi_model_prefix(spec.model_data_url, spec.environment) is not None else []
+        cmd = [sys.executable, "-m", "mainsail.cli", "serve", *multi, str(model_dir), "--port", str(port),
                "--workers", "1", "--host", "127.0.0.1"]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
@@ -219,6 +231,28 @@ class LocalBackend:
 
     def adopt(self, instance: Instance) -> bool:
         return self._is_instance(instance.pid, instance.port)
+
+    def memory_bytes(self, instance: Instance) -> int | None:
+        """The summed RSS of the instance's process group, from /proc (``None`` without /proc)."""
+        total, found = 0, False
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            return None
+        for entry in entries:
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                if int(fields[2]) != instance.pid:  # the process group (pgid) field
+                    continue
+                with open(f"/proc/{entry}/statm", "rb") as f:
+                    total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                found = True
+            except (OSError, IndexError, ValueError):
+                continue
+        return total if found else None
 
     def reap(self, known: set[int]) -> list[int]:
         stopped = []

@@ -41,7 +41,14 @@ _NOT_FORWARDED = frozenset((
 
 
 class ForwardError(Exception):
-    """The instance could not be reached or did not answer with a usable HTTP response."""
+    """The instance could not be reached or did not answer with a usable HTTP response.
+
+    ``unsent``: nothing reached the instance (it refused the connection), so the request may be
+    sent elsewhere."""
+
+    def __init__(self, message: str, *, unsent: bool = False) -> None:
+        super().__init__(message)
+        self.unsent = unsent
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,9 +317,9 @@ class Forwarder:
             _, conn = await loop.create_connection(
                 lambda: _Connection((host, port), self.max_response, self._lost), host, port)
         except ConnectionRefusedError:
-            raise ForwardError(f"connection refused by {host}:{port}") from None
+            raise ForwardError(f"connection refused by {host}:{port}", unsent=True) from None
         except OSError as exc:
-            raise ForwardError(f"could not connect to {host}:{port}: {exc}") from None
+            raise ForwardError(f"could not connect to {host}:{port}: {exc}", unsent=True) from None
         self._open.add(conn)
         return conn
 

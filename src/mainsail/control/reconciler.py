@@ -20,10 +20,11 @@ are adopted, the rest are forgotten (and started again by the steps above), orph
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from mainsail.control import resources as res
 from mainsail.control.backends import Backend, Instance, InstanceSpec, ModelSourceError, tail
@@ -37,6 +38,20 @@ DEFAULT_STARTUP_TIMEOUT = 600.0
 Specs = dict[str, dict[str, Any]]  # variant -> {"model_data_url": ..., "environment": {...}}
 
 
+class Traffic(Protocol):
+    """What the reconciler learns from the router (``mainsail.control.router.Router``)."""
+
+    wake: Callable[[], None]
+
+    def in_flight(self, port: int) -> int: ...
+
+    def last_used(self, endpoint: str, variant: str) -> float | None: ...
+
+    def variant_in_flight(self, endpoint: str, variant: str) -> int: ...
+
+    def note(self, port: int, reason: str) -> None: ...
+
+
 class Reconciler:
     """Drives endpoints in ``store`` through ``backend``; ``start()`` runs ``step`` in a thread.
 
@@ -46,11 +61,27 @@ class Reconciler:
 
     def __init__(self, store: StateStore, backend: Backend, *, interval: float = 0.2,
                  in_flight: Callable[[int], int] | None = None, drain_grace: float = 0.5,
-                 drain_timeout: float = 60.0, max_restarts: int = 3) -> None:
+                 drain_timeout: float = 60.0, max_restarts: int = 3,
+                 last_used: Callable[[str, str], float | None] | None = None,
+                 variant_in_flight: Callable[[str, str], int] | None = None,
+                 note: Callable[[int, str], None] | None = None,
+                 serverless_idle: float | None = None, traffic: Traffic | None = None) -> None:
         self.store = store
         self.backend = backend
         self.interval = interval
         self.in_flight = in_flight or (lambda port: 0)
+        self.last_used = last_used or (lambda endpoint, variant: None)
+        self.variant_in_flight = variant_in_flight or (lambda endpoint, variant: 0)
+        self.note = note or (lambda port, reason: None)
+        self.serverless_idle = (serverless_idle if serverless_idle is not None
+                                else float(os.environ.get("MAINSAIL_SERVERLESS_IDLE_SECONDS", "300")))
+        if traffic is not None:  # the router of the same process: its counts, and a way to wake us
+            self.in_flight, self.last_used = traffic.in_flight, traffic.last_used
+            self.variant_in_flight, self.note = traffic.variant_in_flight, traffic.note
+            traffic.wake = self.wake
+        self._idle_since: dict[tuple[str, str], float] = {}
+        self._scaled_to_zero: dict[tuple[str, str], float] = {}
+        self._wake = threading.Event()
         self.drain_grace = drain_grace
         self.drain_timeout = drain_timeout
         self.max_restarts = max_restarts
@@ -69,6 +100,7 @@ class Reconciler:
     def stop(self, *, stop_instances: bool = False) -> None:
         """Stop the loop; with ``stop_instances`` also stop every recorded instance."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(30)
             self._thread = None
@@ -77,10 +109,15 @@ class Reconciler:
                 for instance in self._all_instances(record):
                     self.backend.stop(instance)
 
+    def wake(self) -> None:
+        """Run the next step now (a serverless cold start is waiting), not after ``interval``."""
+        self._wake.set()
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             self.step_all()
-            self._stop.wait(self.interval)
+            self._wake.wait(self.interval)
 
     def step_all(self) -> None:
         for record in self.store.list(ENDPOINT):
@@ -248,6 +285,9 @@ class Reconciler:
         else:
             specs = record["Specs"]
         current = list(record.get("Instances", []))
+        memory_limits = {pv["VariantName"]: int(pv["CurrentServerlessConfig"]["MemorySizeInMB"]) * 2**20
+                         for pv in record["ProductionVariants"]
+                         if (pv.get("CurrentServerlessConfig") or {}).get("MemorySizeInMB")}
         changed = False
         alive: list[dict[str, Any]] = []
         for item in current:
@@ -255,12 +295,26 @@ class Reconciler:
             reason = self.backend.failure(instance)
             key = (name, item["variant"], int(item.get("index", 0)))
             timeout = float(specs.get(item["variant"], {}).get("startup_timeout", DEFAULT_STARTUP_TIMEOUT))
+            limit = memory_limits.get(item["variant"])
+            if reason is None and limit is not None:
+                used = self.backend.memory_bytes(instance)
+                if used is not None and used > limit:
+                    reason = (f"The instance of serverless variant {item['variant']} used {used / 2**20:.0f} MB, "
+                              f"over the variant's MemorySizeInMB ({limit // 2**20} MB); it was stopped and "
+                              "is replaced.")
+                    self.note(instance.port, reason)
             if reason is None and not item.get("ready") and time.time() - float(item.get("started", 0)) > timeout \
                     and not self.backend.healthy(instance):
                 reason = (f"The instance of variant {item['variant']} did not pass the ping health check "
                           f"within {timeout:g} seconds: {tail(instance.log_path)}")
             if reason is not None:
                 changed = True
+                gone = int(item["port"])
+
+                def drop(current: Record, gone: int = gone) -> None:  # stop routing to it first
+                    current["Instances"] = [i for i in current.get("Instances", []) if int(i["port"]) != gone]
+
+                self._write(name, drop)
                 self.backend.stop(instance)
                 if status == CREATING:
                     self._fail(record, reason)
@@ -280,7 +334,7 @@ class Reconciler:
         draining: list[dict[str, Any]] = []
         for pv in record["ProductionVariants"]:
             variant = pv["VariantName"]
-            desired = int(pv.get("DesiredInstanceCount", 1))
+            desired = self._desired(record, pv)
             indexes = {int(i.get("index", 0)) for i in alive if i["variant"] == variant}
             for index in sorted(set(range(desired)) - indexes):
                 try:
@@ -308,6 +362,31 @@ class Reconciler:
                     self.backend.stop(Instance.from_record(item))
                 return False
         return True
+
+    def _desired(self, record: Record, pv: dict[str, Any]) -> int:
+        """Instances a variant should run now. A serverless variant runs one while in use (or while
+        the endpoint is created, to check the model loads, or with ProvisionedConcurrency) and none
+        once idle for ``serverless_idle`` seconds."""
+        serverless = pv.get("CurrentServerlessConfig")
+        if not serverless:
+            return int(pv.get("DesiredInstanceCount", 1))
+        if record["EndpointStatus"] == CREATING or serverless.get("ProvisionedConcurrency"):
+            return 1
+        key = (record["EndpointName"], pv["VariantName"])
+        now = time.monotonic()
+        if self.variant_in_flight(*key) > 0:
+            return 1
+        last = self.last_used(*key)
+        recent = max(last or 0.0, self._idle_since.setdefault(key, now))
+        running = any(i["variant"] == pv["VariantName"] for i in record.get("Instances", []))
+        if now - recent < self.serverless_idle:
+            if running:
+                return 1
+            return 1 if last is not None and last > self._scaled_to_zero.get(key, 0.0) else 0
+        if running:
+            logger.info("endpoint %s variant %s: idle for %.0f s, scaling to zero", *key, now - recent)
+            self._scaled_to_zero[key] = now
+        return 0
 
     def _finish_create(self, record: Record) -> None:
         if _all_ready(record, record.get("Instances", [])):

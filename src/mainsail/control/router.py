@@ -10,11 +10,14 @@ that the reconciler stops a draining instance only once it is idle.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import random
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,8 @@ from mainsail.control.store import Record, StateStore
 from mainsail.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mainsail.serve.metrics import LATENCY_BUCKETS_US
 
+logger = logging.getLogger(__name__)
+
 MAX_PAYLOAD = 6 * 1024 * 1024
 LEAST_OUTSTANDING = "LEAST_OUTSTANDING_REQUESTS"
 _SERVING = (IN_SERVICE, UPDATING)  # the old config keeps serving while an update is under way
@@ -44,6 +49,12 @@ class Variant:
     weight: float
     least_outstanding: bool
     ports: tuple[int, ...]
+    #: MaxConcurrency of a serverless variant (``None``: an instance-based variant)
+    max_concurrency: int | None = None
+
+    @property
+    def serverless(self) -> bool:
+        return self.max_concurrency is not None
 
 
 @dataclass(frozen=True)
@@ -62,9 +73,12 @@ class Table:
         variants = []
         for pv in record.get("ProductionVariants", []):
             strategy = (pv.get("RoutingConfig") or {}).get("RoutingStrategy")
+            serverless = pv.get("CurrentServerlessConfig")
             variants.append(Variant(name=pv["VariantName"], weight=float(pv.get("CurrentWeight", 1.0)),
                                     least_outstanding=strategy == LEAST_OUTSTANDING,
-                                    ports=tuple(ready.get(pv["VariantName"], ()))))
+                                    ports=tuple(ready.get(pv["VariantName"], ())),
+                                    max_concurrency=int(serverless.get("MaxConcurrency") or 1)
+                                    if serverless else None))
         return cls(status=str(record["EndpointStatus"]), variants=tuple(variants))
 
 
@@ -80,6 +94,11 @@ class RouterMetrics:
                                   labels, registry=self.registry)
         self.errors_5xx = Counter("Invocation5XXErrors", "Requests answered with a 5xx", labels,
                                   registry=self.registry)
+        self.model_setup_time = Histogram(
+            "ModelSetupTime", "Cold starts of serverless variants: time until an instance answered, in microseconds",
+            labels, buckets=LATENCY_BUCKETS_US, registry=self.registry)
+        self.throttles = Counter("Throttles", "Requests refused over a serverless variant's MaxConcurrency", labels,
+                                 registry=self.registry)
         self.per_instance = Counter("InvocationsPerInstance", "Requests routed to each instance",
                                     (*labels, "Instance"), registry=self.registry)
         self.model_latency = Histogram(
@@ -101,9 +120,16 @@ def _error(status: int, code: str, message: str, **extra: Any) -> Response:
 class Router:
     """The runtime route, its table cache, in-flight counts, metrics and keep-alive client."""
 
-    def __init__(self, store: StateStore, *, timeout: float = 60.0, rng: random.Random | None = None) -> None:
+    def __init__(self, store: StateStore, *, timeout: float = 60.0, rng: random.Random | None = None,
+                 cold_start_timeout: float = 120.0) -> None:
         self.store = store
         self.timeout = timeout
+        self.cold_start_timeout = cold_start_timeout
+        #: set by whoever runs the reconciler: wakes it at once (a serverless cold start is waiting)
+        self.wake: Callable[[], None] = lambda: None
+        self._last_used: dict[tuple[str, str], float] = {}
+        self._variant_in_flight: dict[tuple[str, str], int] = {}
+        self._notes: dict[int, str] = {}
         self.rng = rng or random.Random()
         self.metrics = RouterMetrics()
         self._tables: dict[str, Table] = {}
@@ -126,6 +152,20 @@ class Router:
         """Requests now being forwarded to the instance on ``port``."""
         return self._in_flight.get(port, 0)
 
+    def last_used(self, endpoint: str, variant: str) -> float | None:
+        """When (``time.monotonic()``) a request last came for a variant, ``None`` if never."""
+        return self._last_used.get((endpoint, variant))
+
+    def variant_in_flight(self, endpoint: str, variant: str) -> int:
+        """Requests in flight for a variant (cold starts included)."""
+        return self._variant_in_flight.get((endpoint, variant), 0)
+
+    def note(self, port: int, reason: str) -> None:
+        """Why the instance on ``port`` was stopped (e.g. over its memory): told to its requests."""
+        self._notes[port] = reason
+        while len(self._notes) > 1024:
+            self._notes.pop(next(iter(self._notes)))
+
     async def _table(self, name: str) -> Table | None:
         table = self._tables.get(name)
         if table is not None:
@@ -140,15 +180,16 @@ class Router:
                 self._tables[name] = table
         return table
 
-    def pick(self, table: Table, target: str | None) -> tuple[Variant, int] | str:
-        """The variant and instance port for a request, or why there is none."""
+    def pick(self, table: Table, target: str | None) -> tuple[Variant, int | None] | str:
+        """The variant and instance port for a request (``None``: a serverless variant with no
+        instance running, to start), or why there is none."""
         if target is not None:
             variants = [v for v in table.variants if v.name == target]
             if not variants:
                 return f"The variant {target} is not present in the endpoint."
         else:
-            variants = [v for v in table.variants if v.ports]
-        variants = [v for v in variants if v.ports]
+            variants = [v for v in table.variants if v.ports or v.serverless]
+        variants = [v for v in variants if v.ports or v.serverless]
         if not variants:
             return ""
         if len(variants) == 1:
@@ -156,6 +197,8 @@ class Router:
         else:
             weights = [v.weight for v in variants]
             variant = self.rng.choices(variants, weights=weights if sum(weights) > 0 else None)[0]
+        if not variant.ports:
+            return variant, None
         if len(variant.ports) == 1:
             return variant, variant.ports[0]
         if variant.least_outstanding:
@@ -166,8 +209,6 @@ class Router:
     # -- the route --------------------------------------------------------------------------------
 
     async def invoke(self, request: Request) -> Response:
-        from mainsail.control.api import region_of
-
         started = time.perf_counter()
         name = urllib.parse.unquote(request.path_params["name"])
         table = await self._table(name)
@@ -192,6 +233,78 @@ class Router:
                           f"Endpoint {name} has no instance ready to serve"
                           + (f" in variant {target}." if target else "."))
         variant, port = choice
+        if "x-amzn-sagemaker-target-model" in request.headers:  # multi-model endpoints
+            from mainsail.control.multimodel import invoke_target_model
+
+            return await invoke_target_model(self, request, name, variant, port, body, started)
+        if not variant.serverless:
+            assert port is not None
+            return await self._forward(request, name, variant, port, body, started)
+        key = (name, variant.name)
+        self._last_used[key] = time.monotonic()
+        assert variant.max_concurrency is not None
+        if self._variant_in_flight.get(key, 0) >= variant.max_concurrency:
+            self.metrics.throttles.labels(*key).inc()
+            return _error(429, "ThrottlingException",
+                          f"Rate exceeded: endpoint {name} variant {variant.name} already has "
+                          f"{variant.max_concurrency} concurrent requests (its MaxConcurrency).")
+        self._variant_in_flight[key] = self._variant_in_flight.get(key, 0) + 1
+        try:
+            if port is None:
+                cold = await self._cold_start(name, variant.name)
+                if isinstance(cold, Response):
+                    return cold
+                port = cold
+            return await self._forward(request, name, variant, port, body, started)
+        finally:
+            self._variant_in_flight[key] -= 1
+            self._last_used[key] = time.monotonic()
+
+    async def _cold_start(self, name: str, variant: str) -> int | Response:
+        """Wait until the reconciler has an instance of a scaled-to-zero serverless variant ready."""
+        began = time.perf_counter()
+        deadline = time.monotonic() + self.cold_start_timeout
+        logger.info("endpoint %s variant %s: cold start", name, variant)
+        while True:
+            self.wake()
+            table = await self._table(name)
+            if table is None or table.status not in _SERVING:
+                return _error(424, "ModelError", f"Endpoint {name} could not start an instance of variant {variant}: "
+                              f"it is {table.status if table else 'gone'}.", OriginalStatusCode=503,
+                              OriginalMessage="cold start failed", LogStreamArn="")
+            ports = next((v.ports for v in table.variants if v.name == variant), ())
+            if ports:
+                setup_us = (time.perf_counter() - began) * 1e6
+                self.metrics.model_setup_time.labels(name, variant).observe(setup_us)
+                logger.info("endpoint %s variant %s: cold start took %.0f ms", name, variant, setup_us / 1000)
+                return self.rng.choice(ports)
+            if time.monotonic() > deadline:
+                return _error(503, "ServiceUnavailable",
+                              f"Endpoint {name} variant {variant}: no instance started within "
+                              f"{self.cold_start_timeout:g} s (cold start).")
+            await asyncio.sleep(0.02)
+
+    async def _replacement(self, name: str, variant: Variant, dead: int, wait: float = 10.0) -> int | None:
+        """Another ready instance of the variant than ``dead``, waiting (bounded) for the reconciler to
+        replace it; ``None`` if none comes."""
+        with self._lock:
+            self._tables.pop(name, None)
+        deadline = time.monotonic() + (self.cold_start_timeout if variant.serverless else wait)
+        while time.monotonic() < deadline:
+            table = await self._table(name)
+            if table is None or table.status not in _SERVING:
+                return None
+            ports = [p for v in table.variants if v.name == variant.name for p in v.ports if p != dead]
+            if ports:
+                return self.rng.choice(ports)
+            self.wake()
+            await asyncio.sleep(0.05)
+        return None
+
+    async def _forward(self, request: Request, name: str, variant: Variant, port: int, body: bytes,
+                       started: float) -> Response:
+        from mainsail.control.api import region_of
+
         labels = (name, variant.name)
         self.metrics.invocations.labels(*labels).inc()
         self.metrics.per_instance.labels(*labels, str(port)).inc()
@@ -203,11 +316,27 @@ class Router:
         self._in_flight[port] = self._in_flight.get(port, 0) + 1
         upstream_started = time.perf_counter()
         try:
-            upstream = await self._client.post(port, "/invocations", body, headers, timeout=self.timeout)
+            try:
+                upstream = await self._client.post(port, "/invocations", body, headers, timeout=self.timeout)
+            except ForwardError as exc:
+                if not exc.unsent:
+                    raise
+                # the instance is gone (crashed, or stopped over its memory) and the request never
+                # reached it: send it to another instance, or to the replacement once it answers
+                other = await self._replacement(name, variant, port)
+                if other is None:
+                    raise
+                self._in_flight[other] = self._in_flight.get(other, 0) + 1
+                try:
+                    upstream = await self._client.post(other, "/invocations", body, headers, timeout=self.timeout)
+                finally:
+                    self._in_flight[other] -= 1
         except ForwardError as exc:
             self.metrics.errors_5xx.labels(*labels).inc()
-            return _error(424, "ModelError", f"Could not reach the instance of variant {variant.name}: {exc}",
-                          OriginalStatusCode=502, OriginalMessage=str(exc), LogStreamArn=log_arn)
+            why = self._notes.get(port)
+            message = f"{why} ({exc})" if why else f"Could not reach the instance of variant {variant.name}: {exc}"
+            return _error(424, "ModelError", message, OriginalStatusCode=502, OriginalMessage=why or str(exc),
+                          LogStreamArn=log_arn)
         finally:
             self._in_flight[port] -= 1
         model_us = (time.perf_counter() - upstream_started) * 1e6
