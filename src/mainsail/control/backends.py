@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -110,6 +111,26 @@ def tail(path: str | Path, lines: int = 10, max_chars: int = 900) -> str:
     return "\n".join(kept)[-max_chars:]
 
 
+_LOAD_FAILURE = re.compile(r"model failed to load: (.+)$")
+_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)(?::.*)?)$")
+
+
+def why(log_path: str | Path) -> str:
+    """One line saying why an instance stopped, from its log: the model's load error as mainsail
+    serve logs it, else the last exception line of a traceback, else the last log lines."""
+    text = tail(log_path, lines=60, max_chars=20_000)
+    lines = text.splitlines()
+    for line in reversed(lines):
+        match = _LOAD_FAILURE.search(line)
+        if match:
+            return match.group(1).strip()[:900]
+    for line in reversed(lines):
+        match = _EXCEPTION.match(line.strip())
+        if match:
+            return match.group(1)[:900]
+    return tail(log_path)
+
+
 class LocalBackend:
     """Instances as ``mainsail serve`` subprocesses on loopback ports, each in its own session."""
 
@@ -178,8 +199,7 @@ class LocalBackend:
         code = self._exit_code(instance.pid)
         if code is None:
             return None
-        lines = tail(instance.log_path)
-        return f"Instance of variant {instance.variant} exited with code {code}: {lines}"
+        return f"Instance of variant {instance.variant} exited with code {code}: {why(instance.log_path)}"
 
     def stop(self, instance: Instance) -> None:
         with self._lock:
