@@ -1,4 +1,4 @@
-"""``python -m bench {serve,tabular,pytorch,control} [--duration S] [--quick] [--out docs/benchmarks.md]``."""
+"""``python -m bench {serve,tabular,pytorch,control,multimodel} [--duration S] [--quick] [--out FILE.md]``."""
 
 from __future__ import annotations
 
@@ -107,6 +107,66 @@ def _control(args: argparse.Namespace) -> int:
     return 1 if bench.errors else 0
 
 
+def _serverless(args: argparse.Namespace) -> int:
+    from bench import serverless
+    from bench.report import write_section
+
+    command = "python -m bench " + shlex.join(sys.argv[1:])
+    bench = serverless.run_serverless_benchmark(repeats=args.repeats, warm_requests=args.warm_requests,
+                                                quick=args.quick, idle_s=args.idle, command=command,
+                                                log=lambda line: print(line, file=sys.stderr, flush=True))
+    print()
+    print(serverless.results_table(bench))
+    print()
+    print(serverless.split_table(bench))
+    print()
+    print(serverless.where_text(bench))
+    write_section(args.out, "serverless", serverless.render_serverless_section(bench))
+    print(f"\nwrote the serverless section of {args.out} ({bench.wall_s:.0f} s in all)")
+    if bench.errors:
+        print(f"{bench.errors} requests failed: see the per-cold-start table", file=sys.stderr)
+    return 1 if bench.errors else 0
+
+
+def _transform(args: argparse.Namespace) -> int:
+    from bench import transform
+    from bench.report import write_section
+
+    command = "python -m bench " + shlex.join(sys.argv[1:])
+    rows = args.rows or (40_000 if args.quick else 400_000)
+    bench = transform.run_transform_benchmark(rows=rows, payload_mb=args.payload_mb,
+                                              instances=(1,) if args.quick else (1, 2), command=command,
+                                              log=lambda line: print(line, file=sys.stderr, flush=True))
+    print()
+    print(transform.results_table(bench))
+    write_section(args.out, "transform", transform.render_transform_section(bench))
+    print(f"\nwrote the transform section of {args.out} ({bench.wall_s:.0f} s in all)")
+    return 0
+
+
+def _multimodel(args: argparse.Namespace) -> int:
+    from bench import multimodel
+    from bench.report import write_section
+
+    command = "python -m bench " + shlex.join(sys.argv[1:])
+    bench = multimodel.run_multimodel_benchmark(models=args.models, warm_requests=args.warm_requests,
+                                                command=command,
+                                                log=lambda line: print(line, file=sys.stderr, flush=True))
+    print()
+    print(multimodel.results_table(bench))
+    write_section(args.out, "multimodel", multimodel.render_multimodel_section(bench))
+    print(f"\nwrote the multimodel section of {args.out} ({bench.wall_s:.0f} s in all)")
+    return 0
+
+
+def _memory(args: argparse.Namespace) -> int:
+    from bench import memory
+
+    command = "python -m bench " + shlex.join(sys.argv[1:])
+    return memory.run_and_report(args.out, command, lambda line: print(line, file=sys.stderr, flush=True),
+                                 [m.strip() for m in args.models.split(",") if m.strip()])
+
+
 def _common(parser: argparse.ArgumentParser, quick: str) -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per cell (default 5)")
     parser.add_argument("--warmup", type=float, default=None,
@@ -154,6 +214,40 @@ def main(argv: list[str] | None = None) -> int:
     control.add_argument("--quick", action="store_true", help="a smoke run: one round of 1 s per cell")
     control.add_argument("--no-boto3", action="store_true", help="skip the boto3 invoke_endpoint loop")
     control.set_defaults(func=_control)
+    serverless = commands.add_parser(
+        "serverless", help="serverless endpoints of mainsail up: cold starts after scale-to-zero, then warm latency")
+    serverless.add_argument("--repeats", type=int, default=None,
+                            help="cold starts per model (default 5; 2 with --quick)")
+    serverless.add_argument("--warm-requests", type=int, default=None,
+                            help="warm requests per model after its last cold start (default 200; 20 with --quick)")
+    serverless.add_argument("--idle", type=float, default=2.0,
+                            help="MAINSAIL_SERVERLESS_IDLE_SECONDS for mainsail up (default 2)")
+    serverless.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                            help="markdown file to update (default docs/benchmarks.md)")
+    serverless.add_argument("--quick", action="store_true",
+                            help="a smoke run: 2 cold starts and 20 warm requests per model, tabular and ONNX only")
+    serverless.set_defaults(func=_serverless, duration=1.0, rounds=1, warmup=None)
+    transform = commands.add_parser(
+        "transform", help="a batch transform job of the tabular demo model vs the handler in a plain loop")
+    transform.add_argument("--rows", type=int, default=None, help="CSV rows (default 400000; 40000 with --quick)")
+    transform.add_argument("--payload-mb", type=int, default=6, help="MaxPayloadInMB (default 6)")
+    transform.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                           help="markdown file to update (default docs/benchmarks.md)")
+    transform.add_argument("--quick", action="store_true", help="a smoke run: 40000 rows, one instance")
+    transform.set_defaults(func=_transform, duration=1.0, rounds=1, warmup=None)
+    memory = commands.add_parser(
+        "memory", help="PSS of mainsail serve with 1, 2 and 4 workers, preload on vs off (MiniLM PyTorch, tabular)")
+    memory.add_argument("--models", default="pytorch,tabular", help="pytorch, tabular or both (default both)")
+    memory.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                        help="markdown file to update (default docs/benchmarks.md)")
+    memory.set_defaults(func=_memory, duration=1.0, rounds=1, warmup=None)
+    multimodel = commands.add_parser(
+        "multimodel", help="multi-model endpoints: first-load, reload and warm latency of a TargetModel request")
+    multimodel.add_argument("--models", type=int, default=8, help="model.tar.gz under the prefix (default 8)")
+    multimodel.add_argument("--warm-requests", type=int, default=500, help="warm requests (default 500)")
+    multimodel.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                            help="markdown file to update (default docs/benchmarks.md)")
+    multimodel.set_defaults(func=_multimodel, duration=1.0, rounds=1, warmup=None)
     args = parser.parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so the servers this started are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

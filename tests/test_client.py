@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,7 +16,7 @@ import mainsail
 from mainsail.client import DeploymentFailed, Endpoint, MainsailClientError, ModelInvocationError
 from mainsail.errors import MainsailError
 from tests.conftest import free_port
-from tests.control.helpers import INFERENCE_BAD, make_model_dir
+from tests.control.helpers import INFERENCE_BAD, UpProcess, make_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -49,30 +43,12 @@ def input_fn(body, content_type):
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One `mainsail up` subprocess for the module, on a free port with a temporary home."""
-    tmp = tmp_path_factory.mktemp("up")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = (tmp / "up.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mainsail.cli", "up", "--port", str(port), "--home",
-                             str(tmp / "home")], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    """One `mainsail up` subprocess for the module."""
+    up = UpProcess(tmp_path_factory.mktemp("up") / "home")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.post(base + "/", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None, (tmp / "up.log").read_text()
-                time.sleep(0.1)
-        yield base
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        yield up.url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        log.close()
+        assert up.stop() == 0, up.log_text()
 
 
 @pytest.fixture(scope="module")

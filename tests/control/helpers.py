@@ -3,10 +3,16 @@ local backend) with real boto3 clients, and small scikit-learn model directories
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import joblib
 from botocore.config import Config
 from sklearn.linear_model import LinearRegression
@@ -15,7 +21,7 @@ from mainsail.control import SQLiteStore, create_control_app
 from mainsail.control.backends import LocalBackend
 from mainsail.control.reconciler import Reconciler
 from mainsail.control.router import Router
-from tests.conftest import ThreadedServer
+from tests.conftest import ThreadedServer, free_port
 
 REGION = "us-east-1"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mainsail:latest"
@@ -85,3 +91,45 @@ def deploy(sm: Any, name: str, model_dir: Path, url: str | None = None) -> str:
     return arn
 
 
+
+
+class UpProcess:
+    """A real `mainsail up` (the CLI, in its own process group) on a free loopback port over ``home``."""
+
+    def __init__(self, home: Path, *, env: dict[str, str] | None = None, timeout: float = 30) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        home.mkdir(parents=True, exist_ok=True)
+        self.log = home.parent / f"up-{home.name}.log"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mainsail.cli", "up", "--port", str(self.port), "--home", str(home)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "MAINSAIL_HOME": str(home), **(env or {})})
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                httpx.post(self.url + "/", timeout=1)
+                return
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and self.proc.poll() is None, self.log_text()
+                time.sleep(0.1)
+
+    def log_text(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal it and wait; kills the group if it does not exit in time. The exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, endpoint_url=self.url, region_name=REGION, aws_access_key_id="x",
+                            aws_secret_access_key="x", config=Config(retries={"max_attempts": 1, "mode": "standard"}))

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import joblib
 import numpy as np
 import pytest
@@ -24,6 +21,7 @@ from typer.testing import CliRunner
 from mainsail.cli import app
 from mainsail.control import SQLiteStore, create_control_app
 from tests.conftest import ThreadedServer, free_port
+from tests.control.helpers import UpProcess
 
 pytestmark = pytest.mark.slow
 
@@ -44,29 +42,11 @@ def _model_dir(root: Path, script: str = INFERENCE) -> Path:
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One `mainsail up` subprocess for the module."""
-    tmp = tmp_path_factory.mktemp("up")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = (tmp / "up.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mainsail.cli", "up", "--port", str(port), "--home",
-                             str(tmp / "home")], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    up = UpProcess(tmp_path_factory.mktemp("up") / "home")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.post(base + "/", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None, (tmp / "up.log").read_text()
-                time.sleep(0.1)
-        yield base
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        yield up.url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        log.close()
+        assert up.stop() == 0, up.log_text()
 
 
 @pytest.fixture(scope="module")

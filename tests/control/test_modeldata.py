@@ -5,12 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import signal
-import subprocess
 import sys
 import tarfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,15 +16,12 @@ import boto3
 import httpx
 import joblib
 import pytest
-from botocore.config import Config
 from sklearn.linear_model import LinearRegression
 
-from mainsail.control import SQLiteStore, create_control_app
 from mainsail.control import modeldata as md
-from mainsail.control.backends import LocalBackend, ModelSourceError
-from mainsail.control.reconciler import Reconciler
-from mainsail.control.router import Router
-from tests.conftest import ThreadedServer, free_port
+from mainsail.control.backends import ModelSourceError
+from tests.conftest import free_port
+from tests.control.helpers import Plane
 
 REGION = "us-east-1"
 BUCKET = "models"
@@ -45,42 +39,6 @@ def model_fn(model_dir):
 
 
 # -- moto in a subprocess ------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=_die_with_parent)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with {proc.returncode}")
-            try:
-                httpx.get(url + "/moto-api/", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("moto server did not start") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture
@@ -423,34 +381,7 @@ def test_missing_boto3_says_what_to_install(tmp_path: Path, monkeypatch: pytest.
     assert "s3://b/model.tar.gz" in str(exc.value)
 
 
-# -- end to end ----------------------------------------------------------------------------------
-
-
-class Plane(ThreadedServer):
-    """Control app + reconciler + local backend, with boto3 clients."""
-
-    def __init__(self, home: Path) -> None:
-        self.store = SQLiteStore(home / "state.db")
-        self.backend = LocalBackend(home)
-        self.router = Router(self.store)
-        self.reconciler = Reconciler(self.store, self.backend, interval=0.1, traffic=self.router)
-        super().__init__(create_control_app(self.store, self.router), lifespan="on")
-
-    def __enter__(self) -> Plane:
-        self.start()
-        self.reconciler.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.reconciler.stop(stop_instances=True)
-        self.backend.stop_all()
-        self.stop()
-        self.store.close()
-
-    def client(self, service: str) -> Any:
-        return boto3.client(service, endpoint_url=self.url, region_name=REGION,
-                            aws_access_key_id="x", aws_secret_access_key="x",
-                            config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+# -- end to end (the control plane of tests/control/helpers.py, model data from moto) ---------------
 
 
 @pytest.fixture

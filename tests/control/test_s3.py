@@ -8,10 +8,7 @@ import base64
 import hashlib
 import io
 import os
-import signal
 import socket
-import subprocess
-import sys
 import tarfile
 import time
 import zlib
@@ -31,49 +28,13 @@ from mainsail.control import modeldata as md
 from mainsail.control.backends import ModelSourceError
 from mainsail.control.s3 import AwsChunkedDecoder
 from mainsail.control.s3store import ObjectMeta, S3Store
-from tests.conftest import ThreadedServer, free_port
+from tests.conftest import ThreadedServer
 from tests.control.helpers import INFERENCE_OK, WAIT, Plane, deploy, make_model_dir
 
 REGION = "us-east-1"
 
 
 # -- servers -------------------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=_die_with_parent)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with {proc.returncode}")
-            try:
-                httpx.get(url + "/moto-api/", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("moto server did not start") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 class S3Plane(ThreadedServer):

@@ -22,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mainsail.control import endpoints, logs, s3, s3store, sts
+from mainsail.control import endpoints, logs, s3, s3store, sts, transform
 from mainsail.control import resources as res
+from mainsail.control.async_inference import AsyncInference
 from mainsail.control.errors import (
     ControlError,
     SerializationException,
@@ -271,6 +272,7 @@ OPERATIONS: dict[str, Operation] = {
     "DeleteTags": delete_tags,
     "ListTags": list_tags,
     **endpoints.OPERATIONS,
+    **transform.OPERATIONS,
 }
 
 
@@ -289,6 +291,7 @@ def create_control_app(store: StateStore, router: Router | None = None, *,
 
         home = default_home()
     logs_api = logs.LogsApi(home)
+    async_api = AsyncInference(store, router, home)
 
     async def dispatch(request: Request) -> Response:
         request_id = str(uuid.uuid4())
@@ -327,13 +330,15 @@ def create_control_app(store: StateStore, router: Router | None = None, *,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async_api.start()
         yield
+        await async_api.stop()
         await router.aclose()
 
     # the runtime API (no X-Amz-Target) lives on its own REST paths
     # S3 (path style) answers what the control plane does not, and what is signed for s3
     s3_first, s3_last = s3.s3_routes(s3store.S3Store(s3_root or home / "s3"))
-    return Starlette(routes=[s3_first, Route("/", dispatch, methods=["POST"]), router.route,
+    return Starlette(routes=[s3_first, Route("/", dispatch, methods=["POST"]), router.route, async_api.route,
                              Route("/metrics", router.metrics_endpoint, methods=["GET"]), s3_last],
                      lifespan=lifespan)
 

@@ -218,11 +218,12 @@ class Router:
             return _error(400, "ValidationError",
                           f"Endpoint {name} of account {res.ACCOUNT} is not in service "
                           f"(status {table.status}).")
+        internal = bool(request.scope.get("mainsail.internal"))  # async inference: up to 1 GB
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_PAYLOAD:
+        if not internal and length is not None and length.isdigit() and int(length) > MAX_PAYLOAD:
             return _payload_too_large()
         body = await request.body()
-        if len(body) > MAX_PAYLOAD:
+        if len(body) > MAX_PAYLOAD and not internal:
             return _payload_too_large()
         target = request.headers.get("x-amzn-sagemaker-target-variant")
         choice = self.pick(table, target)
