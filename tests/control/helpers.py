@@ -96,9 +96,10 @@ def deploy(sm: Any, name: str, model_dir: Path, url: str | None = None) -> str:
 class UpProcess:
     """A real `mainsail up` (the CLI, in its own process group) on a free loopback port over ``home``."""
 
-    def __init__(self, home: Path, *, env: dict[str, str] | None = None, timeout: float = 30) -> None:
+    def __init__(self, home: Path, *, port: int | None = None, env: dict[str, str] | None = None,
+                 timeout: float = 30) -> None:
         self.home = home
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         home.mkdir(parents=True, exist_ok=True)
         self.log = home.parent / f"up-{home.name}.log"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import tarfile
@@ -15,12 +14,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
-import httpx
 import joblib
 import pytest
 
-from tests.conftest import free_port
+from tests.control.helpers import UpProcess
 
 pytestmark = pytest.mark.slow
 
@@ -48,35 +45,8 @@ def sdk_python(major: int) -> Path:
     return Path(out.stdout.strip().splitlines()[-1]) / "bin" / "python"
 
 
-class Up:
-    def __init__(self, home: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.home = home
-        self.log = home / "up.log"
-        home.mkdir(parents=True, exist_ok=True)
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mainsail.cli", "up", "--port", str(self.port), "--home", str(home)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "MAINSAIL_HOME": str(home)})
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.post(self.url + "/", timeout=1)
-                return
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and self.proc.poll() is None, self.log.read_text()[-3000:]
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        finally:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+class Up(UpProcess):
+    """`mainsail up` that runs example scripts the way a user would."""
 
     def run(self, python: Path, script: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """`eval "$(mainsail env)"`, then the script, from its own folder, in a clean environment."""
@@ -88,12 +58,8 @@ class Up:
                                 timeout=timeout)
         assert result.returncode == 0, (
             f"{script.name} failed ({result.returncode})\nstdout:\n{result.stdout[-4000:]}\n"
-            f"stderr:\n{result.stderr[-6000:]}\nmainsail up:\n{self.log.read_text()[-3000:]}")
+            f"stderr:\n{result.stderr[-6000:]}\nmainsail up:\n{self.log_text(3000)}")
         return result
-
-    def client(self, service: str) -> object:
-        return boto3.client(service, endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="x",
-                            aws_secret_access_key="x")
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +92,7 @@ def _no_leftovers(up: Up) -> None:
     """Every endpoint the script deleted is gone (DeleteEndpoint returns while it is Deleting)."""
     sm = up.client("sagemaker")
     deadline = time.monotonic() + 30
-    while endpoints := sm.list_endpoints()["Endpoints"]:  # type: ignore[attr-defined]
+    while endpoints := sm.list_endpoints()["Endpoints"]:
         assert all(e["EndpointStatus"] == "Deleting" for e in endpoints), endpoints
         assert time.monotonic() < deadline, endpoints
         time.sleep(0.2)
@@ -188,10 +154,10 @@ def model_fn(model_dir):
 def _resources(up: Up) -> dict[str, set[str]]:
     sm = up.client("sagemaker")
     return {
-        "endpoints": {e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]},  # type: ignore[attr-defined]
+        "endpoints": {e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]},
         "configs": {c["EndpointConfigName"]
-                    for c in sm.list_endpoint_configs()["EndpointConfigs"]},  # type: ignore[attr-defined]
-        "models": {m["ModelName"] for m in sm.list_models()["Models"]},  # type: ignore[attr-defined]
+                    for c in sm.list_endpoint_configs()["EndpointConfigs"]},
+        "models": {m["ModelName"] for m in sm.list_models()["Models"]},
     }
 
 
@@ -233,7 +199,7 @@ def test_sdk_v2_pytorch_model_repack_json(up: Up, tmp_path: Path) -> None:
     # the SDK repacked the archive with code/ and uploaded it (HeadObject + GetObject + PutObject)
     repacked = out.split("repacked: ", 1)[1].split()[0]
     bucket, key = repacked.removeprefix("s3://").split("/", 1)
-    body = up.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[attr-defined]
+    body = up.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     repacked_tar = tmp_path / "repacked.tar.gz"
     repacked_tar.write_bytes(body)
     with tarfile.open(repacked_tar) as tar:
