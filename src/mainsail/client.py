@@ -222,22 +222,51 @@ def _quiet(message: str) -> None:
     logger.info("%s", message)
 
 
+def deployment_options(*, serverless_memory_mb: int | None = None, max_concurrency: int | None = None,
+                       async_output: str | None = None, async_failure: str | None = None,
+                       multi_model: bool = False) -> dict[str, Any]:
+    """The keyword arguments of :func:`create_resources` for a deployment type: serverless (memory
+    and/or concurrency given), asynchronous (an output path given), multi-model (``model`` is a
+    prefix of model archives)."""
+    options: dict[str, Any] = {"multi_model": multi_model}
+    if serverless_memory_mb is not None or max_concurrency is not None:
+        options["serverless"] = {"MemorySizeInMB": serverless_memory_mb or 2048, "MaxConcurrency": max_concurrency or 5}
+    if async_output:
+        output = {"S3OutputPath": async_output}
+        if async_failure:
+            output["S3FailurePath"] = async_failure
+        options["async_config"] = {"OutputConfig": output}
+    return options
+
+
 def create_resources(sm: Any, name: str, data_url: str, image: str, environment: Mapping[str, str],
-                     instances: int, instance_type: str, *, log: Callable[[str], None] = _quiet) -> None:
-    """Create model, endpoint config and endpoint NAME; on a failure delete what was created, re-raise."""
+                     instances: int, instance_type: str, *, log: Callable[[str], None] = _quiet,
+                     serverless: Mapping[str, int] | None = None, async_config: Mapping[str, Any] | None = None,
+                     multi_model: bool = False) -> None:
+    """Create model, endpoint config and endpoint NAME; on a failure delete what was created, re-raise.
+    ``serverless`` (a ServerlessConfig) replaces the instances; ``async_config`` is an
+    AsyncInferenceConfig; ``multi_model`` makes the container ``Mode: MultiModel``."""
     undo: list[Callable[[], Any]] = []
     try:
         container: dict[str, Any] = {"Image": image, "ModelDataUrl": data_url}
+        if multi_model:
+            container["Mode"] = "MultiModel"
         if environment:
             container["Environment"] = dict(environment)
         sm.create_model(ModelName=name, PrimaryContainer=container, ExecutionRoleArn=DEFAULT_ROLE)
         undo.append(lambda: sm.delete_model(ModelName=name))
-        log(f"created model {name} ({data_url})")
-        sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
-            "VariantName": VARIANT, "ModelName": name, "InitialInstanceCount": instances,
-            "InstanceType": instance_type, "InitialVariantWeight": 1.0}])
+        log(f"created model {name} ({data_url}{', multi-model' if multi_model else ''})")
+        variant: dict[str, Any] = {"VariantName": VARIANT, "ModelName": name, "InitialVariantWeight": 1.0}
+        if serverless:
+            variant["ServerlessConfig"] = dict(serverless)
+            shape = f"serverless, {serverless['MemorySizeInMB']} MB, max concurrency {serverless['MaxConcurrency']}"
+        else:
+            variant.update({"InitialInstanceCount": instances, "InstanceType": instance_type})
+            shape = f"{instances} x {instance_type}"
+        extra = {"AsyncInferenceConfig": dict(async_config)} if async_config else {}
+        sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant], **extra)
         undo.append(lambda: sm.delete_endpoint_config(EndpointConfigName=name))
-        log(f"created endpoint config {name} ({VARIANT}: {instances} x {instance_type})")
+        log(f"created endpoint config {name} ({VARIANT}: {shape}{', asynchronous' if async_config else ''})")
         sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
         log(f"created endpoint {name}")
     except BaseException:
@@ -540,12 +569,14 @@ class Endpoint:
         return str(self.describe().get("EndpointStatus"))
 
     def invoke(self, body: Any, content_type: str | None = None, accept: str | None = None,
-               target_variant: str | None = None, custom_attributes: str | None = None) -> Response:
-        """InvokeEndpoint with ``body`` (see :func:`encode_body` for what a body may be)."""
+               target_variant: str | None = None, custom_attributes: str | None = None,
+               target_model: str | None = None) -> Response:
+        """InvokeEndpoint with ``body`` (see :func:`encode_body` for what a body may be);
+        ``target_model``: the archive to use on a multi-model endpoint (relative to its prefix)."""
         payload, sent_type = encode_body(body, content_type)
         kwargs: dict[str, Any] = {"EndpointName": self.name, "Body": payload, "ContentType": sent_type}
         for key, value in (("Accept", accept), ("TargetVariant", target_variant),
-                           ("CustomAttributes", custom_attributes)):
+                           ("CustomAttributes", custom_attributes), ("TargetModel", target_model)):
             if value is not None:
                 kwargs[key] = value
         with self._errors():
@@ -553,6 +584,18 @@ class Endpoint:
             data: bytes = answer["Body"].read()
         return Response(data, answer.get("ContentType"), answer.get("InvokedProductionVariant"),
                         custom_attributes=answer.get("CustomAttributes"))
+
+    def invoke_async(self, input_location: str, content_type: str | None = None, accept: str | None = None,
+                     inference_id: str | None = None) -> dict[str, str]:
+        """InvokeEndpointAsync on an asynchronous endpoint: the request is queued; the answer says
+        where its result (``OutputLocation``) or failure (``FailureLocation``) will be written."""
+        kwargs: dict[str, Any] = {"EndpointName": self.name, "InputLocation": input_location}
+        for key, value in (("ContentType", content_type), ("Accept", accept), ("InferenceId", inference_id)):
+            if value is not None:
+                kwargs[key] = value
+        with self._errors():
+            answer = self.runtime.invoke_endpoint_async(**kwargs)
+        return {k: str(answer[k]) for k in ("InferenceId", "OutputLocation", "FailureLocation") if k in answer}
 
     # -- waiting ----------------------------------------------------------------------------
     def wait(self, timeout: float = 600, *, doing: str = "updated") -> dict[str, Any]:
@@ -682,14 +725,20 @@ class Endpoint:
 
 def deploy(model: str | os.PathLike[str], name: str, instances: int = 1, *, url: str | None = None,
            instance_type: str = "ml.m5.large", environment: Mapping[str, str] | None = None,
-           image: str | None = None, wait: bool = True, timeout: float = 600) -> Endpoint:
+           image: str | None = None, wait: bool = True, timeout: float = 600,
+           serverless_memory_mb: int | None = None, max_concurrency: int | None = None,
+           async_output: str | None = None, async_failure: str | None = None,
+           multi_model: bool = False) -> Endpoint:
     """Create model, endpoint config and endpoint ``name`` from ``model`` on a running ``mainsail up``.
 
     ``model``: a model directory, a ``model.tar.gz``, a ``file://`` or an ``s3://`` URL. ``url``:
     the control plane (default ``$MAINSAIL_URL``, else ``http://127.0.0.1:8700``). With ``wait``,
     returns once the endpoint is InService, or raises ``DeploymentFailed`` with its FailureReason
     (the endpoint is left for inspection: ``exc.endpoint.delete()`` removes it) or ``WaitTimeout``.
-    A failed create step removes what this call had created.
+    A failed create step removes what this call had created. Deployment types: serverless
+    (``serverless_memory_mb`` / ``max_concurrency``), asynchronous (``async_output``, an s3:// or
+    file:// path for results, ``async_failure`` for failures), multi-model (``multi_model=True``,
+    ``model`` a prefix holding model archives, invoked with ``target_model=``).
     """
     endpoint = Endpoint(name, url)
     data_url = model_data_url(model)
@@ -699,7 +748,10 @@ def deploy(model: str | os.PathLike[str], name: str, instances: int = 1, *, url:
         if existing:
             raise MainsailClientError(f"{already_exist_message(existing, name)}: delete with "
                                       f"mainsail.endpoint({name!r}).delete() or pick another name", "AlreadyExists")
-        create_resources(endpoint.sm, name, data_url, image or DEFAULT_IMAGE, env, instances, instance_type)
+        create_resources(endpoint.sm, name, data_url, image or DEFAULT_IMAGE, env, instances, instance_type,
+                         **deployment_options(serverless_memory_mb=serverless_memory_mb,
+                                              max_concurrency=max_concurrency, async_output=async_output,
+                                              async_failure=async_failure, multi_model=multi_model))
     if wait:
         endpoint.wait(timeout, doing="created")
     return endpoint

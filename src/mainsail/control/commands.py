@@ -201,6 +201,17 @@ def deploy(
         "--env", "-e", help="KEY=VALUE for the container's environment (repeatable)")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the endpoint is being created")] = False,
     timeout: Annotated[float, typer.Option("--timeout", min=0, help="Seconds to wait for InService")] = 600,
+    serverless_memory: Annotated[int | None, typer.Option(
+        "--serverless-memory", min=1024, max=6144,
+        help="Serverless: MemorySizeInMB (scales to zero when idle) [default 2048 with --max-concurrency]")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(
+        "--max-concurrency", min=1, max=200, help="Serverless: MaxConcurrency (429 beyond it)")] = None,
+    async_output: Annotated[str | None, typer.Option(
+        "--async-output", help="Asynchronous: S3OutputPath (s3:// or file://) for results")] = None,
+    async_failure: Annotated[str | None, typer.Option(
+        "--async-failure", help="Asynchronous: S3FailurePath for failures")] = None,
+    multi_model: Annotated[bool, typer.Option(
+        "--multi-model", help="Multi-model: MODEL is a prefix of model archives, invoked with --target-model")] = False,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """Create model, endpoint config and endpoint NAME from MODEL, then wait until it is InService."""
@@ -212,7 +223,11 @@ def deploy(
         if existing:
             raise Fail(f"{client.already_exist_message(existing, name)}: "
                        f"remove with `mainsail delete {name}` or pick another --name")
-        client.create_resources(api.sm, name, data_url, image, environment, instances, instance_type, log=_err)
+        client.create_resources(api.sm, name, data_url, image, environment, instances, instance_type, log=_err,
+                                **client.deployment_options(
+                                    serverless_memory_mb=serverless_memory, max_concurrency=max_concurrency,
+                                    async_output=async_output, async_failure=async_failure,
+                                    multi_model=multi_model))
         if no_wait:
             typer.echo(f"endpoint {name} is Creating: follow it with `mainsail describe {name}`")
             return
@@ -358,6 +373,8 @@ def invoke(
     content_type: Annotated[str, typer.Option("--content-type", "-t", help="Body's MIME type")] = "application/json",
     accept: Annotated[str | None, typer.Option("--accept", "-a", help="Wanted response MIME type")] = None,
     target_variant: Annotated[str | None, typer.Option("--target-variant", help="Variant to invoke")] = None,
+    target_model: Annotated[str | None, typer.Option(
+        "--target-model", help="Multi-model endpoint: the model archive to use (relative to its prefix)")] = None,
     custom_attributes: Annotated[str | None, typer.Option(
         "--custom-attributes", help="X-Amzn-SageMaker-Custom-Attributes for the model")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Report variant and content type on stderr")] = False,
@@ -368,7 +385,7 @@ def invoke(
     with _handled(url):
         payload = _read_body(body, body_file)
         kwargs: dict[str, Any] = {"EndpointName": name, "Body": payload, "ContentType": content_type}
-        for key, value in (("Accept", accept), ("TargetVariant", target_variant),
+        for key, value in (("Accept", accept), ("TargetVariant", target_variant), ("TargetModel", target_model),
                            ("CustomAttributes", custom_attributes)):
             if value is not None:
                 kwargs[key] = value
@@ -382,6 +399,29 @@ def invoke(
         typer.echo(data, nl=False)
         if sys.stdout.isatty() and not data.endswith(b"\n"):
             typer.echo("")
+
+
+def invoke_async(
+    name: Annotated[str, typer.Argument(help="Endpoint name (an asynchronous endpoint)", show_default=False)],
+    input_location: Annotated[str, typer.Option("--input", "-i", help="InputLocation: s3:// or file:// URL",
+                                                show_default=False)],
+    content_type: Annotated[str, typer.Option("--content-type", "-t", help="Input's MIME type")] = "application/json",
+    accept: Annotated[str | None, typer.Option("--accept", "-a", help="Wanted result MIME type")] = None,
+    inference_id: Annotated[str | None, typer.Option("--inference-id", help="Your id for the request")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Queue one request on an asynchronous endpoint; prints its id and where its result will be."""
+    api = Api(url)
+    with _handled(url):
+        kwargs: dict[str, Any] = {"EndpointName": name, "InputLocation": input_location, "ContentType": content_type}
+        for key, value in (("Accept", accept), ("InferenceId", inference_id)):
+            if value is not None:
+                kwargs[key] = value
+        answer = api.runtime.invoke_endpoint_async(**kwargs)
+        typer.echo(f"InferenceId: {answer['InferenceId']}")
+        typer.echo(f"OutputLocation: {answer['OutputLocation']}")
+        if answer.get("FailureLocation"):
+            typer.echo(f"FailureLocation: {answer['FailureLocation']}")
 
 
 # -- delete ------------------------------------------------------------------------------------
@@ -527,6 +567,7 @@ def register(app: typer.Typer) -> None:
     app.command()(endpoints)
     app.command()(describe)
     app.command()(invoke)
+    app.command("invoke-async")(invoke_async)
     app.command()(delete)
     app.command()(env)
     app.command()(transform)
