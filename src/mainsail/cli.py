@@ -48,6 +48,9 @@ def serve(
         help="pip-install code/requirements.txt (cached), or only report what is missing")] = None,
     reload: Annotated[bool, typer.Option(
         "--reload", help="Restart the workers when the script or model files change")] = False,
+    preload: Annotated[bool | None, typer.Option(
+        "--preload/--no-preload", help="Load the model once and fork the workers so they share its memory, "
+        "where the handler is fork-safe [env MAINSAIL_PRELOAD; default on]")] = None,
     multi_model: Annotated[str | None, typer.Option(
         "--multi-model", metavar="MODELS_DIR", help="Serve the multi-model API (POST /models ...) "
         "[env SAGEMAKER_MULTI_MODEL=true; models dir default /opt/ml/models]")] = None,
@@ -67,7 +70,7 @@ def serve(
         "model_path": model, "entry_point": entry_point, "source_dir": source_dir, "host": host,
         "port": port, "workers": workers, "timeout": timeout, "max_payload_mb": max_payload_mb,
         "log_level": log_level, "default_accept": default_accept, "framework": framework,
-        "install_requirements": install_requirements, "reload": reload or None,
+        "install_requirements": install_requirements, "reload": reload or None, "preload": preload,
     }
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})

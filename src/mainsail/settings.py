@@ -67,6 +67,8 @@ class ServeSettings(BaseSettings):
         True, validation_alias=_env("MAINSAIL_INSTALL_REQUIREMENTS")
     )
     reload: bool = Field(False, validation_alias=_env("MAINSAIL_RELOAD"))
+    preload: bool = Field(True, validation_alias=_env("MAINSAIL_PRELOAD"))
+    """Load the model once and fork the workers (shared memory) where the handler is fork-safe."""
     framework: Framework = Field("auto", validation_alias=_env("MAINSAIL_FRAMEWORK"))
     """Which framework container's default handler functions a script falls back to."""
     predict_threads: int = Field(2, ge=1, validation_alias=_env("MAINSAIL_PREDICT_THREADS"))
