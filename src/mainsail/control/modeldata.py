@@ -42,6 +42,8 @@ UNCOMPRESSED_OBJECT = "#uncompressed"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 COMPLETE = ".mainsail-complete"  # the marker mainsail.serve.model_dir uses too
 INDEX_NAME = "s3-index.json"
+MULTI_MODEL = "#multimodel"
+"""Suffix marking the ``ModelDataUrl`` prefix of a ``Mode: MultiModel`` container (multi-model endpoint)."""
 
 _index_lock = threading.Lock()
 
@@ -92,11 +94,12 @@ def container_model_source(container: Mapping[str, Any]) -> str | None:
     """The model data of a container (``ModelDataUrl`` or ``ModelDataSource``) as one URL string.
 
     ``None`` when the container names no model data. An ``S3Prefix`` comes back with a trailing
-    ``/``; an uncompressed ``S3Object`` with the ``#uncompressed`` suffix.
+    ``/``; an uncompressed ``S3Object`` with the ``#uncompressed`` suffix; the prefix of a
+    ``Mode: MultiModel`` container with the ``#multimodel`` suffix (:func:`multi_model_prefix`).
     """
     url = container.get("ModelDataUrl")
     if isinstance(url, str) and url:
-        return url
+        return url + MULTI_MODEL if container.get("Mode") == "MultiModel" else url
     source = container.get("ModelDataSource") or {}
     s3 = source.get("S3DataSource") if isinstance(source, Mapping) else None
     if not isinstance(s3, Mapping):
@@ -121,6 +124,17 @@ def parse_source(url_or_source: str | Mapping[str, Any]) -> ModelSource:
     if url.startswith("s3://") and url.endswith("/"):
         return ModelSource(url, "S3Prefix", "None")
     return ModelSource(url)
+
+
+def multi_model_prefix(url: str, environment: Mapping[str, str] | None = None) -> str | None:
+    """The model-data prefix of a multi-model container (``Mode: MultiModel``, marked by
+    :func:`container_model_source`, or ``SAGEMAKER_MULTI_MODEL=true`` in its environment), ``None``
+    for a single-model one. The target models are ``<prefix>/<TargetModel>``."""
+    if url.endswith(MULTI_MODEL):
+        return url[: -len(MULTI_MODEL)]
+    if (environment or {}).get("SAGEMAKER_MULTI_MODEL", "").strip().lower() in ("1", "true", "yes", "on"):
+        return url
+    return None
 
 
 def max_bytes_default() -> int:

@@ -1,0 +1,280 @@
+"""Multi-model endpoints in the router: ``InvokeEndpoint`` with ``X-Amzn-SageMaker-Target-Model``.
+
+A model whose container has ``Mode: MultiModel`` runs ``mainsail serve --multi-model`` instances
+with no model loaded (:mod:`mainsail.control.backends`); its ``ModelDataUrl`` is a prefix
+(``s3://``, ``file://`` or a local directory), marked in the endpoint's specs by
+:func:`mainsail.control.modeldata.container_model_source`. For a request naming a target model the
+router picks a variant and an instance as usual, then :func:`invoke_target_model`:
+
+1. sends ``POST /models/{model}/invoke`` to the instance (``model`` is the TargetModel, or a
+   sanitised form of it with a hash when it has characters a path segment should not);
+2. when the instance answers 404 ``ModelNotFound`` (never loaded there, or evicted by its LRU), it
+   resolves ``<prefix>/<TargetModel>`` to a local directory (downloaded and extracted once per
+   content, :func:`mainsail.control.modeldata.resolve_model_data`), sends ``POST /models`` (a 409
+   from a concurrent load counts as loaded) and invokes again.
+
+No per-instance bookkeeping is needed: the instance is the truth about what it holds. A missing
+target object is the runtime's ``ValidationError`` (400); a TargetModel on a single-model endpoint
+is the ``ValidationError`` SageMaker answers. Metrics: ``TargetModelInvocations`` (labelled
+``TargetModel``), ``ModelCacheHit`` / ``ModelCacheMiss`` and ``ModelLoadingWaitTime`` (download
+plus load), in the router's registry next to its per-endpoint metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+import urllib.parse
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter, Histogram
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from mainsail.control import resources as res
+from mainsail.control.backends import ModelSourceError, default_home
+from mainsail.control.endpoints import ENDPOINT
+from mainsail.control.forward import Forwarder, ForwardError, Upstream
+from mainsail.serve.metrics import LATENCY_BUCKETS_US
+
+if TYPE_CHECKING:
+    from mainsail.control.router import Router, Variant
+
+logger = logging.getLogger(__name__)
+
+TARGET_MODEL = "x-amzn-sagemaker-target-model"
+MAX_TARGET_MODEL = 1024
+LOAD_ATTEMPTS = 3
+_FORWARDED = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes",
+              "x-amzn-sagemaker-inference-id", TARGET_MODEL)
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def model_name(target: str) -> str:
+    """The container's ``model_name`` for a TargetModel: itself when it is a safe path segment,
+    else its safe characters and a hash (``model_name`` is opaque to the container, as on SageMaker)."""
+    if _SAFE_NAME.match(target):
+        return target
+    digest = hashlib.sha256(target.encode()).hexdigest()[:12]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", target).strip("._-")[:100]
+    return f"{cleaned or 'model'}-{digest}"
+
+
+def target_url(prefix: str, target: str) -> str:
+    """``<prefix>/<TargetModel>`` for an ``s3://``/``file://`` prefix or a local directory."""
+    return prefix.rstrip("/") + "/" + target.lstrip("/")
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> Response:
+    return Response(json.dumps({"message": message, **extra}), status_code=status,
+                    media_type="application/json", headers={"X-Amzn-ErrorType": code})
+
+
+def download_failed(url: str, reason: str) -> str:
+    """The runtime's ``ValidationError`` text for a target model that cannot be fetched."""
+    if url.startswith("s3://"):
+        bucket, _, key = url[len("s3://"):].partition("/")
+        where = f"bucket: {bucket}, key: {key}"
+    else:
+        where = f"path: {url}"
+    return (f"Failed to download model data({where}). Please ensure that there is an object located at "
+            f"the URL and that the role passed to CreateModel has permissions to download the model. "
+            f"({reason})")
+
+
+class MultiModelRouting:
+    """Per-router state: the endpoints' multi-model prefixes (cached until the endpoint changes),
+    where model data is cached, the extra metrics and the forwarder."""
+
+    def __init__(self, router: Router, home: Path | None = None) -> None:
+        self.router = router
+        self.home = home or _home_of(router)
+        self._prefixes: dict[str, dict[str, str | None]] = {}
+        self._generation: dict[str, int] = {}
+        self._lock = threading.Lock()
+        registry = router.metrics.registry
+        labels = ("EndpointName", "VariantName")
+        self.invocations = Counter("TargetModelInvocations", "InvokeEndpoint requests per target model",
+                                   (*labels, "TargetModel"), registry=registry)
+        self.cache_hits = Counter("ModelCacheHit", "Target-model requests whose model was loaded on the instance",
+                                  labels, registry=registry)
+        self.cache_misses = Counter("ModelCacheMiss", "Target-model requests that had to load the model first",
+                                    labels, registry=registry)
+        self.loading_wait = Histogram(
+            "ModelLoadingWaitTime", "Time a request waited for its target model to be fetched and loaded, "
+            "in microseconds", labels, buckets=LATENCY_BUCKETS_US, registry=registry)
+        router.store.subscribe(self._changed)
+
+    def _changed(self, kind: str, name: str) -> None:
+        if kind == ENDPOINT:
+            with self._lock:
+                self._generation[name] = self._generation.get(name, 0) + 1
+                self._prefixes.pop(name, None)
+
+    async def prefixes(self, endpoint: str) -> dict[str, str | None]:
+        """Variant -> multi-model prefix (``None``: a single-model variant) of an endpoint."""
+        cached = self._prefixes.get(endpoint)
+        if cached is not None:
+            return cached
+        from mainsail.control.modeldata import multi_model_prefix
+
+        generation = self._generation.get(endpoint, 0)
+        record = await run_in_threadpool(self.router.store.get, ENDPOINT, endpoint)
+        specs: dict[str, Any] = (record or {}).get("Specs") or {}
+        out = {variant: multi_model_prefix(str(spec.get("model_data_url", "")), spec.get("environment") or {})
+               for variant, spec in specs.items()}
+        with self._lock:
+            if self._generation.get(endpoint, 0) == generation:
+                self._prefixes[endpoint] = out
+        return out
+
+
+_states: weakref.WeakKeyDictionary[Router, MultiModelRouting] = weakref.WeakKeyDictionary()
+_states_lock = threading.Lock()
+
+
+def _home_of(router: Router) -> Path:
+    """``mainsail up`` and the tests keep ``state.db`` in the home; else ``$MAINSAIL_HOME``."""
+    path = getattr(router.store, "path", None)
+    if isinstance(path, str) and path != ":memory:":
+        return Path(path).resolve().parent
+    return default_home()
+
+
+def routing(router: Router, *, home: Path | None = None) -> MultiModelRouting:
+    """The multi-model state of ``router`` (made on first use; ``home`` overrides where model data
+    is cached, by default the directory of the store's ``state.db``)."""
+    with _states_lock:
+        state = _states.get(router)
+        if state is None:
+            state = _states[router] = MultiModelRouting(router, home)
+        elif home is not None:
+            state.home = home
+        return state
+
+
+def _resolve(url: str, home: Path) -> Path:
+    from mainsail.control.modeldata import resolve_model_data
+
+    return resolve_model_data(url, home)
+
+
+async def invoke_target_model(router: Router, request: Request, name: str, variant: Variant,
+                              port: int | None, body: bytes, started: float) -> Response:
+    """Answer an ``InvokeEndpoint`` that names a target model (see the module docstring)."""
+    from mainsail.control.api import region_of
+
+    state = routing(router)
+    target = request.headers.get(TARGET_MODEL, "")
+    prefix = (await state.prefixes(name)).get(variant.name)
+    if prefix is None:
+        return _error(400, "ValidationError",
+                      f"Endpoint {name} is not a multi-model endpoint and does not support target model header.")
+    if not target.strip() or len(target) > MAX_TARGET_MODEL or not target.isprintable():
+        return _error(400, "ValidationError",
+                      "1 validation error detected: Value at 'targetModel' failed to satisfy constraint: "
+                      f"Member must have length less than or equal to {MAX_TARGET_MODEL} and match "
+                      "the pattern \\A\\S[\\p{Print}]*\\z")
+    if port is None:
+        return _error(400, "ValidationError",
+                      f"Endpoint {name} variant {variant.name} is serverless: multi-model endpoints "
+                      "need instances.")
+    labels = (name, variant.name)
+    metrics = router.metrics
+    metrics.invocations.labels(*labels).inc()
+    metrics.per_instance.labels(*labels, str(port)).inc()
+    state.invocations.labels(*labels, target).inc()
+    region = region_of(request.headers.get("authorization"))
+    log_arn = f"arn:aws:logs:{region}:{res.ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{name}"
+    headers = [(k, v) for k in _FORWARDED if (v := request.headers.get(k)) is not None]
+    model = model_name(target)
+    path = f"/models/{urllib.parse.quote(model, safe='')}/invoke"
+    if router._client is None:  # the router's keep-alive client (closed by Router.aclose)
+        router._client = Forwarder(max_idle=256)
+    client = router._client
+    in_flight = router._in_flight
+    in_flight[port] = in_flight.get(port, 0) + 1
+    model_us = 0.0
+    try:
+        upstream_started = time.perf_counter()
+        upstream = await client.post(port, path, body, headers, timeout=router.timeout)
+        missed = False
+        for _ in range(LOAD_ATTEMPTS):
+            if not _not_loaded(upstream):
+                break
+            missed = True
+            load_started = time.perf_counter()
+            failure = await _load(state, client, port, prefix, target, model, router.timeout, log_arn)
+            state.loading_wait.labels(*labels).observe((time.perf_counter() - load_started) * 1e6)
+            if failure is not None:
+                (metrics.errors_4xx if failure.status_code < 500 else metrics.errors_5xx).labels(*labels).inc()
+                return failure
+            upstream_started = time.perf_counter()
+            upstream = await client.post(port, path, body, headers, timeout=router.timeout)
+        (state.cache_misses if missed else state.cache_hits).labels(*labels).inc()
+        model_us = (time.perf_counter() - upstream_started) * 1e6
+    except ForwardError as exc:
+        metrics.errors_5xx.labels(*labels).inc()
+        return _error(424, "ModelError", f"Could not reach the instance of variant {variant.name}: {exc}",
+                      OriginalStatusCode=502, OriginalMessage=str(exc), LogStreamArn=log_arn)
+    finally:
+        in_flight[port] -= 1
+    metrics.model_latency.labels(*labels).observe(model_us)
+    if not 200 <= upstream.status < 300:
+        client_error = upstream.status < 500
+        (metrics.errors_4xx if client_error else metrics.errors_5xx).labels(*labels).inc()
+        return _model_error(upstream, log_arn)
+    out_headers = {"x-Amzn-Invoked-Production-Variant": variant.name}
+    custom = upstream.headers.get("x-amzn-sagemaker-custom-attributes")
+    if custom is not None:
+        out_headers["X-Amzn-SageMaker-Custom-Attributes"] = custom
+    metrics.overhead_latency.labels(*labels).observe(max((time.perf_counter() - started) * 1e6 - model_us, 0.0))
+    return Response(upstream.body, status_code=200, headers=out_headers,
+                    media_type=upstream.headers.get("content-type", "application/octet-stream"))
+
+
+def _not_loaded(upstream: Upstream) -> bool:
+    if upstream.status != 404:
+        return False
+    try:
+        return bool(json.loads(upstream.body).get("error") == "ModelNotFound")
+    except (ValueError, AttributeError):
+        return False
+
+
+def _model_error(upstream: Upstream, log_arn: str) -> Response:
+    kind = "client" if upstream.status < 500 else "server"
+    text = upstream.text
+    return _error(
+        424, "ModelError",
+        f'Received {kind} error ({upstream.status}) from model with message "{text}". '
+        f"See {log_arn} in account {res.ACCOUNT} for more information.",
+        OriginalStatusCode=upstream.status, OriginalMessage=text, LogStreamArn=log_arn,
+        ErrorCode=f"{kind.upper()}_ERROR_FROM_MODEL")
+
+
+async def _load(state: MultiModelRouting, client: Forwarder, port: int, prefix: str, target: str,
+                model: str, timeout: float, log_arn: str) -> Response | None:
+    """Fetch ``<prefix>/<target>`` and load it on the instance; an error response, or ``None``."""
+    url = target_url(prefix, target)
+    try:
+        local = await run_in_threadpool(_resolve, url, state.home)
+    except ModelSourceError as exc:
+        reason = str(exc)
+        if "no such" in reason or "does not exist" in reason:
+            return _error(400, "ValidationError", download_failed(url, reason))
+        return _error(400, "ValidationError", reason)
+    payload = json.dumps({"model_name": model, "url": str(local)}).encode()
+    upstream = await client.post(port, "/models", payload, [("content-type", "application/json")],
+                                 timeout=timeout)
+    if upstream.status in (200, 409):  # 409: a concurrent request loaded it first
+        logger.info("loaded target model %s on the instance on port %d", target, port)
+        return None
+    return _model_error(upstream, log_arn)
