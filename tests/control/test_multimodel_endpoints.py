@@ -162,11 +162,10 @@ def test_multi_model_endpoint_with_s3_eviction_and_reload(plane: Plane, clients:
     assert error["Error"]["Message"].startswith(
         f"Failed to download model data(bucket: {BUCKET}, key: {PREFIX}model-zzz.tar.gz).")
 
-    # a plain InvokeEndpoint on a multi-model endpoint reaches the container's /invocations: 400
+    # a plain InvokeEndpoint on a multi-model endpoint is refused by the router
     with pytest.raises(ClientError) as plain:
         rt.invoke_endpoint(EndpointName="mme", Body=b"[[1.0]]", ContentType="application/json")
-    assert plain.value.response["Error"]["Code"] == "ModelError"
-    assert "TargetModel" in plain.value.response["Error"]["Message"]
+    assert plain.value.response["Error"]["Code"] == "ValidationError"
 
 
 def test_target_model_on_a_single_model_endpoint(clients: Callable[[str], Any], tmp_path: Path) -> None:
@@ -200,3 +199,7 @@ def test_multi_model_endpoint_from_a_local_directory(clients: Callable[[str], An
         predict(rt, "mme-local", "m9.tar.gz")
     assert missing.value.response["Error"]["Message"].startswith(
         f"Failed to download model data(path: file://{models}/m9.tar.gz).")
+    with pytest.raises(ClientError) as untargeted:  # a multi-model endpoint needs TargetModel
+        rt.invoke_endpoint(EndpointName="mme-local", ContentType="text/csv", Body=b"1,2")
+    assert untargeted.value.response["Error"]["Code"] == "ValidationError"
+    assert "TargetModel" in untargeted.value.response["Error"]["Message"]

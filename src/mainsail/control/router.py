@@ -51,6 +51,8 @@ class Variant:
     ports: tuple[int, ...]
     #: MaxConcurrency of a serverless variant (``None``: an instance-based variant)
     max_concurrency: int | None = None
+    #: a multi-model variant (``Mode: MultiModel``): every request names its ``TargetModel``
+    multi_model: bool = False
 
     @property
     def serverless(self) -> bool:
@@ -70,15 +72,21 @@ class Table:
         for instance in record.get("Instances", []):
             if instance.get("ready", True):
                 ready.setdefault(str(instance["variant"]), []).append(int(instance["port"]))
+        from mainsail.control.modeldata import multi_model_prefix
+
+        specs = record.get("Specs") or {}
         variants = []
         for pv in record.get("ProductionVariants", []):
+            spec = specs.get(pv["VariantName"]) or {}
             strategy = (pv.get("RoutingConfig") or {}).get("RoutingStrategy")
             serverless = pv.get("CurrentServerlessConfig")
             variants.append(Variant(name=pv["VariantName"], weight=float(pv.get("CurrentWeight", 1.0)),
                                     least_outstanding=strategy == LEAST_OUTSTANDING,
                                     ports=tuple(ready.get(pv["VariantName"], ())),
                                     max_concurrency=int(serverless.get("MaxConcurrency") or 1)
-                                    if serverless else None))
+                                    if serverless else None,
+                                    multi_model=multi_model_prefix(str(spec.get("model_data_url", "")),
+                                                                   spec.get("environment") or {}) is not None))
         return cls(status=str(record["EndpointStatus"]), variants=tuple(variants))
 
 
@@ -238,6 +246,10 @@ class Router:
             from mainsail.control.multimodel import invoke_target_model
 
             return await invoke_target_model(self, request, name, variant, port, body, started)
+        if variant.multi_model:
+            return _error(400, "ValidationError",
+                          f"Endpoint {name} is a multi-model endpoint: name the model to use with TargetModel "
+                          "(X-Amzn-SageMaker-Target-Model).")
         if not variant.serverless:
             assert port is not None
             return await self._forward(request, name, variant, port, body, started)
