@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from botocore.exceptions import ClientError
 
@@ -117,3 +118,32 @@ def test_queued_requests_survive_a_restart(tmp_path: Path, monkeypatch: pytest.M
         s3 = second.client("s3")
         for answer in answers:
             assert json.loads(_get(s3, answer["OutputLocation"], timeout=60)) == pytest.approx([14.0])
+
+
+def test_async_endpoint_scales_to_zero_while_its_queue_is_empty(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAINSAIL_HOME", str(tmp_path))
+    monkeypatch.setenv("MAINSAIL_ASYNC_IDLE_SECONDS", "1.5")
+    with Plane(tmp_path) as plane:
+        s3 = _async_endpoint(plane, "sleepy", make_model_dir(tmp_path / "m", SCRIPT))
+        s3.put_object(Bucket="async-in", Key="ok.csv", Body=b"1,0\n")
+
+        def instances() -> int:
+            record = plane.store.get("endpoint", "sleepy")
+            assert record is not None
+            return len(record["Instances"])
+
+        deadline = time.monotonic() + 30
+        while instances():  # idle with an empty queue: no instance
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        rt = plane.client("sagemaker-runtime")
+        answer = rt.invoke_endpoint_async(EndpointName="sleepy", InputLocation="s3://async-in/ok.csv",
+                                          ContentType="text/csv")
+        assert json.loads(_get(s3, answer["OutputLocation"], timeout=60)) == pytest.approx([2.0])
+        metrics = httpx.get(plane.url + "/metrics").text
+        assert 'ModelSetupTime_count{EndpointName="sleepy",VariantName="AllTraffic"} 1.0' in metrics
+        deadline = time.monotonic() + 30
+        while instances():  # and back to zero once idle again
+            assert time.monotonic() < deadline
+            time.sleep(0.1)

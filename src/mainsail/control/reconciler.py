@@ -79,6 +79,9 @@ class Reconciler:
             self.in_flight, self.last_used = traffic.in_flight, traffic.last_used
             self.variant_in_flight, self.note = traffic.variant_in_flight, traffic.note
             traffic.wake = self.wake
+        from mainsail.control.router import async_idle_seconds
+
+        self.async_idle = async_idle_seconds()
         self._idle_since: dict[tuple[str, str], float] = {}
         self._scaled_to_zero: dict[tuple[str, str], float] = {}
         self._wake = threading.Event()
@@ -368,21 +371,26 @@ class Reconciler:
         the endpoint is created, to check the model loads, or with ProvisionedConcurrency) and none
         once idle for ``serverless_idle`` seconds."""
         serverless = pv.get("CurrentServerlessConfig")
+        idle_after = self.serverless_idle
+        count = 1
         if not serverless:
-            return int(pv.get("DesiredInstanceCount", 1))
-        if record["EndpointStatus"] == CREATING or serverless.get("ProvisionedConcurrency"):
-            return 1
+            count = int(pv.get("DesiredInstanceCount", 1))
+            if not record.get("AsyncInferenceConfig") or self.async_idle is None:
+                return count
+            idle_after = self.async_idle  # an async endpoint that scales to zero while its queue is empty
+        if record["EndpointStatus"] == CREATING or (serverless or {}).get("ProvisionedConcurrency"):
+            return count
         key = (record["EndpointName"], pv["VariantName"])
         now = time.monotonic()
         if self.variant_in_flight(*key) > 0:
-            return 1
+            return count
         last = self.last_used(*key)
         recent = max(last or 0.0, self._idle_since.setdefault(key, now))
         running = any(i["variant"] == pv["VariantName"] for i in record.get("Instances", []))
-        if now - recent < self.serverless_idle:
+        if now - recent < idle_after:
             if running:
-                return 1
-            return 1 if last is not None and last > self._scaled_to_zero.get(key, 0.0) else 0
+                return count
+            return count if last is not None and last > self._scaled_to_zero.get(key, 0.0) else 0
         if running:
             logger.info("endpoint %s variant %s: idle for %.0f s, scaling to zero", *key, now - recent)
             self._scaled_to_zero[key] = now

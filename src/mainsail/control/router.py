@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -53,6 +54,13 @@ class Variant:
     max_concurrency: int | None = None
     #: a multi-model variant (``Mode: MultiModel``): every request names its ``TargetModel``
     multi_model: bool = False
+    #: an instance-based variant that scales to zero when idle (an async endpoint, when enabled)
+    idle_to_zero: bool = False
+
+    @property
+    def scales_to_zero(self) -> bool:
+        """Whether a request may find no instance and start one (a cold start)."""
+        return self.serverless or self.idle_to_zero
 
     @property
     def serverless(self) -> bool:
@@ -67,7 +75,7 @@ class Table:
     variants: tuple[Variant, ...]
 
     @classmethod
-    def of(cls, record: Record) -> Table:
+    def of(cls, record: Record, *, async_to_zero: bool = False) -> Table:
         ready: dict[str, list[int]] = {}
         for instance in record.get("Instances", []):
             if instance.get("ready", True):
@@ -86,7 +94,9 @@ class Table:
                                     max_concurrency=int(serverless.get("MaxConcurrency") or 1)
                                     if serverless else None,
                                     multi_model=multi_model_prefix(str(spec.get("model_data_url", "")),
-                                                                   spec.get("environment") or {}) is not None))
+                                                                   spec.get("environment") or {}) is not None,
+                                    idle_to_zero=async_to_zero and bool(record.get("AsyncInferenceConfig"))
+                                    and not serverless))
         return cls(status=str(record["EndpointStatus"]), variants=tuple(variants))
 
 
@@ -120,6 +130,12 @@ class RouterMetrics:
         return generate_latest(self.registry)
 
 
+def async_idle_seconds() -> float | None:
+    """``MAINSAIL_ASYNC_IDLE_SECONDS``: after how long an idle async endpoint scales to zero (unset: never)."""
+    raw = os.environ.get("MAINSAIL_ASYNC_IDLE_SECONDS", "").strip()
+    return float(raw) if raw else None
+
+
 def _error(status: int, code: str, message: str, **extra: Any) -> Response:
     return Response(json.dumps({"message": message, **extra}), status_code=status,
                     media_type="application/json", headers={"X-Amzn-ErrorType": code})
@@ -133,6 +149,9 @@ class Router:
         self.store = store
         self.timeout = timeout
         self.cold_start_timeout = cold_start_timeout
+        #: seconds after which an idle async endpoint stops its instances (``None``: never), from
+        #: MAINSAIL_ASYNC_IDLE_SECONDS: SageMaker's scale-to-zero auto-scaling policy for async endpoints
+        self.async_idle = async_idle_seconds()
         #: set by whoever runs the reconciler: wakes it at once (a serverless cold start is waiting)
         self.wake: Callable[[], None] = lambda: None
         self._last_used: dict[tuple[str, str], float] = {}
@@ -182,7 +201,7 @@ class Router:
         record = await run_in_threadpool(self.store.get, ENDPOINT, name)
         if record is None:
             return None
-        table = Table.of(record)
+        table = Table.of(record, async_to_zero=self.async_idle is not None)
         with self._lock:
             if self._generation.get(name, 0) == generation:  # no write since we read
                 self._tables[name] = table
@@ -196,8 +215,8 @@ class Router:
             if not variants:
                 return f"The variant {target} is not present in the endpoint."
         else:
-            variants = [v for v in table.variants if v.ports or v.serverless]
-        variants = [v for v in variants if v.ports or v.serverless]
+            variants = [v for v in table.variants if v.ports or v.scales_to_zero]
+        variants = [v for v in variants if v.ports or v.scales_to_zero]
         if not variants:
             return ""
         if len(variants) == 1:
@@ -251,6 +270,20 @@ class Router:
                           f"Endpoint {name} is a multi-model endpoint: name the model to use with TargetModel "
                           "(X-Amzn-SageMaker-Target-Model).")
         if not variant.serverless:
+            if variant.idle_to_zero:  # an async endpoint's variant: keeps it warm, or wakes it up
+                key = (name, variant.name)
+                self._last_used[key] = time.monotonic()
+                self._variant_in_flight[key] = self._variant_in_flight.get(key, 0) + 1
+                try:
+                    if port is None:
+                        cold = await self._cold_start(name, variant.name)
+                        if isinstance(cold, Response):
+                            return cold
+                        port = cold
+                    return await self._forward(request, name, variant, port, body, started)
+                finally:
+                    self._variant_in_flight[key] -= 1
+                    self._last_used[key] = time.monotonic()
             assert port is not None
             return await self._forward(request, name, variant, port, body, started)
         key = (name, variant.name)
