@@ -21,6 +21,8 @@ import pytest
 
 from tests.conftest import SCRIPTS, ServerProcess, write_script
 
+SEED_002_INFERENCE = Path(__file__).resolve().parents[2] / "examples" / "sdk" / "seed_002" / "inference.py"
+
 pytestmark = pytest.mark.slow
 
 PID_SCRIPT = """
@@ -55,7 +57,7 @@ def make_tar(src: Path, archive: Path) -> Path:
 def test_seed_002_script_unchanged_from_a_model_tar_gz(tmp_path: Path, home: Path) -> None:
     model_dir, model = sklearn_model_dir(tmp_path / "model")
     (model_dir / "code").mkdir()
-    shutil.copy(SCRIPTS / "seed002_inference.py", model_dir / "code" / "inference.py")
+    shutil.copy(SEED_002_INFERENCE, model_dir / "code" / "inference.py")
     archive = make_tar(model_dir, tmp_path / "model.tar.gz")
     rows = [[0.5, 1.2, 0.3, 0.8, 0.1], [-0.2, 0.7, 1.1, 0.4, 0.6]]
     with ServerProcess([str(archive), "--workers", "1"], home=home) as server:
