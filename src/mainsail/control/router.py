@@ -269,27 +269,14 @@ class Router:
             return _error(400, "ValidationError",
                           f"Endpoint {name} is a multi-model endpoint: name the model to use with TargetModel "
                           "(X-Amzn-SageMaker-Target-Model).")
-        if not variant.serverless:
-            if variant.idle_to_zero:  # an async endpoint's variant: keeps it warm, or wakes it up
-                key = (name, variant.name)
-                self._last_used[key] = time.monotonic()
-                self._variant_in_flight[key] = self._variant_in_flight.get(key, 0) + 1
-                try:
-                    if port is None:
-                        cold = await self._cold_start(name, variant.name)
-                        if isinstance(cold, Response):
-                            return cold
-                        port = cold
-                    return await self._forward(request, name, variant, port, body, started)
-                finally:
-                    self._variant_in_flight[key] -= 1
-                    self._last_used[key] = time.monotonic()
+        if not variant.scales_to_zero:
             assert port is not None
             return await self._forward(request, name, variant, port, body, started)
+        # serverless, or an async endpoint that scales to zero: track use (the idle timer), and start
+        # an instance when there is none
         key = (name, variant.name)
         self._last_used[key] = time.monotonic()
-        assert variant.max_concurrency is not None
-        if self._variant_in_flight.get(key, 0) >= variant.max_concurrency:
+        if variant.max_concurrency is not None and self._variant_in_flight.get(key, 0) >= variant.max_concurrency:
             self.metrics.throttles.labels(*key).inc()
             return _error(429, "ThrottlingException",
                           f"Rate exceeded: endpoint {name} variant {variant.name} already has "
@@ -307,7 +294,7 @@ class Router:
             self._last_used[key] = time.monotonic()
 
     async def _cold_start(self, name: str, variant: str) -> int | Response:
-        """Wait until the reconciler has an instance of a scaled-to-zero serverless variant ready."""
+        """Wait until the reconciler has an instance of a variant scaled to zero ready."""
         began = time.perf_counter()
         deadline = time.monotonic() + self.cold_start_timeout
         logger.info("endpoint %s variant %s: cold start", name, variant)
