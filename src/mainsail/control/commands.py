@@ -90,41 +90,17 @@ class Api:
 
 @contextlib.contextmanager
 def _handled(url: str) -> Iterator[None]:
-    """Turn what the API or the network raise into one-line errors and exit codes, never tracebacks."""
+    """Turn what the API or the network raise into one-line errors and exit codes, never tracebacks
+    (botocore's errors translated by :func:`mainsail.client.translated_errors`)."""
     try:
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            ConnectionClosedError,
-            EndpointConnectionError,
-            ReadTimeoutError,
-        )
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-    except ImportError:
-        _err("error: the commands need boto3: pip install 'mainsail[s3]'")
-        raise typer.Exit(1) from None
-    try:
-        yield
+        with client.translated_errors(url):
+            yield
     except Fail as exc:
         _err(f"error: {exc.message}")
         raise typer.Exit(exc.code) from None
     except MainsailClientError as exc:
-        _err(f"error: {exc.message}")
-        raise typer.Exit(1) from None
-    except (EndpointConnectionError, BotoConnectionError):
-        _err(f"error: no control plane at {url}: start it with `mainsail up`")
-        raise typer.Exit(1) from None
-    except ConnectionClosedError:
-        _err(f"error: the control plane at {url} closed the connection (is it `mainsail up`?)")
-        raise typer.Exit(1) from None
-    except ReadTimeoutError:
-        _err(f"error: the control plane at {url} did not answer in time")
-        raise typer.Exit(1) from None
-    except ClientError as exc:
-        _err(f"error: {_code(exc)}: {_message(exc)}")
-        raise typer.Exit(1) from None
-    except BotoCoreError as exc:
-        _err(f"error: {exc}")
+        from_api = type(exc.__cause__).__name__ == "ClientError" or hasattr(exc.__cause__, "response")
+        _err(f"error: {exc.code}: {exc.message}" if from_api else f"error: {exc.message}")
         raise typer.Exit(1) from None
 
 
