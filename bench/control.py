@@ -46,6 +46,7 @@ from bench.model import build_model_dir
 from bench.procs import Server, ServerError, free_port, group_pids, machine_busy_s, ping, process_cpu_s, stop
 from bench.report import Check, checks_table, machine_summary, versions
 from bench.serve import HOST, ROOT, loadgen_argv, server_env
+from bench.summary import RoundsSummary
 
 DIRECT = "direct"
 HOP = "hop"
@@ -85,36 +86,12 @@ class Measurement:
 
 
 @dataclass
-class Cell:
+class Cell(RoundsSummary):
     """A path at one concurrency, summarised over rounds (median of each figure)."""
 
     path: str
     concurrency: int
     rounds: list[Measurement]
-
-    @staticmethod
-    def _median(values: Sequence[float]) -> float:
-        return statistics.median(values) if values else 0.0
-
-    @property
-    def p50_ms(self) -> float:
-        return self._median([m.result.p50_ms for m in self.rounds])
-
-    @property
-    def p99_ms(self) -> float:
-        return self._median([m.result.p99_ms for m in self.rounds])
-
-    @property
-    def rps(self) -> float:
-        return self._median([m.result.rps for m in self.rounds])
-
-    @property
-    def errors(self) -> int:
-        return sum(m.result.errors for m in self.rounds)
-
-    @property
-    def requests(self) -> int:
-        return sum(m.result.requests for m in self.rounds)
 
     @property
     def up_us_per_req(self) -> float:
@@ -294,21 +271,30 @@ def create_endpoint(url: str, model_dir: Path, name: str = ENDPOINT_NAME, *,
     return time.monotonic() - started
 
 
-def instance_from_state(home: Path, endpoint: str) -> InstanceInfo | None:
-    """The endpoint's first instance from ``<home>/state.db``, opened read-only (None if unreadable)."""
-    db = home / "state.db"
+def instance_record(home: Path, endpoint: str) -> dict[str, Any] | None:
+    """The endpoint's first instance record in ``<home>/state.db``, opened read-only: serving instances
+    first (records without a ``ready`` flag predate it and serve); None if unreadable or none."""
     try:
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        conn = sqlite3.connect(f"{(home / 'state.db').resolve().as_uri()}?mode=ro", uri=True, timeout=5)
         try:
             row = conn.execute("SELECT body FROM records WHERE kind = 'endpoint' AND name = ?",
                                (endpoint,)).fetchone()
         finally:
             conn.close()
-        instances = json.loads(row[0]).get("Instances") or [] if row else []
-        # Serving instances first (records without a ``ready`` flag predate it and serve).
-        first = sorted(instances, key=lambda i: not i.get("ready", True))[0]
-        return InstanceInfo(str(first["variant"]), int(first["port"]), int(first["pid"]), "state.db")
-    except (sqlite3.Error, OSError, ValueError, KeyError, IndexError, TypeError):
+        instances = (json.loads(row[0]).get("Instances") or []) if row else []
+    except (sqlite3.Error, OSError, ValueError):
+        return None
+    instances = sorted(instances, key=lambda i: not i.get("ready", True))
+    return dict(instances[0]) if instances else None
+
+
+def instance_from_state(home: Path, endpoint: str) -> InstanceInfo | None:
+    """The endpoint's first instance from ``<home>/state.db`` (None if unreadable)."""
+    first = instance_record(home, endpoint)
+    try:
+        return InstanceInfo(str(first["variant"]), int(first["port"]), int(first["pid"]), "state.db") \
+            if first else None
+    except (KeyError, ValueError, TypeError):
         return None
 
 

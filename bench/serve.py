@@ -25,6 +25,7 @@ from bench.floor import FloorResult, measure_floor
 from bench.loadgen import LoadResult
 from bench.model import ModelDir, build_model_dir
 from bench.procs import Server, connections_by_pid, free_port, machine_busy_s, running
+from bench.summary import RoundsSummary
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -53,35 +54,12 @@ class Measurement:
 
 
 @dataclass
-class Cell:
+class Cell(RoundsSummary):
     """A system at one concurrency, summarised over rounds (median of each figure)."""
 
     system: str
     concurrency: int
     rounds: list[Measurement]
-
-    def _median(self, values: list[float]) -> float:
-        return statistics.median(values) if values else 0.0
-
-    @property
-    def p50_ms(self) -> float:
-        return self._median([m.result.p50_ms for m in self.rounds])
-
-    @property
-    def p99_ms(self) -> float:
-        return self._median([m.result.p99_ms for m in self.rounds])
-
-    @property
-    def rps(self) -> float:
-        return self._median([m.result.rps for m in self.rounds])
-
-    @property
-    def errors(self) -> int:
-        return sum(m.result.errors for m in self.rounds)
-
-    @property
-    def requests(self) -> int:
-        return sum(m.result.requests for m in self.rounds)
 
 
 @dataclass

@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.control import BOTO3_KW, InstanceInfo, make_sure_stopped, start_up
+from bench.control import BOTO3_KW, InstanceInfo, instance_record, make_sure_stopped, start_up
 from bench.loadgen import percentile
 from bench.procs import Server, group_pids, machine_busy_s, process_cpu_s, stop
 from bench.report import machine_summary, versions
@@ -224,27 +223,11 @@ def _median(values: Sequence[float | None]) -> float | None:
 # -- the models ----------------------------------------------------------------------------------
 def build_tabular_model(path: Path) -> dict[str, Any]:
     """The demo's tabular model (``examples/demo.py``), written to ``path``; returns one request record."""
-    import numpy as np
-    import pandas as pd
-    import xgboost
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from examples import demo
 
-    from mainsail.package import fit_and_package
-
-    rng = np.random.default_rng(0)
-    n = 2000
-    frame = pd.DataFrame({
-        "amount": rng.gamma(2.0, 50.0, size=n),
-        "age_days": rng.integers(0, 3650, size=n).astype(float),
-        "payment": rng.choice(["card", "wire", "cash", "voucher"], size=n),
-        "region": rng.choice(["NA", "EU", "FE"], size=n),
-    })
-    frame.loc[rng.random(n) < 0.1, "amount"] = np.nan
-    risk = 0.01 * np.nan_to_num(frame["amount"]) + (frame["payment"] == "voucher") * 1.5
-    frame["is_abuse"] = (risk + rng.normal(size=n) > 1.5).astype(int)
-    fit_and_package(path, xgboost.XGBClassifier(n_estimators=50, max_depth=4, n_jobs=1), frame,
-                    label="is_abuse", feature_columns=["amount", "age_days", "payment", "region"],
-                    cat_columns=["payment", "region"], calibrate="isotonic", overwrite=True)
-    return {"amount": 250.0, "age_days": 12, "payment": "voucher", "region": "EU"}
+    return dict(demo.package_tabular_model(path))
 
 
 def build_bimodal_model(path: Path) -> dict[str, Any]:
@@ -335,22 +318,6 @@ def setup_metric(url: str) -> dict[str, tuple[float, int]]:
         values = found.setdefault(labels.get("EndpointName", ""), [0.0, 0.0])
         values[0 if match.group(1) == "sum" else 1] += float(match.group(3))
     return {name: (s, int(c)) for name, (s, c) in found.items()}
-
-
-def instance_record(home: Path, endpoint: str) -> dict[str, Any] | None:
-    """The endpoint's first ready instance record in ``<home>/state.db`` (read-only), or None."""
-    try:
-        conn = sqlite3.connect(f"{(home / 'state.db').resolve().as_uri()}?mode=ro", uri=True, timeout=5)
-        try:
-            row = conn.execute("SELECT body FROM records WHERE kind = 'endpoint' AND name = ?",
-                               (endpoint,)).fetchone()
-        finally:
-            conn.close()
-    except (sqlite3.Error, OSError):
-        return None
-    instances = (json.loads(row[0]).get("Instances") or []) if row else []
-    instances = sorted(instances, key=lambda i: not i.get("ready", True))
-    return dict(instances[0]) if instances else None
 
 
 def _log_time(line: str) -> tuple[float, int] | None:

@@ -73,3 +73,35 @@ class CellSummary:
     @property
     def count(self) -> int:
         return sum(s.count for s in self.samples)
+
+
+class RoundsSummary:
+    """Medians of p50, p99 and req/s and sums of errors and requests over ``rounds``, each a
+    measurement whose ``result`` is a LoadResult (the HTTP cells of ``serve`` and ``control``)."""
+
+    rounds: list[Any]
+
+    @staticmethod
+    def _median(values: list[float]) -> float:
+        return statistics.median(values) if values else 0.0
+
+    @property
+    def p50_ms(self) -> float:
+        return self._median([m.result.p50_ms for m in self.rounds])
+
+    @property
+    def p99_ms(self) -> float:
+        return self._median([m.result.p99_ms for m in self.rounds])
+
+    @property
+    def rps(self) -> float:
+        return self._median([m.result.rps for m in self.rounds])
+
+    @property
+    def errors(self) -> int:
+        return sum(m.result.errors for m in self.rounds)
+
+    @property
+    def requests(self) -> int:
+        return sum(m.result.requests for m in self.rounds)
+

@@ -73,8 +73,9 @@ def build_model() -> None:
     print(f"built a scikit-learn iris classifier in {DEMO}")
 
 
-def build_tabular_model() -> None:
-    """An XGBoost classifier with risk tables, imputation and calibration: no inference script."""
+def package_tabular_model(path: Path) -> dict[str, object]:
+    """An XGBoost classifier with risk tables, imputation and calibration written to ``path`` (no
+    inference script); returns one request record for it."""
     import numpy as np
     import pandas as pd
     import xgboost
@@ -92,9 +93,14 @@ def build_tabular_model() -> None:
     frame.loc[rng.random(n) < 0.1, "amount"] = np.nan
     risk = 0.01 * np.nan_to_num(frame["amount"]) + (frame["payment"] == "voucher") * 1.5
     frame["is_abuse"] = (risk + rng.normal(size=n) > 1.5).astype(int)
-    fit_and_package(TABULAR, xgboost.XGBClassifier(n_estimators=50, max_depth=4, n_jobs=1), frame,
+    fit_and_package(path, xgboost.XGBClassifier(n_estimators=50, max_depth=4, n_jobs=1), frame,
                     label="is_abuse", feature_columns=["amount", "age_days", "payment", "region"],
                     cat_columns=["payment", "region"], calibrate="isotonic", overwrite=True)
+    return {"amount": 250.0, "age_days": 12, "payment": "voucher", "region": "EU"}
+
+
+def build_tabular_model() -> None:
+    package_tabular_model(TABULAR)
     files = sorted(str(p.relative_to(TABULAR)) for p in TABULAR.rglob("*") if p.is_file())
     print(f"packaged an XGBoost classifier with mainsail.package in {TABULAR}: {', '.join(files)}")
 
