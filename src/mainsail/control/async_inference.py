@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from mainsail.control import resources as res
 from mainsail.control.endpoints import ENDPOINT, IN_SERVICE, UPDATING
-from mainsail.control.router import Router
+from mainsail.control.router import Router, runtime_error
 from mainsail.control.store import Record, StateStore
 
 logger = logging.getLogger(__name__)
@@ -39,11 +39,6 @@ ASYNC_REQUEST = "async-request"
 MAX_ASYNC_PAYLOAD = 1024**3
 DEFAULT_TTL, DEFAULT_TIMEOUT, DEFAULT_CONCURRENCY = 6 * 3600, 900, 4
 _HEADER = "x-amzn-sagemaker-"
-
-
-def _error(status: int, code: str, message: str) -> Response:
-    return Response(json.dumps({"message": message}), status_code=status, media_type="application/json",
-                    headers={"X-Amzn-ErrorType": code})
 
 
 def _bounded_int(raw: str | None, default: int, low: int, high: int, name: str) -> int | str:
@@ -86,27 +81,27 @@ class AsyncInference:
         name = urllib.parse.unquote(request.path_params["name"])
         record = await run_in_threadpool(self.store.get, ENDPOINT, name)
         if record is None:
-            return _error(400, "ValidationError", f"Endpoint {name} of account {res.ACCOUNT} not found.")
+            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {res.ACCOUNT} not found.")
         config = record.get("AsyncInferenceConfig")
         if not config:
-            return _error(400, "ValidationError",
+            return runtime_error(400, "ValidationError",
                           f"Endpoint {name} of account {res.ACCOUNT} is not an asynchronous inference endpoint "
                           "(its endpoint configuration has no AsyncInferenceConfig).")
         if record["EndpointStatus"] not in (IN_SERVICE, UPDATING):
-            return _error(400, "ValidationError", f"Endpoint {name} of account {res.ACCOUNT} is not in service "
+            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {res.ACCOUNT} is not in service "
                           f"(status {record['EndpointStatus']}).")
         h = request.headers
         location = h.get(_HEADER + "inputlocation")
         if not location:
-            return _error(400, "ValidationError", "InputLocation (X-Amzn-SageMaker-InputLocation) is required.")
+            return runtime_error(400, "ValidationError", "InputLocation (X-Amzn-SageMaker-InputLocation) is required.")
         if not location.startswith(("s3://", "file://", "/")):
-            return _error(400, "ValidationError", f"InputLocation {location!r} is not an s3:// or file:// URL.")
+            return runtime_error(400, "ValidationError", f"InputLocation {location!r} is not an s3:// or file:// URL.")
         ttl = _bounded_int(h.get(_HEADER + "requestttlseconds"), DEFAULT_TTL, 60, 21600, "RequestTTLSeconds")
         timeout = _bounded_int(h.get(_HEADER + "invocationtimeoutseconds"), DEFAULT_TIMEOUT, 1, 3600,
                                "InvocationTimeoutSeconds")
         for problem in (ttl, timeout):
             if isinstance(problem, str):
-                return _error(400, "ValidationError", problem)
+                return runtime_error(400, "ValidationError", problem)
         inference_id = h.get(_HEADER + "inference-id") or str(uuid.uuid4())
         output = config.get("OutputConfig") or {}
         extension = (h.get(_HEADER + "s3outputpathextension") or "").strip("/")

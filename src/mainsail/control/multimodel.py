@@ -42,6 +42,7 @@ from mainsail.control import resources as res
 from mainsail.control.backends import ModelSourceError, default_home
 from mainsail.control.endpoints import ENDPOINT
 from mainsail.control.forward import Forwarder, ForwardError, Upstream
+from mainsail.control.router import FORWARDED_HEADERS, model_error, runtime_error
 from mainsail.serve.metrics import LATENCY_BUCKETS_US
 
 if TYPE_CHECKING:
@@ -52,8 +53,7 @@ logger = logging.getLogger(__name__)
 TARGET_MODEL = "x-amzn-sagemaker-target-model"
 MAX_TARGET_MODEL = 1024
 LOAD_ATTEMPTS = 3
-_FORWARDED = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes",
-              "x-amzn-sagemaker-inference-id", TARGET_MODEL)
+_FORWARDED = (*FORWARDED_HEADERS, TARGET_MODEL)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -70,11 +70,6 @@ def model_name(target: str) -> str:
 def target_url(prefix: str, target: str) -> str:
     """``<prefix>/<TargetModel>`` for an ``s3://``/``file://`` prefix or a local directory."""
     return prefix.rstrip("/") + "/" + target.lstrip("/")
-
-
-def _error(status: int, code: str, message: str, **extra: Any) -> Response:
-    return Response(json.dumps({"message": message, **extra}), status_code=status,
-                    media_type="application/json", headers={"X-Amzn-ErrorType": code})
 
 
 def download_failed(url: str, reason: str) -> str:
@@ -175,15 +170,15 @@ async def invoke_target_model(router: Router, request: Request, name: str, varia
     target = request.headers.get(TARGET_MODEL, "")
     prefix = (await state.prefixes(name)).get(variant.name)
     if prefix is None:
-        return _error(400, "ValidationError",
+        return runtime_error(400, "ValidationError",
                       f"Endpoint {name} is not a multi-model endpoint and does not support target model header.")
     if not target.strip() or len(target) > MAX_TARGET_MODEL or not target.isprintable():
-        return _error(400, "ValidationError",
+        return runtime_error(400, "ValidationError",
                       "1 validation error detected: Value at 'targetModel' failed to satisfy constraint: "
                       f"Member must have length less than or equal to {MAX_TARGET_MODEL} and match "
                       "the pattern \\A\\S[\\p{Print}]*\\z")
     if port is None:
-        return _error(400, "ValidationError",
+        return runtime_error(400, "ValidationError",
                       f"Endpoint {name} variant {variant.name} is serverless: multi-model endpoints "
                       "need instances.")
     labels = (name, variant.name)
@@ -222,7 +217,7 @@ async def invoke_target_model(router: Router, request: Request, name: str, varia
         model_us = (time.perf_counter() - upstream_started) * 1e6
     except ForwardError as exc:
         metrics.errors_5xx.labels(*labels).inc()
-        return _error(424, "ModelError", f"Could not reach the instance of variant {variant.name}: {exc}",
+        return runtime_error(424, "ModelError", f"Could not reach the instance of variant {variant.name}: {exc}",
                       OriginalStatusCode=502, OriginalMessage=str(exc), LogStreamArn=log_arn)
     finally:
         in_flight[port] -= 1
@@ -230,7 +225,7 @@ async def invoke_target_model(router: Router, request: Request, name: str, varia
     if not 200 <= upstream.status < 300:
         client_error = upstream.status < 500
         (metrics.errors_4xx if client_error else metrics.errors_5xx).labels(*labels).inc()
-        return _model_error(upstream, log_arn)
+        return model_error(upstream, log_arn, "model")
     out_headers = {"x-Amzn-Invoked-Production-Variant": variant.name}
     custom = upstream.headers.get("x-amzn-sagemaker-custom-attributes")
     if custom is not None:
@@ -249,17 +244,6 @@ def _not_loaded(upstream: Upstream) -> bool:
         return False
 
 
-def _model_error(upstream: Upstream, log_arn: str) -> Response:
-    kind = "client" if upstream.status < 500 else "server"
-    text = upstream.text
-    return _error(
-        424, "ModelError",
-        f'Received {kind} error ({upstream.status}) from model with message "{text}". '
-        f"See {log_arn} in account {res.ACCOUNT} for more information.",
-        OriginalStatusCode=upstream.status, OriginalMessage=text, LogStreamArn=log_arn,
-        ErrorCode=f"{kind.upper()}_ERROR_FROM_MODEL")
-
-
 async def _load(state: MultiModelRouting, client: Forwarder, port: int, prefix: str, target: str,
                 model: str, timeout: float, log_arn: str) -> Response | None:
     """Fetch ``<prefix>/<target>`` and load it on the instance; an error response, or ``None``."""
@@ -269,12 +253,12 @@ async def _load(state: MultiModelRouting, client: Forwarder, port: int, prefix: 
     except ModelSourceError as exc:
         reason = str(exc)
         if "no such" in reason or "does not exist" in reason:
-            return _error(400, "ValidationError", download_failed(url, reason))
-        return _error(400, "ValidationError", reason)
+            return runtime_error(400, "ValidationError", download_failed(url, reason))
+        return runtime_error(400, "ValidationError", reason)
     payload = json.dumps({"model_name": model, "url": str(local)}).encode()
     upstream = await client.post(port, "/models", payload, [("content-type", "application/json")],
                                  timeout=timeout)
     if upstream.status in (200, 409):  # 409: a concurrent request loaded it first
         logger.info("loaded target model %s on the instance on port %d", target, port)
         return None
-    return _model_error(upstream, log_arn)
+    return model_error(upstream, log_arn, "model")

@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from mainsail.control import resources as res
 from mainsail.control.endpoints import ENDPOINT, IN_SERVICE, UPDATING
-from mainsail.control.forward import Forwarder, ForwardError
+from mainsail.control.forward import Forwarder, ForwardError, Upstream
 from mainsail.control.store import Record, StateStore
 from mainsail.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mainsail.serve.metrics import LATENCY_BUCKETS_US
@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 MAX_PAYLOAD = 6 * 1024 * 1024
 LEAST_OUTSTANDING = "LEAST_OUTSTANDING_REQUESTS"
 _SERVING = (IN_SERVICE, UPDATING)  # the old config keeps serving while an update is under way
-_FORWARDED = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes",
-              "x-amzn-sagemaker-inference-id")
+FORWARDED_HEADERS = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes",
+                     "x-amzn-sagemaker-inference-id")
 
 
 @dataclass(frozen=True)
@@ -136,9 +136,22 @@ def async_idle_seconds() -> float | None:
     return float(raw) if raw else None
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> Response:
+def runtime_error(status: int, code: str, message: str, **extra: Any) -> Response:
+    """A runtime API error as botocore parses it: ``X-Amzn-ErrorType`` + a JSON body with ``message``."""
     return Response(json.dumps({"message": message, **extra}), status_code=status,
                     media_type="application/json", headers={"X-Amzn-ErrorType": code})
+
+
+def model_error(upstream: Upstream, log_arn: str, source: str = "primary") -> Response:
+    """An instance's 4xx/5xx answer as the runtime's ``ModelError`` (424, never a retried 5xx)."""
+    kind = "client" if upstream.status < 500 else "server"
+    text = upstream.text
+    return runtime_error(
+        424, "ModelError",
+        f'Received {kind} error ({upstream.status}) from {source} with message "{text}". '
+        f"See {log_arn} in account {res.ACCOUNT} for more information.",
+        OriginalStatusCode=upstream.status, OriginalMessage=text, LogStreamArn=log_arn,
+        ErrorCode=f"{kind.upper()}_ERROR_FROM_MODEL")
 
 
 class Router:
@@ -240,9 +253,9 @@ class Router:
         name = urllib.parse.unquote(request.path_params["name"])
         table = await self._table(name)
         if table is None:
-            return _error(400, "ValidationError", f"Endpoint {name} of account {res.ACCOUNT} not found.")
+            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {res.ACCOUNT} not found.")
         if table.status not in _SERVING:
-            return _error(400, "ValidationError",
+            return runtime_error(400, "ValidationError",
                           f"Endpoint {name} of account {res.ACCOUNT} is not in service "
                           f"(status {table.status}).")
         internal = bool(request.scope.get("mainsail.internal"))  # async inference: up to 1 GB
@@ -256,8 +269,8 @@ class Router:
         choice = self.pick(table, target)
         if isinstance(choice, str):
             if choice:
-                return _error(400, "ValidationError", choice)
-            return _error(503, "ServiceUnavailable",
+                return runtime_error(400, "ValidationError", choice)
+            return runtime_error(503, "ServiceUnavailable",
                           f"Endpoint {name} has no instance ready to serve"
                           + (f" in variant {target}." if target else "."))
         variant, port = choice
@@ -266,7 +279,7 @@ class Router:
 
             return await invoke_target_model(self, request, name, variant, port, body, started)
         if variant.multi_model:
-            return _error(400, "ValidationError",
+            return runtime_error(400, "ValidationError",
                           f"Endpoint {name} is a multi-model endpoint: name the model to use with TargetModel "
                           "(X-Amzn-SageMaker-Target-Model).")
         if not variant.scales_to_zero:
@@ -278,7 +291,7 @@ class Router:
         self._last_used[key] = time.monotonic()
         if variant.max_concurrency is not None and self._variant_in_flight.get(key, 0) >= variant.max_concurrency:
             self.metrics.throttles.labels(*key).inc()
-            return _error(429, "ThrottlingException",
+            return runtime_error(429, "ThrottlingException",
                           f"Rate exceeded: endpoint {name} variant {variant.name} already has "
                           f"{variant.max_concurrency} concurrent requests (its MaxConcurrency).")
         self._variant_in_flight[key] = self._variant_in_flight.get(key, 0) + 1
@@ -302,9 +315,10 @@ class Router:
             self.wake()
             table = await self._table(name)
             if table is None or table.status not in _SERVING:
-                return _error(424, "ModelError", f"Endpoint {name} could not start an instance of variant {variant}: "
-                              f"it is {table.status if table else 'gone'}.", OriginalStatusCode=503,
-                              OriginalMessage="cold start failed", LogStreamArn="")
+                return runtime_error(424, "ModelError",
+                                     f"Endpoint {name} could not start an instance of variant {variant}: "
+                                     f"it is {table.status if table else 'gone'}.", OriginalStatusCode=503,
+                                     OriginalMessage="cold start failed", LogStreamArn="")
             ports = next((v.ports for v in table.variants if v.name == variant), ())
             if ports:
                 setup_us = (time.perf_counter() - began) * 1e6
@@ -312,7 +326,7 @@ class Router:
                 logger.info("endpoint %s variant %s: cold start took %.0f ms", name, variant, setup_us / 1000)
                 return self.rng.choice(ports)
             if time.monotonic() > deadline:
-                return _error(503, "ServiceUnavailable",
+                return runtime_error(503, "ServiceUnavailable",
                               f"Endpoint {name} variant {variant}: no instance started within "
                               f"{self.cold_start_timeout:g} s (cold start).")
             await asyncio.sleep(0.02)
@@ -341,7 +355,7 @@ class Router:
         labels = (name, variant.name)
         self.metrics.invocations.labels(*labels).inc()
         self.metrics.per_instance.labels(*labels, str(port)).inc()
-        headers = [(k, v) for k in _FORWARDED if (v := request.headers.get(k)) is not None]
+        headers = [(k, v) for k in FORWARDED_HEADERS if (v := request.headers.get(k)) is not None]
         region = region_of(request.headers.get("authorization"))
         log_arn = f"arn:aws:logs:{region}:{res.ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{name}"
         if self._client is None:
@@ -368,23 +382,15 @@ class Router:
             self.metrics.errors_5xx.labels(*labels).inc()
             why = self._notes.get(port)
             message = f"{why} ({exc})" if why else f"Could not reach the instance of variant {variant.name}: {exc}"
-            return _error(424, "ModelError", message, OriginalStatusCode=502, OriginalMessage=why or str(exc),
+            return runtime_error(424, "ModelError", message, OriginalStatusCode=502, OriginalMessage=why or str(exc),
                           LogStreamArn=log_arn)
         finally:
             self._in_flight[port] -= 1
         model_us = (time.perf_counter() - upstream_started) * 1e6
         self.metrics.model_latency.labels(*labels).observe(model_us)
         if not 200 <= upstream.status < 300:
-            client_error = upstream.status < 500
-            (self.metrics.errors_4xx if client_error else self.metrics.errors_5xx).labels(*labels).inc()
-            kind = "client" if client_error else "server"
-            text = upstream.text
-            return _error(
-                424, "ModelError",
-                f'Received {kind} error ({upstream.status}) from primary with message "{text}". '
-                f"See {log_arn} in account {res.ACCOUNT} for more information.",
-                OriginalStatusCode=upstream.status, OriginalMessage=text, LogStreamArn=log_arn,
-                ErrorCode=f"{kind.upper()}_ERROR_FROM_MODEL")
+            (self.metrics.errors_4xx if upstream.status < 500 else self.metrics.errors_5xx).labels(*labels).inc()
+            return model_error(upstream, log_arn)
         out_headers = {"x-Amzn-Invoked-Production-Variant": variant.name}
         custom = upstream.headers.get("x-amzn-sagemaker-custom-attributes")
         if custom is not None:
@@ -404,6 +410,6 @@ class Router:
 
 
 def _payload_too_large() -> Response:
-    return _error(400, "ValidationError",
+    return runtime_error(400, "ValidationError",
                   f"Request payload size exceeds the limit of {MAX_PAYLOAD} bytes "
                   f"({MAX_PAYLOAD // (1024 * 1024)} MB).")
