@@ -8,6 +8,7 @@ import io
 import json
 import re
 import tarfile
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,6 +83,18 @@ def predict(rt: Any, endpoint: str, target: str, x: float = 2.0) -> Any:
     return json.loads(reply["Body"].read())
 
 
+def predict_retrying(rt: Any, endpoint: str, target: str, timeout: float = 60) -> Any:
+    """``predict``, tried again after a ModelNotReadyException (the tests' clients do not retry)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return predict(rt, endpoint, target)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ModelNotReadyException" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def metric(text: str, name: str, endpoint: str) -> float:
     found = re.search(rf'^{name}_total{{EndpointName="{endpoint}",VariantName="AllTraffic"}} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
@@ -148,10 +161,11 @@ def test_multi_model_endpoint_with_s3_eviction_and_reload(plane: Plane, clients:
     assert predict(rt, "mme", "model-a.tar.gz", 3.0) == [pytest.approx(expected(0, 3.0))]
     assert metric(httpx.get(plane.url + "/metrics").text, "ModelCacheMiss", "mme") == 4
 
-    # concurrent first requests for a new model: all answered, loaded once on the instance
+    # concurrent first requests for a new model: one loads it, the others may be told
+    # ModelNotReadyException meanwhile; trying again as a client does, all are answered
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}sub/model-d.tar.gz", Body=model_tar(tmp_path / "d", 3))
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(lambda _: predict(rt, "mme", "sub/model-d.tar.gz"), range(6)))
+        results = list(pool.map(lambda _: predict_retrying(rt, "mme", "sub/model-d.tar.gz"), range(6)))
     assert results == [[pytest.approx(expected(3))]] * 6
 
     with pytest.raises(ClientError) as missing:
@@ -203,3 +217,93 @@ def test_multi_model_endpoint_from_a_local_directory(clients: Callable[[str], An
         rt.invoke_endpoint(EndpointName="mme-local", ContentType="text/csv", Body=b"1,2")
     assert untargeted.value.response["Error"]["Code"] == "ValidationError"
     assert "TargetModel" in untargeted.value.response["Error"]["Message"]
+
+
+GATED = """
+import os
+import time
+from pathlib import Path
+
+import joblib
+
+def model_fn(model_dir):
+    gate = Path(Path(model_dir, "gate.txt").read_text())
+    gate.with_suffix(".started").write_text("")
+    deadline = time.monotonic() + 120
+    while not gate.exists():  # the test opens the gate when it has seen what it wants
+        if time.monotonic() > deadline:
+            raise RuntimeError("the test never opened the gate")
+        time.sleep(0.05)
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+"""
+
+
+def gated_tar(tmp: Path, name: str) -> tuple[bytes, Path]:
+    """A model.tar.gz whose model_fn waits until the returned gate file exists (y = x)."""
+    root = tmp / name
+    (root / "code").mkdir(parents=True)
+    (root / "code" / "inference.py").write_text(GATED)
+    gate = tmp / f"{name}.gate"
+    (root / "gate.txt").write_text(str(gate))
+    joblib.dump(LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0]), root / "model.joblib")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+        for item in sorted(root.iterdir()):
+            tar.add(item, arcname=item.name)
+    return buffer.getvalue(), gate
+
+
+def wait_for(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def not_ready(call: Callable[[], Any]) -> dict[str, Any]:
+    with pytest.raises(ClientError) as err:
+        call()
+    response: dict[str, Any] = err.value.response
+    assert response["Error"]["Code"] == "ModelNotReadyException", response
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 429
+    return response
+
+
+def test_model_not_ready_while_a_target_model_loads(plane: Plane, clients: Callable[[str], Any],
+                                                    tmp_path: Path) -> None:
+    s3, sm, rt = clients("s3"), clients("sagemaker"), clients("sagemaker-runtime")  # rt: max_attempts 1
+    s3.create_bucket(Bucket="gated")
+    gates = {}
+    for name in ("first", "slow"):
+        body, gates[name] = gated_tar(tmp_path, name)
+        s3.put_object(Bucket="gated", Key=f"{name}.tar.gz", Body=body)
+    create_mme(sm, "mme-gated", "s3://gated/", {"MAINSAIL_MULTI_MODEL_LOAD_WAIT_SECONDS": "5"})
+
+    # the first request for a model waits for its load (within the endpoint's 5 s load wait) ...
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(predict, rt, "mme-gated", "first.tar.gz")
+        wait_for(gates["first"].with_suffix(".started"))
+        # ... while another request for the model being loaded is refused at once
+        message = not_ready(lambda: predict(rt, "mme-gated", "first.tar.gz"))["Error"]["Message"]
+        assert "still downloading or loading the target model" in message
+        gates["first"].write_text("")
+        assert first.result(timeout=60) == [pytest.approx(2.0)]
+    assert predict(rt, "mme-gated", "first.tar.gz", 3.0) == [pytest.approx(3.0)]
+
+    # a load that outlasts the wait: ModelNotReadyException, and the load goes on
+    not_ready(lambda: predict(rt, "mme-gated", "slow.tar.gz"))
+    assert gates["slow"].with_suffix(".started").exists()
+    not_ready(lambda: predict(rt, "mme-gated", "slow.tar.gz"))
+    record = plane.store.get(ENDPOINT, "mme-gated")
+    assert record is not None
+    port = record["Instances"][0]["port"]
+    direct = httpx.post(f"http://127.0.0.1:{port}/models/slow.tar.gz/invoke", content=b"[[1.0]]",
+                        headers={"content-type": "application/json"})
+    assert direct.status_code == 429 and direct.json()["error"] == "ModelNotReady"
+    gates["slow"].write_text("")
+    assert predict_retrying(rt, "mme-gated", "slow.tar.gz") == [pytest.approx(2.0)]
+    metrics = httpx.get(plane.url + "/metrics").text
+    assert metric(metrics, "ModelNotReady", "mme-gated") >= 3
+    # the miss is the request that waited for "first"; "slow" was loaded when it was answered
+    assert metric(metrics, "ModelCacheMiss", "mme-gated") == 1
+    assert metric(metrics, "ModelCacheHit", "mme-gated") == 2

@@ -1,27 +1,39 @@
 """Multi-model endpoints in the router: ``InvokeEndpoint`` with ``X-Amzn-SageMaker-Target-Model``.
 
 A model whose container has ``Mode: MultiModel`` runs ``mainsail serve --multi-model`` instances
-with no model loaded (:mod:`mainsail.control.backends`); its ``ModelDataUrl`` is a prefix
-(``s3://``, ``file://`` or a local directory), marked in the endpoint's specs by
-:func:`mainsail.control.modeldata.container_model_source`. For a request naming a target model the
-router picks a variant and an instance as usual, then :func:`invoke_target_model`:
+with no model loaded (:mod:`mainsail.control.backends`); its ``ModelDataUrl`` (or
+``ModelDataSource`` S3Prefix) is a prefix (``s3://``, ``file://`` or a local directory), marked in
+the endpoint's specs by :func:`mainsail.control.modeldata.container_model_source`. For a request
+naming a target model the router picks a variant and an instance as usual, then
+:func:`invoke_target_model`:
 
 1. sends ``POST /models/{model}/invoke`` to the instance (``model`` is the TargetModel, or a
    sanitised form of it with a hash when it has characters a path segment should not);
 2. when the instance answers 404 ``ModelNotFound`` (never loaded there, or evicted by its LRU), it
-   resolves ``<prefix>/<TargetModel>`` to a local directory (downloaded and extracted once per
-   content, :func:`mainsail.control.modeldata.resolve_model_data`), sends ``POST /models`` (a 409
-   from a concurrent load counts as loaded) and invokes again.
+   starts a load of that model on that instance, in the background: resolve
+   ``<prefix>/<TargetModel>`` to a local directory (downloaded and extracted once per content,
+   :func:`mainsail.control.modeldata.resolve_model_data`), then ``POST /models`` (a 409 from a
+   concurrent load counts as loaded). The request waits for the load up to the endpoint's load wait
+   (``MAINSAIL_MULTI_MODEL_LOAD_WAIT_SECONDS`` in the container's Environment, default
+   :data:`DEFAULT_LOAD_WAIT_S`), then invokes again;
+3. answers the runtime's ``ModelNotReadyException`` (429) when the load outlasts that wait (the
+   load goes on, and a later request finds the model loaded), to every other request for that model
+   on that instance while the load runs, and when the instance itself says ``ModelNotReady`` (a
+   load it is running). botocore retries 429s as throttling, as it does against SageMaker, whose
+   first invocation of a model also blocks while it loads.
 
-No per-instance bookkeeping is needed: the instance is the truth about what it holds. A missing
-target object is the runtime's ``ValidationError`` (400); a TargetModel on a single-model endpoint
-is the ``ValidationError`` SageMaker answers. Metrics: ``TargetModelInvocations`` (labelled
-``TargetModel``), ``ModelCacheHit`` / ``ModelCacheMiss`` and ``ModelLoadingWaitTime`` (download
-plus load), in the router's registry next to its per-endpoint metrics.
+No per-instance bookkeeping is needed beyond the loads in flight: the instance is the truth about
+what it holds. A missing target object is the runtime's ``ValidationError`` (400); a TargetModel on
+a single-model endpoint is the ``ValidationError`` SageMaker answers. Metrics:
+``TargetModelInvocations`` (labelled ``TargetModel``), ``ModelCacheHit`` / ``ModelCacheMiss``,
+``ModelLoadingWaitTime`` (what a request waited for download plus load) and ``ModelNotReady``
+(requests answered ``ModelNotReadyException``), in the router's registry next to its per-endpoint
+metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -53,6 +65,8 @@ logger = logging.getLogger(__name__)
 TARGET_MODEL = "x-amzn-sagemaker-target-model"
 MAX_TARGET_MODEL = 1024
 LOAD_ATTEMPTS = 3
+DEFAULT_LOAD_WAIT_S = 60.0  # SageMaker's invocation timeout
+LOAD_WAIT_ENV = "MAINSAIL_MULTI_MODEL_LOAD_WAIT_SECONDS"
 _FORWARDED = (*FORWARDED_HEADERS, TARGET_MODEL)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -84,14 +98,36 @@ def download_failed(url: str, reason: str) -> str:
             f"({reason})")
 
 
+def not_ready(endpoint: str, target: str) -> Response:
+    """The runtime's ``ModelNotReadyException`` (429) for a target model that is still loading."""
+    return runtime_error(429, "ModelNotReadyException",
+                         f"Model {target} is not ready: the multi-model endpoint {endpoint} is still "
+                         "downloading or loading the target model. Wait and try your request again.")
+
+
+def load_wait(environment: dict[str, Any]) -> float:
+    """How long a request waits for its target model's load: ``MAINSAIL_MULTI_MODEL_LOAD_WAIT_SECONDS``
+    from the container's Environment when it is a non-negative number, else the default."""
+    raw = environment.get(LOAD_WAIT_ENV)
+    try:
+        value = float(raw) if raw not in (None, "") else DEFAULT_LOAD_WAIT_S
+    except (TypeError, ValueError):
+        return DEFAULT_LOAD_WAIT_S
+    return value if value >= 0 else DEFAULT_LOAD_WAIT_S
+
+
 class MultiModelRouting:
-    """Per-router state: the endpoints' multi-model prefixes (cached until the endpoint changes),
-    where model data is cached, the extra metrics and the forwarder."""
+    """Per-router state: the endpoints' multi-model prefixes and load waits (cached until the
+    endpoint changes), the loads in flight, where model data is cached, the extra metrics and the
+    forwarder."""
 
     def __init__(self, router: Router, home: Path | None = None) -> None:
         self.router = router
         self.home = home or _home_of(router)
         self._prefixes: dict[str, dict[str, str | None]] = {}
+        self._waits: dict[str, dict[str, float]] = {}
+        self.loads: dict[tuple[int, str], asyncio.Task[Response | None]] = {}
+        """The loads in flight, by (instance port, container model name)."""
         self._generation: dict[str, int] = {}
         self._lock = threading.Lock()
         registry = router.metrics.registry
@@ -105,6 +141,8 @@ class MultiModelRouting:
         self.loading_wait = Histogram(
             "ModelLoadingWaitTime", "Time a request waited for its target model to be fetched and loaded, "
             "in microseconds", labels, buckets=LATENCY_BUCKETS_US, registry=registry)
+        self.not_ready = Counter("ModelNotReady", "Target-model requests answered ModelNotReadyException "
+                                 "while their model loaded", labels, registry=registry)
         router.store.subscribe(self._changed)
 
     def _changed(self, kind: str, name: str) -> None:
@@ -112,6 +150,7 @@ class MultiModelRouting:
             with self._lock:
                 self._generation[name] = self._generation.get(name, 0) + 1
                 self._prefixes.pop(name, None)
+                self._waits.pop(name, None)
 
     async def prefixes(self, endpoint: str) -> dict[str, str | None]:
         """Variant -> multi-model prefix (``None``: a single-model variant) of an endpoint."""
@@ -125,10 +164,31 @@ class MultiModelRouting:
         specs: dict[str, Any] = (record or {}).get("Specs") or {}
         out = {variant: multi_model_prefix(str(spec.get("model_data_url", "")), spec.get("environment") or {})
                for variant, spec in specs.items()}
+        waits = {variant: load_wait(spec.get("environment") or {}) for variant, spec in specs.items()}
         with self._lock:
             if self._generation.get(endpoint, 0) == generation:
                 self._prefixes[endpoint] = out
+                self._waits[endpoint] = waits
         return out
+
+    def load_wait(self, endpoint: str, variant: str) -> float:
+        """The variant's load wait (read with its prefix by :meth:`prefixes`)."""
+        return self._waits.get(endpoint, {}).get(variant, DEFAULT_LOAD_WAIT_S)
+
+    def start_load(self, key: tuple[int, str], load: Any) -> asyncio.Task[Response | None]:
+        """Run the coroutine ``load`` as the load of ``key`` (forgotten when it ends, whoever waits)."""
+        task: asyncio.Task[Response | None] = asyncio.ensure_future(load)
+        self.loads[key] = task
+
+        def done(finished: asyncio.Task[Response | None]) -> None:
+            if self.loads.get(key) is finished:
+                del self.loads[key]
+            if not finished.cancelled() and finished.exception() is not None:
+                logger.warning("loading target model %s on the instance on port %d failed: %s",
+                               key[1], key[0], finished.exception())
+
+        task.add_done_callback(done)
+        return task
 
 
 _states: weakref.WeakKeyDictionary[Router, MultiModelRouting] = weakref.WeakKeyDictionary()
@@ -202,11 +262,28 @@ async def invoke_target_model(router: Router, request: Request, name: str, varia
         upstream = await client.post(port, path, body, headers, timeout=router.timeout)
         missed = False
         for _ in range(LOAD_ATTEMPTS):
-            if not _not_loaded(upstream):
+            code = _upstream_error(upstream)
+            if code == "ModelNotReady":  # a load the instance runs
+                state.not_ready.labels(*labels).inc()
+                metrics.errors_4xx.labels(*labels).inc()
+                return not_ready(name, target)
+            if code != "ModelNotFound":
                 break
             missed = True
+            key = (port, model)
+            if key in state.loads:  # another request is loading it: SageMaker's answer, at once
+                state.not_ready.labels(*labels).inc()
+                metrics.errors_4xx.labels(*labels).inc()
+                return not_ready(name, target)
             load_started = time.perf_counter()
-            failure = await _load(state, client, port, prefix, target, model, router.timeout, log_arn)
+            task = state.start_load(key, _load(state, client, port, prefix, target, model, router.timeout,
+                                               log_arn))
+            try:
+                failure = await asyncio.wait_for(asyncio.shield(task),
+                                                 state.load_wait(name, variant.name))
+            except TimeoutError:
+                failure = not_ready(name, target)
+                state.not_ready.labels(*labels).inc()
             state.loading_wait.labels(*labels).observe((time.perf_counter() - load_started) * 1e6)
             if failure is not None:
                 (metrics.errors_4xx if failure.status_code < 500 else metrics.errors_5xx).labels(*labels).inc()
@@ -235,13 +312,16 @@ async def invoke_target_model(router: Router, request: Request, name: str, varia
                     media_type=upstream.headers.get("content-type", "application/octet-stream"))
 
 
-def _not_loaded(upstream: Upstream) -> bool:
-    if upstream.status != 404:
-        return False
+def _upstream_error(upstream: Upstream) -> str | None:
+    """The multi-model container's error code of a 404 or 429 answer (``ModelNotFound``,
+    ``ModelNotReady``), else ``None``."""
+    if upstream.status not in (404, 429):
+        return None
     try:
-        return bool(json.loads(upstream.body).get("error") == "ModelNotFound")
+        code = json.loads(upstream.body).get("error")
     except (ValueError, AttributeError):
-        return False
+        return None
+    return code if isinstance(code, str) else None
 
 
 async def _load(state: MultiModelRouting, client: Forwarder, port: int, prefix: str, target: str,

@@ -10,7 +10,9 @@
   ``next_page_token`` and ``max_results``), ``GET /models/{name}``, ``DELETE /models/{name}`` (404
   when not loaded).
 * ``POST /models/{name}/invoke``: the model's own invocation chain (script or built-in handler, as
-  ``mainsail serve`` builds it for one model), 404 when not loaded.
+  ``mainsail serve`` builds it for one model), 404 when not loaded, 429 ``ModelNotReady`` while a
+  load of that name is in progress (the control plane answers the runtime's
+  ``ModelNotReadyException``; the load goes on).
 * ``GET /ping`` 200 as soon as the server is up; ``POST /invocations`` 400 (name a target model).
 
 Loaded models form an LRU bounded by a memory budget (``--models-memory-mb`` /
@@ -108,6 +110,16 @@ class ModelAlreadyLoaded(MainsailError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"Model {name} is already loaded")
+
+
+class ModelNotReady(MainsailError):
+    """A model of that name is being loaded and cannot answer yet (429)."""
+
+    status_code = 429
+    code = "ModelNotReady"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Model {name} is still loading; wait and try the request again")
 
 
 class InsufficientMemory(MainsailError):
@@ -314,10 +326,13 @@ class ModelRegistry:
         return model
 
     def get(self, name: str) -> LoadedModel:
-        """The model, marked most recently used; ``ModelNotLoaded`` (404) if it is not loaded."""
+        """The model, marked most recently used; ``ModelNotReady`` (429) while it loads,
+        ``ModelNotLoaded`` (404) if it is not loaded."""
         with self._lock:
             model = self._models.get(name)
             if model is None:
+                if name in self._loading:
+                    raise ModelNotReady(name)
                 raise ModelNotLoaded(name)
             self._models.move_to_end(name)
             model.last_used = time.time()
