@@ -18,7 +18,7 @@ import httpx
 import joblib
 import numpy as np
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 from sklearn.linear_model import LinearRegression
 
 from mainsail.control.endpoints import ENDPOINT
@@ -129,6 +129,13 @@ def test_helpers() -> None:
     assert model_name("model-a.tar.gz") == "model-a.tar.gz"
     odd = model_name("team/x y.tar.gz")
     assert re.fullmatch(r"team_x_y\.tar\.gz-[0-9a-f]{12}", odd) and odd != model_name("team/x_y.tar.gz")
+    assert target_url("s3://b/p/#uncompressed", "/team/m1/") == "s3://b/p/team/m1/"
+    raw = {"ModelDataSource": {"S3DataSource": {"S3Uri": "s3://b/p", "S3DataType": "S3Prefix",
+                                                "CompressionType": "None"}}, "Mode": "MultiModel"}
+    assert multi_model_prefix(container_model_source(raw) or "") == "s3://b/p/#uncompressed"
+    gz = {**raw, "ModelDataSource": {"S3DataSource": {**raw["ModelDataSource"]["S3DataSource"],
+                                                      "CompressionType": "Gzip"}}}
+    assert multi_model_prefix(container_model_source(gz) or "") == "s3://b/p/"
     assert download_failed("s3://b/p/x.tar.gz", "no such object").startswith(
         "Failed to download model data(bucket: b, key: p/x.tar.gz).")
 
@@ -307,3 +314,58 @@ def test_model_not_ready_while_a_target_model_loads(plane: Plane, clients: Calla
     # the miss is the request that waited for "first"; "slow" was loaded when it was answered
     assert metric(metrics, "ModelCacheMiss", "mme-gated") == 1
     assert metric(metrics, "ModelCacheHit", "mme-gated") == 2
+
+
+def create_mme_from_source(sm: Any, name: str, uri: str, compression: str) -> None:
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={
+        "Image": IMAGE, "Mode": "MultiModel",
+        "ModelDataSource": {"S3DataSource": {"S3Uri": uri, "S3DataType": "S3Prefix",
+                                             "CompressionType": compression}}})
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1,
+         "InstanceType": "ml.m5.large"}])
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+
+
+def test_multi_model_endpoints_from_model_data_source(clients: Callable[[str], Any], tmp_path: Path) -> None:
+    s3, sm, rt = clients("s3"), clients("sagemaker"), clients("sagemaker-runtime")
+    s3.create_bucket(Bucket="mds")
+    for index in range(2):
+        # Gzip: each target model is a model.tar.gz under the prefix, as with ModelDataUrl
+        s3.put_object(Bucket="mds", Key=f"archives/m{index}.tar.gz", Body=model_tar(tmp_path / "gz", index))
+        # None: each target model is a folder of uncompressed model files under the prefix
+        with tarfile.open(fileobj=io.BytesIO(model_tar(tmp_path / "raw", index))) as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    body = tar.extractfile(member)
+                    assert body is not None
+                    s3.put_object(Bucket="mds", Key=f"folders/team/m{index}/{member.name}", Body=body.read())
+    create_mme_from_source(sm, "mme-gzip", "s3://mds/archives", "Gzip")
+    create_mme_from_source(sm, "mme-raw", "s3://mds/folders/", "None")
+    for name in ("mme-gzip", "mme-raw"):
+        sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
+
+    assert predict(rt, "mme-gzip", "m1.tar.gz") == [pytest.approx(expected(1))]
+    assert predict(rt, "mme-gzip", "m0.tar.gz", 3.0) == [pytest.approx(expected(0, 3.0))]
+    assert predict(rt, "mme-raw", "team/m1") == [pytest.approx(expected(1))]
+    assert predict(rt, "mme-raw", "team/m0/", 3.0) == [pytest.approx(expected(0, 3.0))]
+    for endpoint, target, key in (("mme-gzip", "m7.tar.gz", "archives/m7.tar.gz"),
+                                  ("mme-raw", "team/m7", "folders/team/m7/")):
+        with pytest.raises(ClientError) as missing:
+            predict(rt, endpoint, target)
+        assert missing.value.response["Error"]["Code"] == "ValidationError"
+        assert missing.value.response["Error"]["Message"].startswith(
+            f"Failed to download model data(bucket: mds, key: {key}).")
+
+    # a multi-model ModelDataSource must be a prefix
+    sm.create_model(ModelName="mme-object", ExecutionRoleArn=ROLE, PrimaryContainer={
+        "Image": IMAGE, "Mode": "MultiModel", "ModelDataSource": {"S3DataSource": {
+            "S3Uri": "s3://mds/archives/m0.tar.gz", "S3DataType": "S3Object", "CompressionType": "Gzip"}}})
+    sm.create_endpoint_config(EndpointConfigName="mme-object", ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": "mme-object", "InitialInstanceCount": 1,
+         "InstanceType": "ml.m5.large"}])
+    sm.create_endpoint(EndpointName="mme-object", EndpointConfigName="mme-object")
+    with pytest.raises(WaiterError):
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="mme-object", WaiterConfig=WAIT)
+    reason = sm.describe_endpoint(EndpointName="mme-object")["FailureReason"]
+    assert "needs S3DataType S3Prefix" in reason

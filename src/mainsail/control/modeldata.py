@@ -43,7 +43,10 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 COMPLETE = ".mainsail-complete"  # the marker mainsail.serve.model_dir uses too
 INDEX_NAME = "s3-index.json"
 MULTI_MODEL = "#multimodel"
-"""Suffix marking the ``ModelDataUrl`` prefix of a ``Mode: MultiModel`` container (multi-model endpoint)."""
+"""Suffix marking the model-data prefix of a ``Mode: MultiModel`` container (multi-model endpoint)."""
+UNCOMPRESSED_TARGETS = "#uncompressed"
+"""Suffix of a multi-model prefix whose target models are uncompressed folders (``ModelDataSource``
+``S3Prefix`` with ``CompressionType None``), not ``model.tar.gz`` objects."""
 
 _index_lock = threading.Lock()
 
@@ -98,13 +101,32 @@ def container_model_source(container: Mapping[str, Any]) -> str | None:
     ``Mode: MultiModel`` container with the ``#multimodel`` suffix (:func:`multi_model_prefix`).
     """
     url = container.get("ModelDataUrl")
+    multi = container.get("Mode") == "MultiModel"
     if isinstance(url, str) and url:
-        return url + MULTI_MODEL if container.get("Mode") == "MultiModel" else url
+        return url + MULTI_MODEL if multi else url
     source = container.get("ModelDataSource") or {}
     s3 = source.get("S3DataSource") if isinstance(source, Mapping) else None
     if not isinstance(s3, Mapping):
         return None
-    return source_from_s3_data_source(s3).to_url()
+    return multi_model_source(s3) if multi else source_from_s3_data_source(s3).to_url()
+
+
+def multi_model_source(data: Mapping[str, Any]) -> str:
+    """The marked prefix of a ``Mode: MultiModel`` container's ``ModelDataSource.S3DataSource``: it
+    must be an ``S3Prefix``; with ``CompressionType Gzip`` each TargetModel names a ``model.tar.gz``
+    under it (as with ``ModelDataUrl``), with ``None`` a folder of uncompressed model files."""
+    uri = data.get("S3Uri")
+    if not isinstance(uri, str) or not uri:
+        raise ModelSourceError("ModelDataSource.S3DataSource has no S3Uri.")
+    data_type = str(data.get("S3DataType") or "S3Object")
+    compression = str(data.get("CompressionType") or "None")
+    if data_type != "S3Prefix":
+        raise ModelSourceError(f"ModelDataSource {uri}: a MultiModel container needs S3DataType S3Prefix "
+                               f"(the prefix of its target models), not {data_type!r}.")
+    if compression not in ("None", "Gzip"):
+        raise ModelSourceError(f"ModelDataSource {uri}: CompressionType {compression!r} is not None or Gzip.")
+    prefix = uri if uri.endswith("/") else uri + "/"
+    return prefix + (UNCOMPRESSED_TARGETS if compression == "None" else "") + MULTI_MODEL
 
 
 def parse_source(url_or_source: str | Mapping[str, Any]) -> ModelSource:
@@ -129,12 +151,22 @@ def parse_source(url_or_source: str | Mapping[str, Any]) -> ModelSource:
 def multi_model_prefix(url: str, environment: Mapping[str, str] | None = None) -> str | None:
     """The model-data prefix of a multi-model container (``Mode: MultiModel``, marked by
     :func:`container_model_source`, or ``SAGEMAKER_MULTI_MODEL=true`` in its environment), ``None``
-    for a single-model one. The target models are ``<prefix>/<TargetModel>``."""
+    for a single-model one. The target models are ``<prefix>/<TargetModel>``; a prefix ending in
+    ``#uncompressed`` has folders as target models (:func:`multi_model_target`)."""
     if url.endswith(MULTI_MODEL):
         return url[: -len(MULTI_MODEL)]
     if (environment or {}).get("SAGEMAKER_MULTI_MODEL", "").strip().lower() in ("1", "true", "yes", "on"):
         return url
     return None
+
+
+def multi_model_target(prefix: str, target: str) -> str:
+    """The model data of ``target`` under a multi-model ``prefix``: ``<prefix>/<target>``, or the
+    folder ``<prefix>/<target>/`` (an ``S3Prefix``) under an ``#uncompressed`` prefix."""
+    if prefix.endswith(UNCOMPRESSED_TARGETS):
+        base = prefix[: -len(UNCOMPRESSED_TARGETS)]
+        return base.rstrip("/") + "/" + target.strip("/") + "/"
+    return prefix.rstrip("/") + "/" + target.lstrip("/")
 
 
 def max_bytes_default() -> int:

@@ -2,8 +2,9 @@
 
 A model whose container has ``Mode: MultiModel`` runs ``mainsail serve --multi-model`` instances
 with no model loaded (:mod:`mainsail.control.backends`); its ``ModelDataUrl`` (or
-``ModelDataSource`` S3Prefix) is a prefix (``s3://``, ``file://`` or a local directory), marked in
-the endpoint's specs by :func:`mainsail.control.modeldata.container_model_source`. For a request
+``ModelDataSource`` S3Prefix: ``Gzip`` for ``model.tar.gz`` targets, ``None`` for folders) is a
+prefix (``s3://``, ``file://`` or a local directory), marked in the endpoint's specs by
+:func:`mainsail.control.modeldata.container_model_source`. For a request
 naming a target model the router picks a variant and an instance as usual, then
 :func:`invoke_target_model`:
 
@@ -82,8 +83,11 @@ def model_name(target: str) -> str:
 
 
 def target_url(prefix: str, target: str) -> str:
-    """``<prefix>/<TargetModel>`` for an ``s3://``/``file://`` prefix or a local directory."""
-    return prefix.rstrip("/") + "/" + target.lstrip("/")
+    """``<prefix>/<TargetModel>`` for an ``s3://``/``file://`` prefix or a local directory (the
+    folder ``<prefix>/<TargetModel>/`` for an uncompressed ``ModelDataSource`` prefix)."""
+    from mainsail.control.modeldata import multi_model_target
+
+    return multi_model_target(prefix, target)
 
 
 def download_failed(url: str, reason: str) -> str:
@@ -332,7 +336,7 @@ async def _load(state: MultiModelRouting, client: Forwarder, port: int, prefix: 
         local = await run_in_threadpool(_resolve, url, state.home)
     except ModelSourceError as exc:
         reason = str(exc)
-        if "no such" in reason or "does not exist" in reason:
+        if "no such" in reason or "does not exist" in reason or "no objects under" in reason:
             return runtime_error(400, "ValidationError", download_failed(url, reason))
         return runtime_error(400, "ValidationError", reason)
     payload = json.dumps({"model_name": model, "url": str(local)}).encode()
