@@ -1,4 +1,4 @@
-"""``python -m bench {serve,tabular,pytorch,control,multimodel} [--duration S] [--quick] [--out FILE.md]``."""
+"""``python -m bench {serve,tabular,pytorch,control,multimodel,suite} [--duration S] [--quick] [--out FILE.md]``."""
 
 from __future__ import annotations
 
@@ -167,6 +167,27 @@ def _memory(args: argparse.Namespace) -> int:
                                  [m.strip() for m in args.models.split(",") if m.strip()])
 
 
+def _suite(args: argparse.Namespace) -> int:
+    from bench import suite, suite_report
+
+    command = "python -m bench " + shlex.join(sys.argv[1:])
+    systems = [s for s in args.systems.split(",") if s]
+    if args.no_mlserver:
+        systems = [s for s in systems if not s.startswith("mlserver")]
+    bench = suite.run_suite(models=[m for m in args.models.split(",") if m], systems=systems,
+                            concurrencies=args.concurrency, records=args.records, duration_s=args.duration,
+                            warmup_s=args.warmup, quick=args.quick, pytorch_size=args.size, command=command,
+                            log=lambda line: print(line, file=sys.stderr, flush=True))
+    print()
+    print(suite_report.console_text(bench))
+    charts = suite_report.write_report(bench, args.out, args.img_dir)
+    print(f"\nwrote the suite section of {args.out} and {len(charts)} chart(s) under {args.img_dir} "
+          f"({bench.wall_s:.0f} s in all)")
+    if bench.errors:
+        print(f"{bench.errors} requests failed: see the errors column", file=sys.stderr)
+    return 1 if bench.errors else 0
+
+
 def _common(parser: argparse.ArgumentParser, quick: str) -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per cell (default 5)")
     parser.add_argument("--warmup", type=float, default=None,
@@ -248,6 +269,29 @@ def main(argv: list[str] | None = None) -> int:
     multimodel.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
                             help="markdown file to update (default docs/benchmarks.md)")
     multimodel.set_defaults(func=_multimodel, duration=1.0, rounds=1, warmup=None)
+    suite = commands.add_parser(
+        "suite", help="mainsail vs Flask, FastAPI and MLServer on three models, concurrency 1/16/64, 1 and 64 "
+        "records per request, with memory and one chart per model (about 12 minutes)")
+    suite.add_argument("--duration", type=float, default=4.0, help="seconds measured per cell (default 4)")
+    suite.add_argument("--warmup", type=float, default=None,
+                       help="seconds of discarded warm-up per cell (default 1; 0.3 with --quick)")
+    suite.add_argument("--quick", action="store_true",
+                       help="a smoke run: 1 s cells, concurrency 1 and 16 only")
+    suite.add_argument("--models", default="tabular,sklearn,pytorch", help="comma-separated (default all three)")
+    suite.add_argument("--systems", default="mainsail,mainsail-nobatch,flask,fastapi,mlserver-batch,mlserver",
+                       help="comma-separated (default all)")
+    suite.add_argument("--no-mlserver", action="store_true", help="leave MLServer out (no peer virtualenv)")
+    suite.add_argument("--concurrency", type=int, nargs="+", default=None,
+                       help="concurrencies (default 1 16 64; 1 16 with --quick)")
+    suite.add_argument("--records", type=int, nargs="+", default=[1, 64],
+                       help="records per request (default 1 64)")
+    suite.add_argument("--size", choices=("tiny", "minilm"), default="tiny",
+                       help="the PyTorch bimodal model's size (default tiny)")
+    suite.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                       help="markdown file to update (default docs/benchmarks.md)")
+    suite.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img",
+                       help="folder for the charts (default docs/img)")
+    suite.set_defaults(func=_suite, rounds=1)
     args = parser.parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so the servers this started are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
