@@ -272,15 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     suite = commands.add_parser(
         "suite", help="mainsail vs Flask, FastAPI and MLServer on three models, concurrency 1/16/64, 1 and 64 "
         "records per request, with memory and one chart per model (about 12 minutes)")
-    suite.add_argument("--duration", type=float, default=4.0, help="seconds measured per cell (default 4)")
-    suite.add_argument("--warmup", type=float, default=None,
-                       help="seconds of discarded warm-up per cell (default 1; 0.3 with --quick)")
-    suite.add_argument("--quick", action="store_true",
-                       help="a smoke run: 1 s cells, concurrency 1 and 16 only")
     suite.add_argument("--models", default="tabular,sklearn,pytorch", help="comma-separated (default all three)")
     suite.add_argument("--systems", default="mainsail,mainsail-nobatch,flask,fastapi,mlserver-batch,mlserver",
                        help="comma-separated (default all)")
     suite.add_argument("--no-mlserver", action="store_true", help="leave MLServer out (no peer virtualenv)")
+    suite.add_argument("--quick", action="store_true", help="a smoke run: 1 s cells, concurrency 1 and 16 only")
+    suite.add_argument("--duration", type=float, default=4.0, help="seconds measured per cell (default 4)")
+    suite.add_argument("--warmup", type=float, default=None,
+                       help="seconds of discarded warm-up per cell (default 1; 0.3 with --quick)")
     suite.add_argument("--concurrency", type=int, nargs="+", default=None,
                        help="concurrencies (default 1 16 64; 1 16 with --quick)")
     suite.add_argument("--records", type=int, nargs="+", default=[1, 64],
