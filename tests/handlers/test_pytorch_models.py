@@ -204,14 +204,15 @@ def test_artifacts_with_a_disallowed_global_are_refused(tmp_path: Path) -> None:
 
 def test_default_registry_names_and_aliases() -> None:
     registry = default_model_registry()
-    assert registry.names() == ["bimodal", "bimodal_bert", "multimodal_bert", "trimodal", "trimodal_bert"]
+    assert registry.names() == ["bert", "bimodal", "bimodal_bert", "bimodal_cnn", "multimodal_bert", "multimodal_cnn",
+                                "trimodal", "trimodal_bert"]
     assert registry.resolve("multimodal_bert") == registry.resolve(" Bimodal ") == "bimodal_bert"
     assert registry.resolve("trimodal") == "trimodal_bert"
     assert registry.aliases("bimodal_bert") == ["bimodal", "multimodal_bert"]
     assert default_model_registry() is not registry  # a fresh instance each time, nothing global
 
 
-@pytest.mark.parametrize("name", ["trimodal_gate_fusion", "trimodal_cross_attn_bert", "bimodal_cnn"])
+@pytest.mark.parametrize("name", ["trimodal_gate_fusion", "trimodal_cross_attn_bert", "bimodal_moe", "lstm"])
 def test_different_architectures_are_not_aliases(name: str) -> None:
     with pytest.raises(ModelLoadError, match="does not implement") as info:
         default_model_registry().resolve(name)
@@ -219,7 +220,7 @@ def test_different_architectures_are_not_aliases(name: str) -> None:
 
 
 def test_unknown_class_names_the_known_ones() -> None:
-    with pytest.raises(ModelLoadError, match=r"unknown model_class 'xformer'.*bimodal, bimodal_bert"):
+    with pytest.raises(ModelLoadError, match=r"unknown model_class 'xformer'.*bert, bimodal, bimodal_bert"):
         default_model_registry().create("xformer", {})
 
 

@@ -4,12 +4,14 @@ The file has the reference training's ONNX layout (ARTIFACTS.md section 8), so t
 mainsail's :class:`~mainsail.handlers.pytorch.handler.PyTorchHandler` both serve it:
 
 * inputs, in order: ``<text>_input_ids`` and ``<text>_attention_mask`` int64 (batch, chunks, tokens) per
-  text field (trimodal: the primary pair, then the secondary pair), then one float32 (batch, 1) input per
-  ``tab_field_list`` name. The batch, chunk and token dimensions are dynamic. Unlike the reference, whose
-  inputs all share the dimension names ``dim_1``/``dim_2`` (tab fields' second dimension included), the
-  chunk and token dimensions are named per text field (``<text>_chunks``, ``<text>_tokens``) and a tab
-  field's second dimension is fixed at 1: ONNX Runtime takes one name for one size, and this graph fails
-  at run time (a buffer reuse error) when two text fields differ in chunk count under shared names;
+  text field (trimodal: the primary pair, then the secondary pair; ``bimodal_cnn``, which reads no mask,
+  only ``<text>_input_ids``), then one float32 (batch, 1) input per ``tab_field_list`` name. The batch,
+  chunk and token dimensions are dynamic (a CNN's token dimension is fixed at ``max_sen_len``). Unlike
+  the reference, whose inputs all share the dimension names ``dim_1``/``dim_2`` (tab fields' second
+  dimension included), the chunk and token dimensions are named per text field (``<text>_chunks``,
+  ``<text>_tokens``) and a tab field's second dimension is fixed at 1: ONNX Runtime takes one name for
+  one size, and this graph fails at run time (a buffer reuse error) when two text fields differ in chunk
+  count under shared names;
 * one output, ``probs``: softmax probabilities (batch, classes);
 * opset 14 by default, written by the TorchScript exporter (``dynamo=False``).
 
@@ -17,7 +19,10 @@ The graph is the network's own ``forward`` traced as it is: the chunk mean over 
 chunks (models.py) traces into NonZero/GatherND/ScatterND ops, so padding chunks are skipped in the
 exported graph exactly as in PyTorch, and a record's score does not depend on its batch mates. (The
 reference's own export averages over every chunk, padding included; on records without padding chunks,
-which is what the handler feeds, the two agree.) The tracer bakes in only shape checks (tensor rank,
+which is what the handler feeds, the two agree.) The single-sequence networks (``bert``, ``bimodal_cnn``)
+take each record's first chunk inside the graph, so they are fed the same chunked inputs; the reference's
+own exports of these classes take 2-D (batch, tokens) ids instead, and only ``probs`` (``bimodal_cnn``) or
+``logits`` (``bert``) out. The tracer bakes in only shape checks (tensor rank,
 empty batch), never a data-dependent branch.
 
 Before anything is written the export is checked: ONNX Runtime and the PyTorch network score the same
@@ -45,7 +50,12 @@ from torch import Tensor, nn
 
 from mainsail.errors import ModelLoadError
 from mainsail.handlers.pytorch.loading import load_pytorch_model
-from mainsail.handlers.pytorch.models import TabularSubnetwork, TextBertSubnetwork
+from mainsail.handlers.pytorch.models import (
+    TabularSubnetwork,
+    TextBertClassification,
+    TextBertSubnetwork,
+    TextCNNSubnetwork,
+)
 from mainsail.handlers.pytorch.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
@@ -79,10 +89,15 @@ class ExportReport:
 class _TextInput:
     field: str
     ids: str
-    mask: str
+    mask: str | None  # None: the network reads no attention mask (the CNN)
     vocab_size: int
     pad_token_id: int
     max_tokens: int
+    fixed_tokens: bool = False  # every chunk must hold exactly max_tokens tokens (the CNN)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.ids,) if self.mask is None else (self.ids, self.mask)
 
 
 class ProbabilitiesModule(nn.Module):
@@ -109,16 +124,22 @@ ModuleFactory = Callable[[nn.Module, Sequence[str]], nn.Module]
 
 def _text_inputs(network: nn.Module, config: Mapping[str, Any]) -> list[_TextInput]:
     # Registration order: TrimodalBert registers its primary subnetwork before the secondary one.
+    suffix = "_" + str(config.get("text_input_ids_key") or "input_ids")
+
+    def field_of(ids: str) -> str:
+        return ids[: -len(suffix)] if ids.endswith(suffix) and len(ids) > len(suffix) else ids
+
     found: list[_TextInput] = []
     for module in network.modules():
-        if isinstance(module, TextBertSubnetwork):
+        if isinstance(module, TextCNNSubnetwork):
+            found.append(_TextInput(field_of(module.input_ids_key), module.input_ids_key, None,
+                                    int(module.embeddings.num_embeddings), 0, module.max_sen_len, fixed_tokens=True))
+        elif isinstance(module, (TextBertSubnetwork, TextBertClassification)):
             bert_config = module.bert.config
             max_positions = int(getattr(bert_config, "max_position_embeddings", 0) or _DEFAULT_TOKENS)
             tokens = min(int(config.get("max_sen_len") or _DEFAULT_TOKENS), max_positions)
-            suffix = "_" + str(config.get("text_input_ids_key") or "input_ids")
             ids = module.input_ids_key
-            field = ids[: -len(suffix)] if ids.endswith(suffix) and len(ids) > len(suffix) else ids
-            found.append(_TextInput(field, ids, module.attention_mask_key, int(bert_config.vocab_size),
+            found.append(_TextInput(field_of(ids), ids, module.attention_mask_key, int(bert_config.vocab_size),
                                     int(getattr(bert_config, "pad_token_id", 0) or 0), max(tokens, 1)))
     return found
 
@@ -136,7 +157,7 @@ def _sample_batch(texts: Sequence[_TextInput], tab_fields: Sequence[str], batch:
     text field, where it has no valid chunk at all."""
     out: dict[str, np.ndarray] = {}
     for index, (text, (chunks, tokens)) in enumerate(zip(texts, sizes, strict=True)):
-        t = min(tokens, text.max_tokens)
+        t = text.max_tokens if text.fixed_tokens else min(tokens, text.max_tokens)
         lengths = rng.integers(1, t + 1, size=(batch, chunks))
         lengths[0, 0] = t
         for record in range(1, batch):
@@ -148,7 +169,8 @@ def _sample_batch(texts: Sequence[_TextInput], tab_fields: Sequence[str], batch:
         low = 1 if text.vocab_size > 1 else 0
         ids = rng.integers(low, text.vocab_size, size=(batch, chunks, t), dtype=np.int64)
         out[text.ids] = np.where(mask == 1, ids, np.int64(text.pad_token_id))
-        out[text.mask] = mask
+        if text.mask is not None:
+            out[text.mask] = mask
     for field in tab_fields:
         out[field] = (rng.standard_normal((batch, 1)) * 3.0).astype(np.float32)
     return out
@@ -200,8 +222,11 @@ def _dynamic_axes(texts: Sequence[_TextInput], tab_fields: Sequence[str]) -> dic
     size, and two text fields may differ in both); a tab field's second dimension is 1."""
     axes: dict[str, dict[int, str]] = {}
     for text in texts:
-        per_field = {0: "batch", 1: f"{text.field}_chunks", 2: f"{text.field}_tokens"}
-        axes[text.ids], axes[text.mask] = per_field, dict(per_field)
+        per_field = {0: "batch", 1: f"{text.field}_chunks"}
+        if not text.fixed_tokens:
+            per_field[2] = f"{text.field}_tokens"
+        for name in text.names:
+            axes[name] = dict(per_field)
     for field in tab_fields:
         axes[field] = {0: "batch"}
     axes[OUTPUT_NAME] = {0: "batch"}
@@ -300,10 +325,10 @@ def export_onnx(
     network, config = load_pytorch_model(model_dir, registry, device="cpu")
     texts = _text_inputs(network, config)
     if not texts:
-        raise OnnxExportError(f"{type(network).__name__} has no BERT text subnetwork; only the reference's "
-                              "BERT-based multimodal networks can be exported")
+        raise OnnxExportError(f"{type(network).__name__} has no BERT or CNN text subnetwork; only the "
+                              "reference's networks with a text field can be exported")
     tab_fields = _tab_fields(network)
-    input_names = [name for text in texts for name in (text.ids, text.mask)] + tab_fields
+    input_names = [name for text in texts for name in text.names] + tab_fields
     batches = _sample_batches(texts, tab_fields)
     if sample_records is not None:
         batches.extend(_prepared(batch, input_names, tab_fields) for batch in sample_records)

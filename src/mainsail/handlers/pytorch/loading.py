@@ -160,6 +160,8 @@ def load_pytorch_model(
 
     encoder_problem: ModelLoadError | None = None
     build_config: dict[str, Any] = dict(config)
+    if isinstance(artifacts.get("embedding_mat"), torch.Tensor):  # the CNN's initial word embeddings
+        build_config["embedding_mat"] = artifacts["embedding_mat"]
     tokenizer = config.get("tokenizer")
     if isinstance(tokenizer, str) and tokenizer:
         try:

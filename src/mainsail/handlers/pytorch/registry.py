@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from mainsail.errors import ModelLoadError
-from mainsail.handlers.pytorch.models import BimodalBert, TrimodalBert
+from mainsail.handlers.pytorch.models import BimodalBert, BimodalCNN, TextBertClassification, TrimodalBert
 
 ModelFactory = Callable[[Mapping[str, Any]], nn.Module]
 """Builds an untrained network from a model config (see ``models.ModelConfig``)."""
@@ -27,9 +27,9 @@ _NOT_IMPLEMENTED_HINT = (
 REFERENCE_ONLY_CLASSES: Mapping[str, str] = MappingProxyType({
     name: _NOT_IMPLEMENTED_HINT
     for name in (
-        "bimodal_cnn", "multimodal_cnn", "bimodal_gate_fusion", "multimodal_gate_fusion", "bimodal_moe",
-        "multimodal_moe", "bimodal_cross_attn", "multimodal_cross_attn", "trimodal_cross_attn",
-        "trimodal_cross_attn_bert", "trimodal_gate_fusion", "trimodal_gate_fusion_bert", "bert", "lstm",
+        "bimodal_gate_fusion", "multimodal_gate_fusion", "bimodal_moe", "multimodal_moe", "bimodal_cross_attn",
+        "multimodal_cross_attn", "trimodal_cross_attn", "trimodal_cross_attn_bert", "trimodal_gate_fusion",
+        "trimodal_gate_fusion_bert", "lstm",
     )
 })
 """Names the reference knows but mainsail does not build, with the hint an error gives for them."""
@@ -104,13 +104,16 @@ class ModelRegistry:
 def default_model_registry() -> ModelRegistry:
     """A new registry holding the reference networks mainsail implements.
 
-    ``bimodal_bert`` (aliases ``bimodal``, ``multimodal_bert``) and ``trimodal_bert`` (alias
-    ``trimodal``): the spellings under which BOTH the reference's training (``model_select``) and its
-    loader (``load_model``) build these classes. The other trimodal spellings are deliberately not
-    aliases: training's ``trimodal_cross_attn``/``trimodal_gate_fusion`` are different architectures,
-    and ``trimodal_*_bert`` trains a text-only BERT (model_select's fallback) but loads as another class.
+    ``bimodal_bert`` (aliases ``bimodal``, ``multimodal_bert``), ``trimodal_bert`` (alias ``trimodal``),
+    ``bimodal_cnn`` (alias ``multimodal_cnn``) and the text-only ``bert``: the spellings under which BOTH the
+    reference's training (``model_select``) and its loader (``load_model``) build these classes. The other
+    trimodal spellings are deliberately not aliases: training's
+    ``trimodal_cross_attn``/``trimodal_gate_fusion`` are different architectures, and ``trimodal_*_bert``
+    trains a text-only BERT (model_select's fallback) but loads as another class.
     """
     registry = ModelRegistry()
     registry.register("bimodal_bert", BimodalBert, aliases=("bimodal", "multimodal_bert"))
     registry.register("trimodal_bert", TrimodalBert, aliases=("trimodal",))
+    registry.register("bimodal_cnn", BimodalCNN, aliases=("multimodal_cnn",))
+    registry.register("bert", TextBertClassification)
     return registry
