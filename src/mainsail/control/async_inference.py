@@ -9,6 +9,16 @@ so weights, cold starts and metrics apply) and writes the answer; a request stil
 ``mainsail up`` stops is processed after it starts again. Up to ``MaxConcurrentInvocationsPerInstance``
 (default 4) requests per instance run at once; a request older than its ``RequestTTLSeconds`` fails
 with "expired"; one that takes longer than ``InvocationTimeoutSeconds`` fails with a timeout.
+
+Payloads (up to 1 GB, :data:`MAX_ASYNC_PAYLOAD`) are streamed, never held here: the input is read in
+:data:`CHUNK` pieces from its location (a file of the own store or a local file, sent with its
+``Content-Length``; real S3's ``get_object`` body, sent chunked) and written to the instance as it is
+read (:func:`mainsail.control.forward.stream`, a connection of its own, not the router's buffered
+hop); the instance's answer is written to the output location as it arrives (a temp file renamed
+into place, or a multipart upload), visible only once complete. The instance itself holds the whole
+body, as the model needs it: an async endpoint's instances run with ``SAGEMAKER_MAX_PAYLOAD_IN_MB``
+at 1024 (set by the reconciler) where real-time ones keep 6 MB. The request is routed as the router
+routes ``InvokeEndpoint`` (weights, cold starts, idle tracking, in-flight counts, metrics).
 """
 
 from __future__ import annotations
@@ -16,11 +26,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import stat
 import time
 import urllib.parse
 import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -29,7 +42,8 @@ from starlette.routing import Route
 
 from mainsail.control import resources as res
 from mainsail.control.endpoints import ENDPOINT, IN_SERVICE, UPDATING
-from mainsail.control.router import Router, runtime_error
+from mainsail.control.forward import ForwardError, Upstream, stream
+from mainsail.control.router import Router, Variant, model_error, runtime_error
 from mainsail.control.store import Record, StateStore
 
 logger = logging.getLogger(__name__)
@@ -37,7 +51,13 @@ logger = logging.getLogger(__name__)
 ASYNC_REQUEST = "async-request"
 #: The largest async payload read from its input location (SageMaker: 1 GB).
 MAX_ASYNC_PAYLOAD = 1024**3
+#: ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` of an async endpoint's instances (its reconciler sets it)
+ASYNC_INSTANCE_MAX_PAYLOAD_MB = MAX_ASYNC_PAYLOAD // (1024 * 1024)
+CHUNK = 1 << 20  # bytes read from the input, and written to the output, at a time
+_ERROR_BODY = 64 * 1024  # bytes of an instance's error answer kept for the failure
 DEFAULT_TTL, DEFAULT_TIMEOUT, DEFAULT_CONCURRENCY = 6 * 3600, 900, 4
+_THROTTLED: Final = "\0throttled"  # what _invoke returns for a request to keep queued
+_T = TypeVar("_T")
 _HEADER = "x-amzn-sagemaker-"
 
 
@@ -182,7 +202,7 @@ class AsyncInference:
                 endpoints[name] = await run_in_threadpool(self.store.get, ENDPOINT, name)
             record = endpoints[name]
             if record is None:
-                await self._finish(key, item, None, "The endpoint was deleted before the request ran.")
+                await self._finish(key, item, "The endpoint was deleted before the request ran.")
                 continue
             if record["EndpointStatus"] not in (IN_SERVICE, UPDATING):
                 continue
@@ -194,78 +214,148 @@ class AsyncInference:
     async def _process(self, key: str, item: Record) -> None:
         age = time.time() - float(item["EnqueuedAt"])
         if age > float(item["RequestTTLSeconds"]):
-            await self._finish(key, item, None, f"Request expired: it waited {age:.0f} s in the queue, "
+            await self._finish(key, item, f"Request expired: it waited {age:.0f} s in the queue, "
                                f"longer than its RequestTTLSeconds ({item['RequestTTLSeconds']}).")
             return
+        timeout = float(item["InvocationTimeoutSeconds"])
+        source = _Input(self.storage, str(item["InputLocation"]))
         try:
-            body = await run_in_threadpool(self._read, item["InputLocation"])
-        except Exception as exc:
-            await self._finish(key, item, None, f"Could not read the input {item['InputLocation']}: {exc}")
+            try:
+                await source.open()
+                async with asyncio.timeout(timeout):
+                    failure = await self._invoke(item, source, timeout)
+            except _InputError as exc:
+                failure = f"Could not read the input {item['InputLocation']}: {exc}"
+            except TimeoutError:
+                failure = f"The invocation did not finish within {timeout:g} s."
+            except Exception as exc:  # a bug: fail this request rather than retry it forever
+                logger.exception("async inference %s", item["InferenceId"])
+                failure = f"Internal error: {type(exc).__name__}: {exc}"
+        finally:
+            await source.close()
+        if failure == _THROTTLED:  # serverless MaxConcurrency: stays queued for the next pass
             return
+        await self._finish(key, item, failure)
+
+    async def _invoke(self, item: Record, source: _Input, timeout: float) -> str | None:
+        """Route the request as the router routes ``InvokeEndpoint`` (weights, cold starts, idle
+        tracking, in-flight counts, metrics), then stream it: ``None`` once the result is written,
+        else why it failed (or ``_THROTTLED``)."""
+        router, name = self.router, str(item["EndpointName"])
+        table = await router._table(name)
+        if table is None:
+            return "The endpoint was deleted before the request ran."
+        if table.status not in (IN_SERVICE, UPDATING):
+            return f"Endpoint {name} is not in service (status {table.status})."
+        choice = router.pick(table, None)
+        if isinstance(choice, str):
+            return choice or f"Endpoint {name} has no instance ready to serve."
+        variant, port = choice
+        if variant.multi_model:
+            return f"Endpoint {name} is a multi-model endpoint, which asynchronous inference does not serve."
+        if not variant.scales_to_zero:
+            assert port is not None
+            return await self._exchange(item, source, variant, port, timeout)
+        key = (name, variant.name)
+        router._last_used[key] = time.monotonic()
+        if variant.max_concurrency is not None and router.variant_in_flight(*key) >= variant.max_concurrency:
+            router.metrics.throttles.labels(*key).inc()
+            return _THROTTLED
+        router._variant_in_flight[key] = router.variant_in_flight(*key) + 1
+        try:
+            if port is None:
+                cold = await router._cold_start(name, variant.name)
+                if isinstance(cold, Response):
+                    return _message(bytes(cold.body))
+                port = cold
+            return await self._exchange(item, source, variant, port, timeout)
+        finally:
+            router._variant_in_flight[key] -= 1
+            router._last_used[key] = time.monotonic()
+
+    async def _exchange(self, item: Record, source: _Input, variant: Variant, port: int,
+                        timeout: float) -> str | None:
+        """Stream the input to the instance on ``port`` (or its replacement when it is gone) and
+        its answer to the output location."""
+        from mainsail.control.api import region_of
+
+        router, name = self.router, str(item["EndpointName"])
+        labels = (name, variant.name)
+        router.metrics.invocations.labels(*labels).inc()
+        router.metrics.per_instance.labels(*labels, str(port)).inc()
+        log_arn = f"arn:aws:logs:{region_of(None)}:{res.ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{name}"
+        in_flight = router._in_flight
+        in_flight[port] = in_flight.get(port, 0) + 1
+        started = time.perf_counter()
+        try:
+            try:
+                status, failure = await self._stream(item, source, port, timeout, log_arn)
+            except ForwardError as exc:
+                if not exc.unsent:  # the input was never read: it can go to another instance
+                    raise
+                other = await router._replacement(name, variant, port)
+                if other is None:
+                    raise
+                in_flight[other] = in_flight.get(other, 0) + 1
+                try:
+                    status, failure = await self._stream(item, source, other, timeout, log_arn)
+                finally:
+                    in_flight[other] -= 1
+        except ForwardError as exc:
+            router.metrics.errors_5xx.labels(*labels).inc()
+            why = router._notes.get(port)
+            return f"{why} ({exc})" if why else f"Could not reach the instance of variant {variant.name}: {exc}"
+        finally:
+            in_flight[port] -= 1
+        router.metrics.model_latency.labels(*labels).observe((time.perf_counter() - started) * 1e6)
+        if not 200 <= status < 300:
+            (router.metrics.errors_4xx if status < 500 else router.metrics.errors_5xx).labels(*labels).inc()
+        return failure
+
+    async def _stream(self, item: Record, source: _Input, port: int, timeout: float,
+                      log_arn: str) -> tuple[int, str | None]:
+        """One exchange with an instance: its status, and why it failed (``None``: written)."""
         headers = [(k, v) for k, v in (("content-type", item.get("ContentType")), ("accept", item.get("Accept")),
                                        ("x-amzn-sagemaker-custom-attributes", item.get("CustomAttributes")),
                                        ("x-amzn-sagemaker-inference-id", item["InferenceId"])) if v]
-        response = await self._call(item["EndpointName"], body, headers, float(item["InvocationTimeoutSeconds"]))
-        if response is None:  # throttled (serverless MaxConcurrency): stays queued for the next pass
-            return
-        status, content_type, answer = response
-        if 200 <= status < 300:
-            await self._finish(key, item, (answer, content_type), None)
-        else:
+        # the outer deadline (InvocationTimeoutSeconds) fires first, with its own message
+        async with stream(port, "/invocations", source.chunks(), headers, length=source.size,
+                          timeout=timeout + 5) as upstream:
+            if not 200 <= upstream.status < 300:
+                text = await upstream.read(_ERROR_BODY)
+                return upstream.status, _message(bytes(model_error(
+                    Upstream(upstream.status, upstream.headers, text), log_arn).body))
+            output = _Output(self.storage, str(item["OutputLocation"]), upstream.headers.get("content-type"))
             try:
-                message = json.loads(answer).get("message", answer.decode("utf-8", "replace"))
-            except (ValueError, AttributeError):
-                message = answer.decode("utf-8", "replace")
-            await self._finish(key, item, None, str(message))
+                await output.open()
+                async for piece in upstream.body():
+                    await output.write(piece)
+                await output.commit()
+            except ForwardError:
+                await output.abort()
+                raise
+            except Exception as exc:  # the output location refused it (no bucket, no permission...)
+                await output.abort()
+                return upstream.status, f"Could not write the result to {item['OutputLocation']}: {exc}"
+            except BaseException:
+                await output.abort()
+                raise
+        return upstream.status, None
 
-    def _read(self, location: str) -> bytes:
-        from mainsail.control.transform import InputObject, _local, _s3_parts
-
-        local = _local(location)
-        if local is not None:
-            obj = InputObject(location, local.name, 0, path=str(local))
-        else:
-            bucket, key = _s3_parts(location)
-            obj = InputObject(location, key, 0, bucket=bucket, key=key)
-        with self.storage.open_raw(obj) as fh:
-            data: bytes = fh.read(MAX_ASYNC_PAYLOAD + 1)
-        if len(data) > MAX_ASYNC_PAYLOAD:
-            raise ValueError(f"the input is larger than {MAX_ASYNC_PAYLOAD} bytes")
-        return data
-
-    async def _call(self, name: str, body: bytes, headers: list[tuple[str, str]],
-                    timeout: float) -> tuple[int, str, bytes] | None:
-        """The request through the router's InvokeEndpoint path (no payload limit: 1 GB async)."""
-        chunks = [body]
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": chunks.pop() if chunks else b"", "more_body": False}
-
-        scope = {"type": "http", "method": "POST", "path": f"/endpoints/{name}/invocations", "root_path": "",
-                 "query_string": b"", "path_params": {"name": name}, "mainsail.internal": True,
-                 "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]}
-        try:
-            response = await asyncio.wait_for(self.router.invoke(Request(scope, receive)), timeout)
-        except TimeoutError:
-            return 504, "text/plain", f"The invocation did not finish within {timeout:g} s.".encode()
-        if response.status_code == 429:
-            return None
-        return response.status_code, response.headers.get("content-type", ""), bytes(response.body)
-
-    async def _finish(self, key: str, item: Record, result: tuple[bytes, str] | None, failure: str | None) -> None:
+    async def _finish(self, key: str, item: Record, failure: str | None) -> None:
+        """Record the outcome: the failure written to the failure location (a result was written as
+        it streamed), and the request removed from the queue."""
         def write() -> None:
-            if result is not None:
-                self._write(item["OutputLocation"], result[0], result[1])
-            elif item.get("FailureLocation"):
-                self._write(item["FailureLocation"], failure.encode() if failure else b"", "text/plain")
+            if failure is not None and item.get("FailureLocation"):
+                self._write(item["FailureLocation"], failure.encode(), "text/plain")
             self.store.delete(ASYNC_REQUEST, key)
 
         try:
             await run_in_threadpool(write)
         except Exception:
-            logger.exception("async inference %s: could not write its result", item["InferenceId"])
+            logger.exception("async inference %s: could not write its failure", item["InferenceId"])
             await run_in_threadpool(self.store.delete, ASYNC_REQUEST, key)
-        if failure:
+        if failure is not None:
             logger.warning("async inference %s on %s failed: %s", item["InferenceId"], item["EndpointName"], failure)
 
     def _write(self, location: str, data: bytes, content_type: str | None) -> None:
@@ -276,3 +366,133 @@ class AsyncInference:
         except BaseException:
             sink.abort()
             raise
+
+
+def _message(body: bytes) -> str:
+    """The ``message`` of a runtime error answer (:func:`mainsail.control.router.runtime_error`)."""
+    try:
+        return str(json.loads(body)["message"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", "replace")
+
+
+class _InputError(Exception):
+    """The input location could not be read (or is over :data:`MAX_ASYNC_PAYLOAD`)."""
+
+
+class _Blocking:
+    """Blocking calls on one file, made one at a time in a worker thread. A cancelled await leaves
+    its call running; :meth:`settle` waits for it, so that closing a file never races a read or write."""
+
+    def __init__(self) -> None:
+        self._last: asyncio.Future[Any] | None = None
+
+    async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._last = future
+        result: _T = await asyncio.shield(future)
+        return result
+
+    async def settle(self) -> None:
+        last = self._last
+        if last is not None:
+            if not last.done():
+                await asyncio.wait([last])
+            if not last.cancelled():
+                last.exception()  # retrieved: its failure was (or will be) reported another way
+
+
+class _Input(_Blocking):
+    """The input object, read in :data:`CHUNK` pieces from its location: mainsail's own store, real
+    S3 (get_object's streaming body) or a file, never whole."""
+
+    def __init__(self, storage: Any, location: str) -> None:
+        super().__init__()
+        self.storage = storage
+        self.location = location
+        self.size: int | None = None
+        """Its size when the reader knows it (a file of the own store, a local file); ``None``: sent chunked."""
+        self._fh: Any = None
+
+    def _open(self) -> Any:
+        from mainsail.control.transform import InputObject, _local, _s3_parts
+
+        local = _local(self.location)
+        if local is not None:
+            obj = InputObject(self.location, local.name, 0, path=str(local))
+        else:
+            bucket, key = _s3_parts(self.location)
+            obj = InputObject(self.location, key, 0, bucket=bucket, key=key)
+        try:
+            return self.storage.open_raw(obj)
+        except Exception as exc:
+            raise _InputError(str(exc)) from exc
+
+    async def open(self) -> None:
+        self._fh = await self.call(self._open)
+        try:
+            st = os.fstat(self._fh.fileno())
+            self.size = st.st_size if stat.S_ISREG(st.st_mode) else None
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+            self.size = None
+        if self.size is not None and self.size > MAX_ASYNC_PAYLOAD:
+            raise _InputError(f"the input is larger than {MAX_ASYNC_PAYLOAD} bytes ({self.size})")
+
+    def _read(self) -> bytes:
+        try:
+            data: bytes = self._fh.read(CHUNK)
+        except Exception as exc:
+            raise _InputError(str(exc)) from exc
+        return data
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        total = 0
+        while data := await self.call(self._read):
+            total += len(data)
+            if total > MAX_ASYNC_PAYLOAD:
+                raise _InputError(f"the input is larger than {MAX_ASYNC_PAYLOAD} bytes")
+            yield data
+
+    async def close(self) -> None:
+        await self.settle()
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            await self.call(fh.close)
+
+
+class _Output(_Blocking):
+    """The result written to its location as it arrives, in pieces of about :data:`CHUNK`: a temp
+    file renamed into place (own store, file://) or a multipart upload (real S3), see
+    :meth:`mainsail.control.transform.Storage.writer`. Nothing is visible there before :meth:`commit`."""
+
+    def __init__(self, storage: Any, location: str, content_type: str | None) -> None:
+        super().__init__()
+        self.storage = storage
+        self.location = location
+        self.content_type = content_type or None
+        self._sink: Any = None
+        self._buffer = bytearray()
+
+    async def open(self) -> None:
+        self._sink = await self.call(self.storage.writer, self.location, self.content_type)
+
+    async def write(self, piece: bytes) -> None:
+        self._buffer += piece
+        if len(self._buffer) >= CHUNK:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            await self.call(self._sink.write, data)
+
+    async def commit(self) -> None:
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            await self.call(self._sink.write, data)
+        await self.call(self._sink.commit)
+
+    async def abort(self) -> None:
+        await self.settle()
+        self._buffer = bytearray()
+        if self._sink is not None:
+            try:
+                await self.call(self._sink.abort)
+            except Exception:
+                logger.warning("could not remove the partial result at %s", self.location, exc_info=True)
