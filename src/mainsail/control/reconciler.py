@@ -254,6 +254,10 @@ class Reconciler:
             if not url:
                 raise ModelSourceError(f"Model {pv['ModelName']} has no ModelDataUrl or ModelDataSource.")
             env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
+            if config.get("AsyncInferenceConfig"):  # its instances take async payloads (up to 1 GB)
+                from mainsail.control.async_inference import ASYNC_INSTANCE_MAX_PAYLOAD_MB
+
+                env.setdefault("SAGEMAKER_MAX_PAYLOAD_IN_MB", str(ASYNC_INSTANCE_MAX_PAYLOAD_MB))
             specs[pv["VariantName"]] = {
                 "model_data_url": url, "environment": env,
                 "startup_timeout": float(pv.get("ContainerStartupHealthCheckTimeoutInSeconds")
