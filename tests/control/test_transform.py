@@ -29,7 +29,7 @@ from mainsail.control import SQLiteStore
 from mainsail.control import transform as tf
 from mainsail.control.backends import LocalBackend
 from tests.conftest import free_port
-from tests.control.helpers import IMAGE, INFERENCE_OK, REGION, ROLE, Plane, make_model_dir
+from tests.control.helpers import IMAGE, INFERENCE_OK, REGION, ROLE, Plane, UpProcess, make_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +37,7 @@ SCRIPT = '''
 import json
 import os
 import time
+import uuid
 
 import joblib
 import numpy as np
@@ -61,6 +62,21 @@ def input_fn(body, content_type):
         with open(log, "a") as fh:
             fh.write(f"{len(rows)} {len(body)}\\n")
     time.sleep(float(os.environ.get("PREDICT_DELAY", "0")))
+    barrier = os.environ.get("BARRIER_DIR")
+    if barrier:  # wait until BARRIER_COUNT requests are in flight together
+        open(os.path.join(barrier, uuid.uuid4().hex), "w").close()
+        deadline = time.monotonic() + 60
+        while len(os.listdir(barrier)) < int(os.environ["BARRIER_COUNT"]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the requests were not in flight together")
+            time.sleep(0.02)
+    gate = os.environ.get("GATE")
+    if gate and body.startswith("9,9"):  # such a request waits until the test opens the gate
+        deadline = time.monotonic() + 120
+        while not os.path.exists(gate):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test never opened the gate")
+            time.sleep(0.05)
     return np.array(rows, dtype=float)
 
 
@@ -251,6 +267,25 @@ def test_bad_record_fails_the_job_with_file_and_line(plane: TransformPlane) -> N
     assert desc["TransformJobStatus"] == "Failed" and "No S3 objects found" in desc["FailureReason"]
 
 
+def test_input_files_are_transformed_concurrently(plane: TransformPlane, tmp_path: Path) -> None:
+    """MaxConcurrentTransforms 2 on 2 instances: the 4 files' requests are in flight together (the
+    model answers none of them until all 4 have arrived)."""
+    sm, s3 = plane.client("sagemaker"), plane.client("s3")
+    for i in range(4):
+        s3.put_object(Bucket=BUCKET, Key=f"par/in/f{i}.csv", Body=f"{i},1\n".encode())
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    desc = _job(sm, "par", f"s3://{BUCKET}/par/in/", f"s3://{BUCKET}/par/out", split="None", strategy=None,
+                env={"BARRIER_DIR": str(barrier), "BARRIER_COUNT": "4"}, MaxConcurrentTransforms=2, instances=2,
+                ModelClientConfig={"InvocationsMaxRetries": 0, "InvocationsTimeoutInSeconds": 120})
+    assert desc["TransformJobStatus"] == "Completed", desc.get("FailureReason")
+    assert len(list(barrier.iterdir())) == 4
+    for i in range(4):
+        assert _get(s3, f"par/out/f{i}.csv.out") == f"{_pred(i, 1):g}\n".encode()
+    record = plane.store.get(tf.TRANSFORM_JOB, "par")
+    assert record is not None and record["Progress"]["ObjectsDone"] == 4 and record["Progress"]["Requests"] == 4
+
+
 def test_stop_transform_job(plane: TransformPlane) -> None:
     sm, s3 = plane.client("sagemaker"), plane.client("s3")
     s3.put_object(Bucket=BUCKET, Key="slow/in/rows.csv", Body=b"1,1\n" * 200)
@@ -381,7 +416,7 @@ def test_jsonpath_subset() -> None:
     assert json.loads(tf.join_record(b'{"x": 1}', b"[0.5]", None)) == {"x": 1, "SageMakerOutput": [0.5]}
 
 
-def test_restart_marks_interrupted_jobs(tmp_path: Path) -> None:
+def test_restart_settles_interrupted_jobs(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "state.db")
     body = {"TransformJobName": "j", "ModelName": "m",
             "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/i"}}},
@@ -393,7 +428,8 @@ def test_restart_marks_interrupted_jobs(tmp_path: Path) -> None:
     runner = tf.TransformRunner(store, LocalBackend(tmp_path), tmp_path)
     runner.recover()
     j, k = store.get(tf.TRANSFORM_JOB, "j"), store.get(tf.TRANSFORM_JOB, "k")
-    assert j is not None and j["TransformJobStatus"] == "Failed" and "restart" in j["FailureReason"]
+    assert j is not None and j["TransformJobStatus"] == "InProgress"  # resumed by the first poll
+    assert j["Instances"] == [] and "FailureReason" not in j
     assert k is not None and k["TransformJobStatus"] == "Stopped"
     store.close()
 
@@ -448,7 +484,8 @@ def test_200mb_input_streams_through_mainsail_up(tmp_path: Path) -> None:
         baseline = _hwm_kb(proc.pid)
         started = time.monotonic()
         sm.create_transform_job(
-            TransformJobName="big", ModelName="lin", BatchStrategy="MultiRecord", MaxConcurrentTransforms=2,
+            # 1 request per instance x 2 instances: 2 payloads of 6 MiB in flight
+            TransformJobName="big", ModelName="lin", BatchStrategy="MultiRecord", MaxConcurrentTransforms=1,
             TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://big/in/"}},
                             "ContentType": "text/csv", "SplitType": "Line"},
             TransformOutput={"S3OutputPath": "s3://big/out", "AssembleWith": "Line", "Accept": "text/csv"},
@@ -474,3 +511,72 @@ def test_200mb_input_streams_through_mainsail_up(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
         log.close()
+
+
+def _job_record(home: Path, name: str) -> dict[str, Any]:
+    store = SQLiteStore(home / "state.db")
+    try:
+        record = store.get(tf.TRANSFORM_JOB, name)
+    finally:
+        store.close()
+    assert record is not None
+    return record
+
+
+def _wait_log(log: Path, line: tuple[int, int], count: int, up: UpProcess) -> None:
+    deadline = time.monotonic() + 90
+    while not (log.exists() and _log(log).count(line) >= count):
+        assert time.monotonic() < deadline, up.log_text()
+        time.sleep(0.1)
+
+
+def test_restart_resumes_an_interrupted_job(tmp_path: Path) -> None:
+    """A job interrupted by a stop, then by a crash, of `mainsail up` goes on after each restart,
+    redoing only the inputs whose output was not complete."""
+    home, log, gate = tmp_path / "home", tmp_path / "requests.log", tmp_path / "gate"
+    model_dir = make_model_dir(tmp_path / "model", SCRIPT)
+    up = UpProcess(home)
+    try:
+        sm, s3 = up.client("sagemaker"), up.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        # one request per file, one at a time: a (4 bytes) is done when b (8 bytes, gated) arrives
+        for key, body in (("a.csv", b"1,0\n"), ("b.csv", b"9,9\n1,1\n"), ("c.csv", b"0,1\n0,1\n0,1\n")):
+            s3.put_object(Bucket=BUCKET, Key=f"in/{key}", Body=body)
+        sm.create_model(ModelName="lin", ExecutionRoleArn=ROLE, PrimaryContainer={
+            "Image": IMAGE, "ModelDataUrl": f"file://{model_dir}"})
+        _job(sm, "resume", f"s3://{BUCKET}/in/", f"s3://{BUCKET}/out", split="None", strategy=None,
+             env={"BATCH_LOG": str(log), "GATE": str(gate)}, wait=False, MaxConcurrentTransforms=1)
+        _wait_log(log, (2, 8), 1, up)
+        started = sm.describe_transform_job(TransformJobName="resume")["TransformStartTime"]
+    finally:
+        assert up.stop() == 0  # SIGTERM: the job is interrupted, not failed
+    record = _job_record(home, "resume")
+    assert record["TransformJobStatus"] == "InProgress" and record["Instances"] == []
+
+    up = UpProcess(home)
+    try:
+        _wait_log(log, (2, 8), 2, up)  # resumed: b is asked again, a is not
+        pids = [item["pid"] for item in _job_record(home, "resume")["Instances"]]
+        assert pids
+    finally:
+        up.stop(signal.SIGKILL)  # a crash this time
+    gate.write_text("")
+
+    up = UpProcess(home)
+    try:
+        sm, s3 = up.client("sagemaker"), up.client("s3")
+        sm.get_waiter("transform_job_completed_or_stopped").wait(TransformJobName="resume", WaiterConfig=WAIT)
+        desc = sm.describe_transform_job(TransformJobName="resume")
+        assert desc["TransformJobStatus"] == "Completed", desc.get("FailureReason")
+        assert desc["TransformStartTime"] == started
+        assert _get(s3, "out/a.csv.out") == b"2\n"
+        assert _get(s3, "out/b.csv.out") == b"45\n5\n"
+        assert _get(s3, "out/c.csv.out") == b"3\n3\n3\n"
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="out/")["Contents"])
+        assert keys == ["out/a.csv.out", "out/b.csv.out", "out/c.csv.out"]
+        assert sorted(_log(log)) == [(1, 4), (2, 8), (2, 8), (2, 8), (3, 12)]  # a and c once each
+        for pid in pids:  # the crashed control plane's instance was stopped
+            with pytest.raises(ProcessLookupError):
+                os.killpg(pid, 0)
+    finally:
+        up.stop()

@@ -12,7 +12,10 @@ the request and stores it ``InProgress``; the runner (a thread of ``mainsail up`
    ``file://`` file or folder) record by record: ``SplitType`` Line splits on newlines, None sends the
    whole object; Gzip input is decompressed as it streams; ``BatchStrategy`` MultiRecord packs
    records into requests of at most ``MaxPayloadInMB`` (default 6), SingleRecord sends one each;
-   ``MaxConcurrentTransforms`` requests are in flight at once, spread over the instances;
+   ``MaxConcurrentTransforms`` (default 1) requests per instance are in flight at once, spread
+   round-robin over the instances and over as many input objects as there are such slots (each
+   object streamed, its answers written in order; a slot is held until its answer is written, so
+   memory stays bounded by the slots);
 3. applies ``DataProcessing`` (``InputFilter``, ``JoinSource`` Input, ``OutputFilter``: a JSONPath
    subset, see :func:`parse_path`) and writes ``<S3OutputPath>/<input name>.out`` streaming (a
    temp file committed to the own store, or an S3 multipart upload), in input order;
@@ -22,9 +25,11 @@ the request and stores it ``InProgress``; the runner (a thread of ``mainsail up`
 
 Progress (records and bytes) is kept in the record; ``DescribeTransformJob`` returns it under an
 extra ``MainsailProgress`` key that botocore does not parse (the ``mainsail transform`` command
-reads it over plain HTTP). A job found ``InProgress`` when ``mainsail up`` starts was interrupted:
-it is marked ``Failed`` ("interrupted by a restart of mainsail up") and its instances are stopped;
-it is not resumed (run it again under a new name).
+reads it over plain HTTP). A job interrupted by ``mainsail up`` stopping (or dying) stays
+``InProgress``, and the next ``mainsail up`` resumes it: the instances it recorded are stopped, new
+ones started, and only the inputs whose ``.out`` is not complete are transformed again. Outputs are
+written atomically (a temp file renamed or committed, a multipart upload completed), so an output
+that exists is complete; one written before the job first started (an earlier job's) is redone.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
@@ -68,8 +73,6 @@ DEFAULT_RETRIES = 3
 MB = 1024 * 1024
 CHUNK = 1 << 20
 PART_SIZE = 8 * MB
-RESTART_REASON = "Job interrupted by a restart of mainsail up; run it again under a new name."
-SHUTDOWN_REASON = "Job interrupted: mainsail up stopped while it ran; run it again under a new name."
 _INTERNAL = ("Tags", "Progress", "Instances", "LastModifiedTime")
 _S3_URI = re.compile(r"^(https|s3)://([^/]+)/?(.*)")
 _LOCAL_URI = re.compile(r"^(file://)?/.*")
@@ -651,6 +654,30 @@ class Storage:
             except Exception as exc:
                 raise JobFailure(f"The output bucket {bucket} is not usable: {exc}") from None
 
+    def output_done(self, uri: str, since: float) -> bool:
+        """Whether the output ``uri`` exists and was written at ``since`` or later (outputs are
+        written atomically, so one that exists is complete; the time tells this job's outputs from
+        an earlier job's under the same path). ``since`` should allow for S3's whole seconds."""
+        local = _local(uri)
+        if local is not None:
+            try:
+                return local.is_file() and local.stat().st_mtime >= since
+            except OSError:
+                return False
+        bucket, key = _s3_parts(uri)
+        if self._use_own():
+            from mainsail.control.s3store import S3Error
+
+            try:
+                return float(self.own.head(bucket, key).last_modified) >= since
+            except S3Error:
+                return False
+        try:
+            head = self.s3.head_object(Bucket=bucket, Key=key)
+        except Exception:
+            return False
+        return float(head["LastModified"].timestamp()) >= since
+
     def writer(self, uri: str, content_type: str | None) -> _Sink:
         local = _local(uri)
         if local is not None:
@@ -857,7 +884,11 @@ class _Job:
         self.name: str = record["TransformJobName"]
         self.record = record
         self.cancel = threading.Event()
+        """StopTransformJob, or mainsail up stopping (then ``shutdown`` is true)."""
+        self.halt = threading.Event()
+        """Another input file failed: the others stop too."""
         self.shutdown = False
+        self.resumed = "TransformStartTime" in record  # an earlier mainsail up started it
         self.instances: list[Instance] = []
         self.progress: dict[str, int] = dict(record.get("Progress") or {})
         self._last_flush = 0.0
@@ -897,18 +928,18 @@ class _Job:
         self._write(keep)
 
     def _check(self) -> None:
-        if self.cancel.is_set():
+        if self.cancel.is_set() or self.halt.is_set():
             raise _Cancelled()
 
     # the run
     def run(self) -> None:
         status, reason = COMPLETED, None
         try:
-            self._write(lambda r: r.__setitem__("TransformStartTime", time.time()))
+            if not self.resumed:
+                self._write(lambda r: r.__setitem__("TransformStartTime", time.time()))
             self._execute()
         except _Cancelled:
-            status = FAILED if self.shutdown else STOPPED
-            reason = SHUTDOWN_REASON if self.shutdown else None
+            status = IN_PROGRESS if self.shutdown else STOPPED  # a shutdown: resumed by the next start
         except (JobFailure, ModelSourceError) as exc:
             status, reason = FAILED, str(exc)
         except Exception as exc:  # a bug: the job fails, mainsail up goes on
@@ -923,18 +954,24 @@ class _Job:
             final = status
             if current["TransformJobStatus"] == STOPPING and not self.shutdown:
                 final = STOPPED
-            current["TransformJobStatus"] = final
-            current["TransformEndTime"] = time.time()
             current["Progress"] = snapshot
             current["Instances"] = []
+            if final == IN_PROGRESS:  # mainsail up stops: the job stays InProgress, to be resumed
+                return
+            current["TransformJobStatus"] = final
+            current["TransformEndTime"] = time.time()
             if final == FAILED and reason:
                 current["FailureReason"] = reason[:1024]
 
         self._write(finish)
-        logger.info("transform job %s: %s%s", self.name, status, f" ({reason})" if reason else "")
+        if status == IN_PROGRESS:
+            logger.info("transform job %s interrupted by shutdown; the next mainsail up resumes it", self.name)
+        else:
+            logger.info("transform job %s: %s%s", self.name, status, f" ({reason})" if reason else "")
 
     def _stop_instances(self) -> None:
-        for instance in self.instances:
+        instances, self.instances = self.instances, []
+        for instance in instances:
             try:
                 self.runner.backend.stop(instance)
             except Exception:
@@ -966,8 +1003,13 @@ class _Job:
 
     @property
     def concurrency(self) -> int:
-        given = int(self.record.get("MaxConcurrentTransforms") or 0)
-        return given or int(self.record["TransformResources"]["InstanceCount"])
+        """Requests in flight per instance: ``MaxConcurrentTransforms``, default 1."""
+        return int(self.record.get("MaxConcurrentTransforms") or 0) or 1
+
+    @property
+    def slots(self) -> int:
+        """Requests in flight at once, over all instances and input files."""
+        return self.concurrency * int(self.record["TransformResources"]["InstanceCount"])
 
     @property
     def timeout(self) -> float:
@@ -1015,21 +1057,61 @@ class _Job:
         tin, tout = self.record["TransformInput"], self.record["TransformOutput"]
         objects = storage.inputs(tin["DataSource"]["S3DataSource"])
         storage.check_output(str(tout["S3OutputPath"]))
+        done: list[InputObject] = []
+        if self.resumed:
+            # S3 keeps whole seconds: an output of this job is at most 1 s older than its start
+            since = float(self.record["TransformStartTime"]) - 1.0
+            done = [o for o in objects if storage.output_done(self._output_uri(o), since)]
+            logger.info("resuming transform job %s: %d of %d outputs are complete", self.name,
+                        len(done), len(objects))
+        skip = set(done)
+        todo = [o for o in objects if o not in skip]
         with self._lock:
-            self.progress.update(Objects=len(objects), InputBytes=sum(o.size for o in objects))
+            self.progress.update(Objects=len(objects), InputBytes=sum(o.size for o in objects),
+                                 ObjectsDone=len(done), BytesRead=sum(o.size for o in done))
         self.flush()
+        if not todo:
+            return
         self._start_instances()
         http = _Connections(self.timeout)
+        slots = threading.Semaphore(self.slots)
+        picker = itertools.count()
         try:
-            with ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"transform-{self.name}") as pool:
-                picker = itertools.count()
-                for obj in objects:
-                    self._check()
-                    self._transform_object(obj, http, pool, picker)
-                    self._add(ObjectsDone=1)
+            # up to `slots` requests in flight, over as many input files at once (each file
+            # streamed and written in order, as alone); slots are held until an answer is written
+            with ThreadPoolExecutor(self.slots, thread_name_prefix=f"transform-{self.name}") as pool, \
+                    ThreadPoolExecutor(min(self.slots, len(todo)),
+                                       thread_name_prefix=f"transform-{self.name}-file") as files:
+                futures = [files.submit(self._transform_file, obj, http, pool, slots, picker) for obj in todo]
+                while True:
+                    finished, running = wait(futures, timeout=0.2, return_when=FIRST_EXCEPTION)
+                    errors = [error for f in finished if (error := f.exception()) is not None]
+                    if errors or not running:
+                        break
+                    if self.cancel.is_set() and self.instances:
+                        # requests in flight end with their instances (not after their timeout)
+                        self._stop_instances()
+                if errors:
+                    self.halt.set()
+                    self._stop_instances()  # no request in flight is waited for
+                    for future in futures:
+                        future.cancel()
+                    wait(futures)
+                    if self.cancel.is_set():  # a stop: whatever the files raised on the way out
+                        raise _Cancelled()
+                    raise next((e for e in errors if not isinstance(e, _Cancelled)), errors[0])
         finally:
             http.close()
         self.flush()
+
+    def _output_uri(self, obj: InputObject) -> str:
+        return str(self.record["TransformOutput"]["S3OutputPath"]).rstrip("/") + "/" + obj.relative + ".out"
+
+    def _transform_file(self, obj: InputObject, http: _Connections, pool: ThreadPoolExecutor,
+                        slots: threading.Semaphore, picker: Iterator[int]) -> None:
+        self._check()
+        self._transform_object(obj, http, pool, slots, picker)
+        self._add(ObjectsDone=1)
 
     def _batches(self, obj: InputObject, stream: Any) -> Iterator[Batch]:
         tin = self.record["TransformInput"]
@@ -1109,8 +1191,7 @@ class _Job:
             headers["Accept"] = tout["Accept"]
         problem = ""
         for attempt in range(self.retries + 1):
-            if self.cancel.is_set():
-                raise _Cancelled()
+            self._check()
             try:
                 status, body = http.post(instance.port, payload, headers)
             except Exception as exc:
@@ -1122,10 +1203,11 @@ class _Job:
                            f"{body[:300].decode('utf-8', 'replace')}")
             if attempt < self.retries:
                 self.cancel.wait(min(0.1 * 2 ** attempt, 2.0))
+        self._check()  # a request cut short by a stop is no failure of the job
         raise JobFailure(problem)
 
     def _transform_object(self, obj: InputObject, http: _Connections, pool: ThreadPoolExecutor,
-                          picker: Iterator[int]) -> None:
+                          slots: threading.Semaphore, picker: Iterator[int]) -> None:
         tin, tout = self.record["TransformInput"], self.record["TransformOutput"]
         processing = self.record.get("DataProcessing") or {}
         content_type = tin.get("ContentType")
@@ -1135,8 +1217,7 @@ class _Job:
         line_split = tin.get("SplitType", "None") == "Line"
         per_record = join or bool(out_filter)
         assemble_line = tout.get("AssembleWith") == "Line"
-        out_uri = str(tout["S3OutputPath"]).rstrip("/") + "/" + obj.relative + ".out"
-        sink = self.runner.storage.writer(out_uri, tout.get("Accept"))
+        sink = self.runner.storage.writer(self._output_uri(obj), tout.get("Accept"))
 
         def payload_of(batch: Batch) -> bytes:
             if batch.payload is not None:
@@ -1167,7 +1248,10 @@ class _Job:
             return sep.join(pieces) + sep
 
         def call(batch: Batch, payload: bytes) -> bytes:
-            instance = self.instances[next(picker) % len(self.instances)]
+            instances = self.instances
+            if not instances:  # stopped: the job is cancelled
+                raise _Cancelled()
+            instance = instances[next(picker) % len(instances)]
             try:
                 return self._invoke(http, instance, payload)
             except JobFailure as exc:
@@ -1176,10 +1260,30 @@ class _Job:
         pending: collections.deque[tuple[Batch, Future[bytes]]] = collections.deque()
 
         def drain_one() -> None:
-            batch, future = pending.popleft()
+            batch, future = pending[0]
             body = future.result()
+            pending.popleft()
+            slots.release()
             sink.write(assemble(batch, body))
             self._add(Records=batch.n_records, Requests=1)
+
+        def take_slot() -> None:
+            """A request slot: while none is free, write this file's oldest answer (which frees
+            its slot) or, with nothing pending, wait for another file's."""
+            while not slots.acquire(blocking=False):
+                if pending:
+                    drain_one()
+                else:
+                    self._check()
+                    if slots.acquire(timeout=0.1):
+                        return
+
+        def abandon() -> None:
+            for _, future in pending:
+                future.cancel()
+                slots.release()
+            pending.clear()
+            sink.abort()
 
         raw = self.runner.storage.open_raw(obj)
         stream: Any = io.BufferedReader(_Counting(raw, lambda n: self._add(BytesRead=n)), CHUNK)
@@ -1188,20 +1292,23 @@ class _Job:
                 stream = gzip.GzipFile(fileobj=stream, mode="rb")
             for batch in self._batches(obj, stream):
                 self._check()
-                pending.append((batch, pool.submit(call, batch, payload_of(batch))))
-                while len(pending) > self.concurrency:
-                    drain_one()
+                payload = payload_of(batch)
+                take_slot()
+                try:
+                    pending.append((batch, pool.submit(call, batch, payload)))
+                except BaseException:
+                    slots.release()
+                    raise
+                del payload
             while pending:
                 drain_one()
             self._check()
             sink.commit()
         except (gzip.BadGzipFile, EOFError, OSError) as exc:
-            sink.abort()
+            abandon()
             raise JobFailure(f"Could not read {obj.uri}: {exc}") from None
         except BaseException:
-            for _, future in pending:
-                future.cancel()
-            sink.abort()
+            abandon()
             raise
         finally:
             stream.close()
@@ -1210,9 +1317,10 @@ class _Job:
 class TransformRunner:
     """Runs the InProgress transform jobs of ``store`` on instances of ``backend``, each in a thread.
 
-    ``start()`` first settles jobs an earlier ``mainsail up`` left running (Failed, or Stopped when
-    they were Stopping; their instances stopped), then polls the store every ``interval`` seconds.
-    ``stop()`` interrupts running jobs (Failed, instances stopped) and joins them.
+    ``start()`` first settles jobs an earlier ``mainsail up`` left running (their instances
+    stopped; Stopping ones Stopped, InProgress ones resumed by the next poll), then polls the store
+    every ``interval`` seconds. ``stop()`` interrupts running jobs (instances stopped, partial
+    outputs discarded, left InProgress for the next start to resume) and joins them.
     """
 
     def __init__(self, store: StateStore, backend: Backend, home: Path, *, interval: float = 0.2,
@@ -1246,7 +1354,9 @@ class TransformRunner:
         self._jobs.clear()
 
     def recover(self) -> None:
-        """Settle jobs left InProgress/Stopping by a control plane that is gone."""
+        """Settle jobs an earlier control plane left running: their instances are stopped;
+        ``Stopping`` ones become ``Stopped``, ``InProgress`` ones stay so, and the first poll
+        resumes them (redoing only the inputs whose output is not complete)."""
         for record in self.store.list(TRANSFORM_JOB):
             if record["TransformJobStatus"] not in (IN_PROGRESS, STOPPING):
                 continue
@@ -1260,15 +1370,15 @@ class TransformRunner:
             def settle(current: Record) -> Record:
                 if current["TransformJobStatus"] == STOPPING:
                     current["TransformJobStatus"] = STOPPED
-                elif current["TransformJobStatus"] == IN_PROGRESS:
-                    current["TransformJobStatus"] = FAILED
-                    current["FailureReason"] = RESTART_REASON
-                current["TransformEndTime"] = current["LastModifiedTime"] = time.time()
+                    current["TransformEndTime"] = time.time()
+                current["LastModifiedTime"] = time.time()
                 current["Instances"] = []
                 return current
 
             self.store.update(TRANSFORM_JOB, record["TransformJobName"], settle)
-            logger.warning("transform job %s was interrupted by a restart", record["TransformJobName"])
+            if record["TransformJobStatus"] == IN_PROGRESS:
+                logger.warning("transform job %s was interrupted by a restart; resuming it",
+                               record["TransformJobName"])
 
     def _run(self) -> None:
         while not self._stop.is_set():
