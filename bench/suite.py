@@ -6,7 +6,9 @@ settings and with batching off, Flask + gunicorn, FastAPI + uvicorn, MLServer wi
 adaptive batching), drives every cell with the closed-loop load generator (``bench.loadgen``), reads
 the server's memory (PSS of its process group) after its cells, and stops it before the next one.
 Loopback only, one server at a time, bounded: about ``cells * (warmup_s + duration_s + 0.7)`` plus
-start-ups. ``bench.suite_report`` renders the tables, the checks and one chart per model.
+start-ups, slow cells (PyTorch, 64 records, high concurrency) getting longer windows up to
+``WINDOW_CAP_S`` (about 12 minutes in all by default). ``bench.suite_report`` renders the tables,
+the checks and one chart per model.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from bench.loadgen import LoadResult
 from bench.memory import group_memory_mib
 from bench.serve import run_loadgen
 from bench.suite_models import BUILDERS, JSON, MODELS, SuiteModel, floor_calls
-from bench.suite_systems import FLOOR, SYSTEMS, System, invocation_path, mlserver_venv, serve
+from bench.suite_systems import FLOOR, SYSTEMS, WORKERS, System, invocation_path, mlserver_venv, serve
 
 CONCURRENCIES = (1, 16, 64)
 RECORDS = (1, 64)
 QUICK_CONCURRENCIES = (1, 16)
+WINDOW_CAP_S = (15.0, 3.0)
+"""Longest measured window of a slow cell (full run, quick run); see ``cell_window``."""
 
 
 @dataclass
@@ -41,6 +45,8 @@ class Cell:
     records: int
     concurrency: int
     result: LoadResult | FloorResult
+    window_s: float = 0.0
+    """Seconds measured (the suite's duration, longer for slow cells; see ``cell_window``)."""
 
     @property
     def rps(self) -> float:
@@ -159,7 +165,19 @@ def _measure_floor(bench: SuiteBenchmark, model: SuiteModel, log: Callable[[str]
         for records in bench.records:
             log(f"{model.key}: in-process floor, {records} record(s): {bench.duration_s:g} s")
             result = time_calls(calls[records], duration_s=bench.duration_s, warmup_s=min(bench.warmup_s, 1.0))
-            bench.cells.append(Cell(model.key, FLOOR, records, 1, result))
+            bench.cells.append(Cell(model.key, FLOOR, records, 1, result, bench.duration_s))
+
+
+def cell_window(bench: SuiteBenchmark, floor: Cell | None, concurrency: int) -> tuple[float, float]:
+    """(warm-up, window) for a cell: longer when its requests are slow next to the window.
+
+    Only requests that start and end inside the window count, so a window only a few latencies long
+    undercounts. The latency is guessed from the floor (``concurrency`` requests shared by the
+    workers) and the window made six of them long (warm-up one and a half), up to ``WINDOW_CAP_S``.
+    """
+    guess = floor.result.p50_ms / 1000 * concurrency / WORKERS if floor is not None else 0.0
+    cap = WINDOW_CAP_S[bench.quick]
+    return (min(max(bench.warmup_s, 1.5 * guess), cap / 3), min(max(bench.duration_s, 6 * guess), cap))
 
 
 def _measure_system(bench: SuiteBenchmark, model: SuiteModel, system: System, tmp: Path, venv: Path | None,
@@ -173,15 +191,16 @@ def _measure_system(bench: SuiteBenchmark, model: SuiteModel, system: System, tm
             body_file = tmp / f"body-{system.key}-{records}"
             body_file.write_bytes(body)
             for concurrency in bench.concurrencies:
+                warmup_s, window_s = cell_window(bench, bench.cell(model.key, FLOOR, records, 1), concurrency)
                 log(f"{model.key}: {system.label}, {records} record(s), concurrency {concurrency}: "
-                    f"{bench.warmup_s:g} s warm-up + {bench.duration_s:g} s")
-                result = run_loadgen(url, body_file, concurrency=concurrency, duration_s=bench.duration_s,
-                                     warmup_s=bench.warmup_s, content_type=JSON if system.v2 else model.content_type)
+                    f"{warmup_s:.3g} s warm-up + {window_s:.3g} s")
+                result = run_loadgen(url, body_file, concurrency=concurrency, duration_s=window_s,
+                                     warmup_s=warmup_s, content_type=JSON if system.v2 else model.content_type)
                 if result.errors:
                     log(f"  {result.errors} errors, e.g. {result.error_samples[:2]}; server log:\n"
                         f"{server.log_tail(1500)}")
                 bench.replies.setdefault((model.key, system.key), result.sample_response)
-                bench.cells.append(Cell(model.key, system.key, records, concurrency, result))
+                bench.cells.append(Cell(model.key, system.key, records, concurrency, result, window_s))
         pss, rss, processes = group_memory_mib(server)
         bench.memory[(model.key, system.key)] = Memory(pss, rss, processes)
         log(f"  PSS {pss:.0f} MiB, RSS {rss:.0f} MiB over {processes} processes")

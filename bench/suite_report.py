@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from bench.report import Check, checks_table, machine_summary, versions
-from bench.suite import SuiteBenchmark
+from bench.suite import WINDOW_CAP_S, SuiteBenchmark
 from bench.suite_systems import FLOOR, FLOOR_LABEL, MLSERVER_BATCH, SYSTEMS, WORKERS
 
 VERSIONS = ("mainsail", "xgboost", "scikit-learn", "torch", "numpy", "starlette", "uvicorn", "uvloop", "httptools",
@@ -77,8 +77,8 @@ def suite_checks(bench: SuiteBenchmark) -> list[Check]:
 
 
 def results_table(bench: SuiteBenchmark, model: str) -> str:
-    rows = ["| system | records / request | concurrency | p50 ms | p99 ms | req/s | records/s | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| system | records / request | concurrency | p50 ms | p99 ms | req/s | records/s | errors | window s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for system in [FLOOR, *bench.systems]:
         for records in bench.records:
             for concurrency in bench.concurrencies if system != FLOOR else [1]:
@@ -88,7 +88,7 @@ def results_table(bench: SuiteBenchmark, model: str) -> str:
                 where = "1 (one thread)" if system == FLOOR else str(concurrency)
                 rows.append(f"| {label(system)} | {records} | {where} | {cell.result.p50_ms:.3f} | "
                             f"{cell.result.p99_ms:.3f} | {cell.rps:,.0f} | {cell.rps * records:,.0f} | "
-                            f"{cell.errors} |")
+                            f"{cell.errors} | {cell.window_s:.3g} |")
     return "\n".join(rows)
 
 
@@ -106,6 +106,15 @@ def skipped_text(bench: SuiteBenchmark, model: str) -> str:
     lines = [f"* **{label(system)} not measured**: {why}." for (m, system), why in bench.skipped.items()
              if m == model]
     return "\n".join(lines)
+
+
+def replies_text(bench: SuiteBenchmark, model: str) -> str:
+    """The first measured answer of each system (cut at 160 characters), to show they agree."""
+    lines = [f"{label(system):<30} {reply[:160]}" for (m, system), reply in bench.replies.items() if m == model]
+    if not lines:
+        return ""
+    body = "\n".join(lines)
+    return f"<details><summary>First answer of each system</summary>\n\n```\n{body}\n```\n\n</details>\n"
 
 
 def write_chart(bench: SuiteBenchmark, model: str, path: Path) -> Path:
@@ -169,7 +178,8 @@ def render_suite_section(bench: SuiteBenchmark, charts: dict[str, Path], out: Pa
 Server memory after its cells (PSS and RSS summed over the server's process group):
 
 {memory_table(bench, model)}
-{image}""")
+{image}
+{replies_text(bench, model)}""")
     models_text = "\n".join(per_model)
     batch = ", ".join(f"`{k}` {v:g}" for k, v in MLSERVER_BATCH.items())
     return f"""
@@ -180,8 +190,10 @@ Run on {bench.started:%Y-%m-%d %H:%M} UTC with `{bench.command}` ({bench.wall_s:
 * **Machine**: {machine_summary()}.
 * **Versions**: {versions(VERSIONS)}; MLServer from its own virtualenv (`scripts/peer-venv`): {mlserver_pins()}.
 
-One measurement per cell: {bench.warmup_s:g} s of discarded warm-up, then {bench.duration_s:g} s measured.
-Latencies in milliseconds; "records/s" is req/s times the records in each request.
+One measurement per cell: {bench.warmup_s:g} s of discarded warm-up, then {bench.duration_s:g} s measured ("window
+s"); only requests that start and end inside the window count, so a cell whose requests are slow (guessed from
+the floor: concurrency × floor p50 ÷ {WORKERS} workers) gets a window six such latencies long, up to
+{WINDOW_CAP_S[bench.quick]:g} s. Latencies in milliseconds; "records/s" is req/s times the records in each request.
 
 ### Target checks
 
