@@ -10,15 +10,16 @@ so weights, cold starts and metrics apply) and writes the answer; a request stil
 (default 4) requests per instance run at once; a request older than its ``RequestTTLSeconds`` fails
 with "expired"; one that takes longer than ``InvocationTimeoutSeconds`` fails with a timeout.
 
-Payloads (up to 1 GB, :data:`MAX_ASYNC_PAYLOAD`) are streamed, never held here: the input is read in
-:data:`CHUNK` pieces from its location (a file of the own store or a local file, sent with its
-``Content-Length``; real S3's ``get_object`` body, sent chunked) and written to the instance as it is
-read (:func:`mainsail.control.forward.stream`, a connection of its own, not the router's buffered
-hop); the instance's answer is written to the output location as it arrives (a temp file renamed
-into place, or a multipart upload), visible only once complete. The instance itself holds the whole
-body, as the model needs it: an async endpoint's instances run with ``SAGEMAKER_MAX_PAYLOAD_IN_MB``
-at 1024 (set by the reconciler) where real-time ones keep 6 MB. The request is routed as the router
-routes ``InvokeEndpoint`` (weights, cold starts, idle tracking, in-flight counts, metrics).
+Payloads (up to 1 GB, :data:`MAX_ASYNC_PAYLOAD`) are streamed, never held here
+(:mod:`mainsail.control.async_payloads`): the input is read 1 MiB at a time from its location (a file
+of the own store or a local file, sent with its ``Content-Length``; real S3's ``get_object`` body,
+sent chunked) and written to the instance as it is read (:func:`mainsail.control.forward.stream`, a
+connection of its own, not the router's buffered hop); the instance's answer is written to the
+output location as it arrives (a temp file renamed into place, or a multipart upload), visible only
+once complete. The instance itself holds the whole body, as the model needs it: an async endpoint's
+instances run with ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` at 1024 (set by the reconciler) where real-time
+ones keep 6 MB. The request is routed as the router routes ``InvokeEndpoint`` (weights, cold
+starts, idle tracking, in-flight counts, metrics).
 """
 
 from __future__ import annotations
@@ -26,14 +27,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import stat
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -41,6 +39,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mainsail.control import resources as res
+from mainsail.control.async_payloads import MAX_ASYNC_PAYLOAD, InputError, PayloadInput, PayloadOutput
 from mainsail.control.endpoints import ENDPOINT, IN_SERVICE, UPDATING
 from mainsail.control.forward import ForwardError, Upstream, stream
 from mainsail.control.router import Router, Variant, model_error, runtime_error
@@ -49,15 +48,11 @@ from mainsail.control.store import Record, StateStore
 logger = logging.getLogger(__name__)
 
 ASYNC_REQUEST = "async-request"
-#: The largest async payload read from its input location (SageMaker: 1 GB).
-MAX_ASYNC_PAYLOAD = 1024**3
 #: ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` of an async endpoint's instances (its reconciler sets it)
 ASYNC_INSTANCE_MAX_PAYLOAD_MB = MAX_ASYNC_PAYLOAD // (1024 * 1024)
-CHUNK = 1 << 20  # bytes read from the input, and written to the output, at a time
 _ERROR_BODY = 64 * 1024  # bytes of an instance's error answer kept for the failure
 DEFAULT_TTL, DEFAULT_TIMEOUT, DEFAULT_CONCURRENCY = 6 * 3600, 900, 4
 _THROTTLED: Final = "\0throttled"  # what _invoke returns for a request to keep queued
-_T = TypeVar("_T")
 _HEADER = "x-amzn-sagemaker-"
 
 
@@ -218,13 +213,13 @@ class AsyncInference:
                                f"longer than its RequestTTLSeconds ({item['RequestTTLSeconds']}).")
             return
         timeout = float(item["InvocationTimeoutSeconds"])
-        source = _Input(self.storage, str(item["InputLocation"]))
+        source = PayloadInput(self.storage, str(item["InputLocation"]))
         try:
             try:
                 await source.open()
                 async with asyncio.timeout(timeout):
                     failure = await self._invoke(item, source, timeout)
-            except _InputError as exc:
+            except InputError as exc:
                 failure = f"Could not read the input {item['InputLocation']}: {exc}"
             except TimeoutError:
                 failure = f"The invocation did not finish within {timeout:g} s."
@@ -237,7 +232,7 @@ class AsyncInference:
             return
         await self._finish(key, item, failure)
 
-    async def _invoke(self, item: Record, source: _Input, timeout: float) -> str | None:
+    async def _invoke(self, item: Record, source: PayloadInput, timeout: float) -> str | None:
         """Route the request as the router routes ``InvokeEndpoint`` (weights, cold starts, idle
         tracking, in-flight counts, metrics), then stream it: ``None`` once the result is written,
         else why it failed (or ``_THROTTLED``)."""
@@ -273,7 +268,7 @@ class AsyncInference:
             router._variant_in_flight[key] -= 1
             router._last_used[key] = time.monotonic()
 
-    async def _exchange(self, item: Record, source: _Input, variant: Variant, port: int,
+    async def _exchange(self, item: Record, source: PayloadInput, variant: Variant, port: int,
                         timeout: float) -> str | None:
         """Stream the input to the instance on ``port`` (or its replacement when it is gone) and
         its answer to the output location."""
@@ -312,7 +307,7 @@ class AsyncInference:
             (router.metrics.errors_4xx if status < 500 else router.metrics.errors_5xx).labels(*labels).inc()
         return failure
 
-    async def _stream(self, item: Record, source: _Input, port: int, timeout: float,
+    async def _stream(self, item: Record, source: PayloadInput, port: int, timeout: float,
                       log_arn: str) -> tuple[int, str | None]:
         """One exchange with an instance: its status, and why it failed (``None``: written)."""
         headers = [(k, v) for k, v in (("content-type", item.get("ContentType")), ("accept", item.get("Accept")),
@@ -325,7 +320,7 @@ class AsyncInference:
                 text = await upstream.read(_ERROR_BODY)
                 return upstream.status, _message(bytes(model_error(
                     Upstream(upstream.status, upstream.headers, text), log_arn).body))
-            output = _Output(self.storage, str(item["OutputLocation"]), upstream.headers.get("content-type"))
+            output = PayloadOutput(self.storage, str(item["OutputLocation"]), upstream.headers.get("content-type"))
             try:
                 await output.open()
                 async for piece in upstream.body():
@@ -374,125 +369,3 @@ def _message(body: bytes) -> str:
         return str(json.loads(body)["message"])
     except (ValueError, KeyError, TypeError):
         return body.decode("utf-8", "replace")
-
-
-class _InputError(Exception):
-    """The input location could not be read (or is over :data:`MAX_ASYNC_PAYLOAD`)."""
-
-
-class _Blocking:
-    """Blocking calls on one file, made one at a time in a worker thread. A cancelled await leaves
-    its call running; :meth:`settle` waits for it, so that closing a file never races a read or write."""
-
-    def __init__(self) -> None:
-        self._last: asyncio.Future[Any] | None = None
-
-    async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
-        future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        self._last = future
-        result: _T = await asyncio.shield(future)
-        return result
-
-    async def settle(self) -> None:
-        last = self._last
-        if last is not None:
-            if not last.done():
-                await asyncio.wait([last])
-            if not last.cancelled():
-                last.exception()  # retrieved: its failure was (or will be) reported another way
-
-
-class _Input(_Blocking):
-    """The input object, read in :data:`CHUNK` pieces from its location: mainsail's own store, real
-    S3 (get_object's streaming body) or a file, never whole."""
-
-    def __init__(self, storage: Any, location: str) -> None:
-        super().__init__()
-        self.storage = storage
-        self.location = location
-        self.size: int | None = None
-        """Its size when the reader knows it (a file of the own store, a local file); ``None``: sent chunked."""
-        self._fh: Any = None
-
-    def _open(self) -> Any:
-        from mainsail.control.transform import InputObject, _local, _s3_parts
-
-        local = _local(self.location)
-        if local is not None:
-            obj = InputObject(self.location, local.name, 0, path=str(local))
-        else:
-            bucket, key = _s3_parts(self.location)
-            obj = InputObject(self.location, key, 0, bucket=bucket, key=key)
-        try:
-            return self.storage.open_raw(obj)
-        except Exception as exc:
-            raise _InputError(str(exc)) from exc
-
-    async def open(self) -> None:
-        self._fh = await self.call(self._open)
-        try:
-            st = os.fstat(self._fh.fileno())
-            self.size = st.st_size if stat.S_ISREG(st.st_mode) else None
-        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
-            self.size = None
-        if self.size is not None and self.size > MAX_ASYNC_PAYLOAD:
-            raise _InputError(f"the input is larger than {MAX_ASYNC_PAYLOAD} bytes ({self.size})")
-
-    def _read(self) -> bytes:
-        try:
-            data: bytes = self._fh.read(CHUNK)
-        except Exception as exc:
-            raise _InputError(str(exc)) from exc
-        return data
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        total = 0
-        while data := await self.call(self._read):
-            total += len(data)
-            if total > MAX_ASYNC_PAYLOAD:
-                raise _InputError(f"the input is larger than {MAX_ASYNC_PAYLOAD} bytes")
-            yield data
-
-    async def close(self) -> None:
-        await self.settle()
-        if self._fh is not None:
-            fh, self._fh = self._fh, None
-            await self.call(fh.close)
-
-
-class _Output(_Blocking):
-    """The result written to its location as it arrives, in pieces of about :data:`CHUNK`: a temp
-    file renamed into place (own store, file://) or a multipart upload (real S3), see
-    :meth:`mainsail.control.transform.Storage.writer`. Nothing is visible there before :meth:`commit`."""
-
-    def __init__(self, storage: Any, location: str, content_type: str | None) -> None:
-        super().__init__()
-        self.storage = storage
-        self.location = location
-        self.content_type = content_type or None
-        self._sink: Any = None
-        self._buffer = bytearray()
-
-    async def open(self) -> None:
-        self._sink = await self.call(self.storage.writer, self.location, self.content_type)
-
-    async def write(self, piece: bytes) -> None:
-        self._buffer += piece
-        if len(self._buffer) >= CHUNK:
-            data, self._buffer = bytes(self._buffer), bytearray()
-            await self.call(self._sink.write, data)
-
-    async def commit(self) -> None:
-        if self._buffer:
-            data, self._buffer = bytes(self._buffer), bytearray()
-            await self.call(self._sink.write, data)
-        await self.call(self._sink.commit)
-
-    async def abort(self) -> None:
-        await self.settle()
-        self._buffer = bytearray()
-        if self._sink is not None:
-            try:
-                await self.call(self._sink.abort)
-            except Exception:
-                logger.warning("could not remove the partial result at %s", self.location, exc_info=True)
