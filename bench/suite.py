@@ -14,6 +14,8 @@ the checks and one chart per model.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import shutil
 import tempfile
 import time
@@ -25,6 +27,8 @@ from pathlib import Path
 from bench.floor import FloorResult, time_calls
 from bench.loadgen import LoadResult
 from bench.memory import group_memory_mib
+from bench.procs import Server
+from bench.pytorch import _noise, _torch_threads
 from bench.serve import run_loadgen
 from bench.suite_models import BUILDERS, JSON, MODELS, SuiteModel, floor_calls
 from bench.suite_systems import FLOOR, SYSTEMS, WORKERS, System, invocation_path, mlserver_venv, serve
@@ -47,6 +51,8 @@ class Cell:
     result: LoadResult | FloorResult
     window_s: float = 0.0
     """Seconds measured (the suite's duration, longer for slow cells; see ``cell_window``)."""
+    other_cores: float = 0.0
+    """CPU used on the machine by anything but the benchmark's own processes, in cores (noise)."""
 
     @property
     def rps(self) -> float:
@@ -157,15 +163,36 @@ def _skip_reason(system: System, model: SuiteModel, venv: Path | None, why: str)
 
 
 def _measure_floor(bench: SuiteBenchmark, model: SuiteModel, log: Callable[[str], None]) -> None:
-    from bench.pytorch import _torch_threads
-
     threads = _torch_threads(1) if model.key == "pytorch" else contextlib.nullcontext()
     with threads:
         calls = floor_calls(model)
         for records in bench.records:
             log(f"{model.key}: in-process floor, {records} record(s): {bench.duration_s:g} s")
-            result = time_calls(calls[records], duration_s=bench.duration_s, warmup_s=min(bench.warmup_s, 1.0))
-            bench.cells.append(Cell(model.key, FLOOR, records, 1, result, bench.duration_s))
+            other: list[float] = []
+            with _noise({}, other):
+                result = time_calls(calls[records], duration_s=bench.duration_s, warmup_s=min(bench.warmup_s, 1.0))
+            bench.cells.append(Cell(model.key, FLOOR, records, 1, result, bench.duration_s, other[0]))
+
+
+def _body(model: SuiteModel, system: System, records: int) -> tuple[bytes, str]:
+    """The request ``system`` gets for ``records`` records, and its content type."""
+    if system.v2 and model.mlserver is not None:
+        return model.mlserver.bodies[records], JSON
+    return model.bodies[records], model.content_type
+
+
+def _answer(server: Server, path: str, body: bytes, content_type: str) -> str:
+    """One request's answer (the probabilities of a V2 answer), to show that the systems agree."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": content_type, "Accept": JSON})
+        response = conn.getresponse()
+        text = response.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+    if response.status == 200 and path.startswith("/v2/"):
+        return "V2 outputs: " + json.dumps([o.get("data") for o in json.loads(text).get("outputs", [])])
+    return text if response.status == 200 else f"HTTP {response.status}: {text}"
 
 
 def cell_window(bench: SuiteBenchmark, floor: Cell | None, concurrency: int) -> tuple[float, float]:
@@ -187,20 +214,23 @@ def _measure_system(bench: SuiteBenchmark, model: SuiteModel, system: System, tm
         bench.ready_s[(model.key, system.key)] = server.ready_s
         url = server.url + invocation_path(system, model)
         for records in bench.records:
-            body = model.mlserver.bodies[records] if system.v2 and model.mlserver else model.bodies[records]
+            body, content_type = _body(model, system, records)
             body_file = tmp / f"body-{system.key}-{records}"
             body_file.write_bytes(body)
             for concurrency in bench.concurrencies:
                 warmup_s, window_s = cell_window(bench, bench.cell(model.key, FLOOR, records, 1), concurrency)
                 log(f"{model.key}: {system.label}, {records} record(s), concurrency {concurrency}: "
                     f"{warmup_s:.3g} s warm-up + {window_s:.3g} s")
-                result = run_loadgen(url, body_file, concurrency=concurrency, duration_s=window_s,
-                                     warmup_s=warmup_s, content_type=JSON if system.v2 else model.content_type)
+                other: list[float] = []
+                with _noise({system.key: server}, other):
+                    result = run_loadgen(url, body_file, concurrency=concurrency, duration_s=window_s,
+                                         warmup_s=warmup_s, content_type=content_type)
                 if result.errors:
                     log(f"  {result.errors} errors, e.g. {result.error_samples[:2]}; server log:\n"
                         f"{server.log_tail(1500)}")
-                bench.replies.setdefault((model.key, system.key), result.sample_response)
-                bench.cells.append(Cell(model.key, system.key, records, concurrency, result, window_s))
+                bench.cells.append(Cell(model.key, system.key, records, concurrency, result, window_s, other[0]))
+        bench.replies[(model.key, system.key)] = _answer(server, invocation_path(system, model),
+                                                         *_body(model, system, min(bench.records)))
         pss, rss, processes = group_memory_mib(server)
         bench.memory[(model.key, system.key)] = Memory(pss, rss, processes)
         log(f"  PSS {pss:.0f} MiB, RSS {rss:.0f} MiB over {processes} processes")

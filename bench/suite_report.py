@@ -76,9 +76,13 @@ def suite_checks(bench: SuiteBenchmark) -> list[Check]:
     return checks
 
 
+def ms(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:,.1f}"
+
+
 def results_table(bench: SuiteBenchmark, model: str) -> str:
-    rows = ["| system | records / request | concurrency | p50 ms | p99 ms | req/s | records/s | errors | window s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| system | records / request | concurrency | p50 ms | p99 ms | req/s | records/s | errors | window s | "
+            "other load, cores |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for system in [FLOOR, *bench.systems]:
         for records in bench.records:
             for concurrency in bench.concurrencies if system != FLOOR else [1]:
@@ -86,9 +90,9 @@ def results_table(bench: SuiteBenchmark, model: str) -> str:
                 if cell is None:
                     continue
                 where = "1 (one thread)" if system == FLOOR else str(concurrency)
-                rows.append(f"| {label(system)} | {records} | {where} | {cell.result.p50_ms:.3f} | "
-                            f"{cell.result.p99_ms:.3f} | {cell.rps:,.0f} | {cell.rps * records:,.0f} | "
-                            f"{cell.errors} | {cell.window_s:.3g} |")
+                rows.append(f"| {label(system)} | {records} | {where} | {ms(cell.result.p50_ms)} | "
+                            f"{ms(cell.result.p99_ms)} | {cell.rps:,.0f} | {cell.rps * records:,.0f} | "
+                            f"{cell.errors} | {cell.window_s:.3g} | {cell.other_cores:.2f} |")
     return "\n".join(rows)
 
 
@@ -109,12 +113,12 @@ def skipped_text(bench: SuiteBenchmark, model: str) -> str:
 
 
 def replies_text(bench: SuiteBenchmark, model: str) -> str:
-    """The first measured answer of each system (cut at 160 characters), to show they agree."""
-    lines = [f"{label(system):<30} {reply[:160]}" for (m, system), reply in bench.replies.items() if m == model]
+    """Each system's answer to one request (cut at 240 characters), to show that they agree."""
+    lines = [f"{label(system):<30} {reply[:240]}" for (m, system), reply in bench.replies.items() if m == model]
     if not lines:
         return ""
     body = "\n".join(lines)
-    return f"<details><summary>First answer of each system</summary>\n\n```\n{body}\n```\n\n</details>\n"
+    return f"<details><summary>Each system's answer to the same record</summary>\n\n```\n{body}\n```\n\n</details>\n"
 
 
 def write_chart(bench: SuiteBenchmark, model: str, path: Path) -> Path:
@@ -181,6 +185,8 @@ Server memory after its cells (PSS and RSS summed over the server's process grou
 {image}
 {replies_text(bench, model)}""")
     models_text = "\n".join(per_model)
+    worst = max((c.other_cores for c in bench.cells), default=0.0)
+    noise = f"up to {worst:.2f} in this run" + (", so treat its numbers with care." if worst >= 0.25 else ".")
     batch = ", ".join(f"`{k}` {v:g}" for k, v in MLSERVER_BATCH.items())
     return f"""
 ## Peer suite: mainsail vs Flask, FastAPI and MLServer on three models
@@ -222,7 +228,8 @@ the floor: concurrency × floor p50 ÷ {WORKERS} workers) gets a window six such
 * **Load**: `bench/loadgen.py`, a closed-loop HTTP/1.1 client in its own process (keep-alive, uvloop); only
   requests that start and end in the window count; errors are non-2xx answers, socket errors and 10 s time-outs.
 * **Noise**: client and servers share the machine's {os.cpu_count()} cores, so every throughput figure is "the
-  cores minus the load generator"; read differences under about 10 % as noise.
+  cores minus the load generator"; read differences under about 10 % as noise. "other load" is the CPU that
+  processes other than the benchmark's own used during the cell, in cores: {noise}
 """
 
 
