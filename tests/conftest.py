@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -95,7 +96,7 @@ def live_app(handler: Handler, *, load: bool = True, load_on_startup: bool = Fal
              **settings: object) -> Iterator[LiveApp]:
     """Serve ``handler`` over real HTTP; with ``load`` the model is loaded before the first request."""
     serve_settings = ServeSettings(workers=1, **settings)  # type: ignore[arg-type]
-    runtime = ModelRuntime(handler, timeout_s=serve_settings.timeout, threads=serve_settings.predict_threads)
+    runtime = ModelRuntime.from_settings(handler, serve_settings)
     if load:
         runtime.load()
     with LiveApp(runtime, serve_settings, load_on_startup) as app:
@@ -165,3 +166,20 @@ def write_script(model_dir: Path, source: str, name: str = "inference.py") -> Pa
     path = code / name
     path.write_text(source)
     return path
+
+
+def _numbers_close(got: Any, want: Any, atol: float) -> bool:
+    if isinstance(got, dict) and isinstance(want, dict):
+        return got.keys() == want.keys() and all(_numbers_close(got[k], want[k], atol) for k in got)
+    if isinstance(got, list) and isinstance(want, list):
+        return len(got) == len(want) and all(_numbers_close(g, w, atol) for g, w in zip(got, want, strict=True))
+    try:
+        return abs(float(got) - float(want)) <= atol
+    except (TypeError, ValueError):
+        return bool(got == want)
+
+
+def assert_same_scores(got: str | bytes, want: str | bytes, *, atol: float) -> None:
+    """Two JSON responses alike but for float rounding: same keys, numbers (or numeric strings)
+    within ``atol``, everything else equal."""
+    assert _numbers_close(json.loads(got), json.loads(want), atol), f"{got!r} != {want!r}"

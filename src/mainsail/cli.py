@@ -51,6 +51,14 @@ def serve(
     preload: Annotated[bool | None, typer.Option(
         "--preload/--no-preload", help="Load the model once and fork the workers so they share its memory, "
         "where the handler is fork-safe [env MAINSAIL_PRELOAD; default on]")] = None,
+    batching: Annotated[bool | None, typer.Option(
+        "--batching/--no-batching", help="Adaptive batching: requests queued behind a busy model go to it "
+        "together (built-in handlers; scripts with predict_batch_fn) [env MAINSAIL_BATCHING; default on]")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(
+        "--max-batch-size", help="Most requests per model call [env MAINSAIL_MAX_BATCH_SIZE; default 32]")] = None,
+    max_batch_delay_ms: Annotated[float | None, typer.Option(
+        "--max-batch-delay-ms", help="How long a batch formed under load may wait to fill up; a lone "
+        "request never waits [env MAINSAIL_MAX_BATCH_DELAY_MS; default 0]")] = None,
     multi_model: Annotated[str | None, typer.Option(
         "--multi-model", metavar="MODELS_DIR", help="Serve the multi-model API (POST /models ...) "
         "[env SAGEMAKER_MULTI_MODEL=true; models dir default /opt/ml/models]")] = None,
@@ -71,6 +79,7 @@ def serve(
         "port": port, "workers": workers, "timeout": timeout, "max_payload_mb": max_payload_mb,
         "log_level": log_level, "default_accept": default_accept, "framework": framework,
         "install_requirements": install_requirements, "reload": reload or None, "preload": preload,
+        "batching": batching, "max_batch_size": max_batch_size, "max_batch_delay_ms": max_batch_delay_ms,
     }
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})

@@ -969,7 +969,7 @@ def load(model_dir: str | os.PathLike[str], entry_point: str | None = None, *, s
                 logger.warning("%s is not satisfied (not installing, as asked): %s", requirements, "; ".join(missing))
         handler = build_handler(prepared.model_dir, prepared.script, framework=settings.framework,
                                 model_name=settings.model_name, settings=settings)
-        runtime = ModelRuntime(handler, timeout_s=settings.timeout, threads=settings.predict_threads)
+        runtime = ModelRuntime.from_settings(handler, settings)
         try:
             runtime.load()
         except BaseException:

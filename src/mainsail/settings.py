@@ -73,6 +73,13 @@ class ServeSettings(BaseSettings):
     """Which framework container's default handler functions a script falls back to."""
     predict_threads: int = Field(2, ge=1, validation_alias=_env("MAINSAIL_PREDICT_THREADS"))
     """Threads per worker that run model code (the event loop never does)."""
+    batching: bool = Field(True, validation_alias=_env("MAINSAIL_BATCHING"))
+    """Adaptive batching: requests queued behind a busy model go to it together. The built-in
+    handlers batch; a script batches when it defines ``predict_batch_fn``."""
+    max_batch_size: int = Field(32, ge=1, le=4096, validation_alias=_env("MAINSAIL_MAX_BATCH_SIZE"))
+    """Most requests merged into one model call."""
+    max_batch_delay_ms: float = Field(0.0, ge=0, le=10_000, validation_alias=_env("MAINSAIL_MAX_BATCH_DELAY_MS"))
+    """How long a batch formed under load may wait to fill up; a lone request never waits."""
     device: str = Field("auto", validation_alias=_env("MAINSAIL_DEVICE"))
     """Where the PyTorch handler runs the network: auto (GPU when available), cpu, cuda, cuda:1 ..."""
     use_onnx: bool | None = Field(None, validation_alias=_env("MAINSAIL_USE_ONNX"))

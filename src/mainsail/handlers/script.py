@@ -5,6 +5,11 @@ replaces ``input_fn`` / ``predict_fn`` / ``output_fn`` and may not be combined w
 those three falls back to the framework's default when absent; every function may take one extra
 trailing ``context`` argument. Unlike the toolkit, signatures are checked once at load, not on every
 request, and a bad signature fails the load instead of every request.
+
+mainsail adds one optional function, ``predict_batch_fn(inputs, model)``: given the list of what
+``input_fn`` returned for several requests, it returns one prediction per input, in order. A script
+that defines it opts into adaptive batching (concurrent requests share one call); ``predict_fn``,
+when also defined, is still what a request arriving alone uses.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +30,14 @@ from mainsail.codecs import toolkit
 from mainsail.context import Context
 from mainsail.errors import HandlerError, MainsailError, ModelError, ModelLoadError, UnsupportedContentType
 from mainsail.handlers import defaults as fw
-from mainsail.handlers.base import Invocation, Reply
+from mainsail.handlers.base import Invocation, Outcome, Reply, invoke_each
 
 logger = logging.getLogger(__name__)
 
 HANDLER_NAMES = ("model_fn", "input_fn", "predict_fn", "output_fn", "transform_fn", "pre_model_fn",
-                 "model_warmup_fn")
+                 "model_warmup_fn", "predict_batch_fn")
 _ARITY = {"model_fn": 1, "input_fn": 2, "predict_fn": 2, "output_fn": 2, "transform_fn": 4,
-          "pre_model_fn": 1, "model_warmup_fn": 2}
+          "pre_model_fn": 1, "model_warmup_fn": 2, "predict_batch_fn": 2}
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,13 @@ class ScriptHandler:
         self._input: Bound | None = None
         self._predict: Bound | None = None
         self._output: Bound | None = None
+        self._predict_batch: Bound | None = None
         self._wants_context = False
+
+    @property
+    def batchable(self) -> bool:
+        """A script opts into adaptive batching by defining ``predict_batch_fn``."""
+        return self._predict_batch is not None
 
     def load(self) -> None:
         module = import_script(self.script)
@@ -114,6 +126,8 @@ class ScriptHandler:
                 "Cannot use transform_fn implementation in conjunction with input_fn, predict_fn, "
                 "and/or output_fn implementation"
             )
+        if "transform_fn" in found and "predict_batch_fn" in found:
+            raise HandlerError("predict_batch_fn batches input_fn's results: it cannot be used with transform_fn")
         bound = {n: bind(n, fn) for n, fn in found.items()}
         context = Context(self.model_name, str(self.model_dir))
         model_dir = str(self.model_dir)
@@ -133,6 +147,9 @@ class ScriptHandler:
         self._input = bound.get("input_fn") or Bound(chosen.input_fn, False)
         self._predict = bound.get("predict_fn") or Bound(chosen.predict_fn, False)
         self._output = bound.get("output_fn") or Bound(chosen.output_fn, False)
+        self._predict_batch = bound.get("predict_batch_fn")
+        if self._predict_batch is not None and "predict_fn" not in bound:
+            self._predict = Bound(partial(_predict_one, self._predict_batch.fn), self._predict_batch.takes_context)
         self._wants_context = any(b.takes_context for b in bound.values())
         logger.info(
             "loaded %s: user functions %s; defaults of the %s container for the rest",
@@ -140,29 +157,70 @@ class ScriptHandler:
         )
 
     def invoke(self, invocation: Invocation) -> Reply:
+        context, data, content_type = self._prepare(invocation)
+        accept = invocation.accept
+        if self._transform is not None:
+            result = _guard(self._transform, context, self.model, data, content_type, accept)
+        else:
+            assert self._input and self._predict and self._output
+            features = _guard(self._input, context, data, content_type)
+            prediction = _guard(self._predict, context, features, self.model)
+            result = _guard(self._output, context, prediction, accept)
+        return _reply(result, accept, context)
+
+    def invoke_batch(self, invocations: Sequence[Invocation]) -> list[Outcome]:
+        """``input_fn`` per request, one ``predict_batch_fn`` call, ``output_fn`` per request."""
+        return invoke_each(invocations, self._decode, self._predict_many, self._encode)
+
+    def _prepare(self, invocation: Invocation) -> tuple[Context | None, str | bytes, str]:
         context = self._request_context(invocation) if self._wants_context else None
         data: str | bytes = invocation.body
         content_type = invocation.content_type or ""
         if toolkit.media_type_of(content_type) in toolkit.UTF8_TYPES:
             data = _decode_text(invocation.body, content_type)
-        accept = invocation.accept
+        return context, data, content_type
+
+    def _decode(self, invocation: Invocation) -> tuple[Context | None, Any]:
+        assert self._input is not None
+        context, data, content_type = self._prepare(invocation)
+        return context, _guard(self._input, context, data, content_type)
+
+    def _predict_many(self, items: Sequence[tuple[Context | None, Any]]) -> list[tuple[Context | None, Any]]:
+        assert self._predict_batch is not None
+        contexts = [context for context, _ in items]
+        predictions = _guard(self._predict_batch, contexts, [features for _, features in items], self.model)
         try:
-            if self._transform is not None:
-                result = self._transform(context, self.model, data, content_type, accept)
-            else:
-                assert self._input and self._predict and self._output
-                features = self._input(context, data, content_type)
-                prediction = self._predict(context, features, self.model)
-                result = self._output(context, prediction, accept)
-        except MainsailError:
-            raise
-        except Exception as exc:
-            raise _translate(exc) from exc
-        return _reply(result, accept, context)
+            predictions = list(predictions)
+        except TypeError:
+            raise ModelError(f"predict_batch_fn must return a list, got {type(predictions).__name__}") from None
+        if len(predictions) != len(items):
+            raise ModelError(f"predict_batch_fn returned {len(predictions)} predictions for {len(items)} inputs")
+        return list(zip(contexts, predictions, strict=True))
+
+    def _encode(self, predicted: tuple[Context | None, Any], invocation: Invocation) -> Reply:
+        assert self._output is not None
+        context, prediction = predicted
+        return _reply(_guard(self._output, context, prediction, invocation.accept), invocation.accept, context)
 
     def _request_context(self, invocation: Invocation) -> Context:
         return Context(self.model_name, str(self.model_dir), request_id=invocation.request_id,
                        request_header=invocation.headers)
+
+
+def _guard(fn: Bound, context: Any, *args: Any) -> Any:
+    """Call a user function; its exceptions become ours (:func:`_translate`)."""
+    try:
+        return fn(context, *args)
+    except MainsailError:
+        raise
+    except Exception as exc:
+        raise _translate(exc) from exc
+
+
+def _predict_one(predict_batch: Callable[..., Any], features: Any, model: Any, *context: Any) -> Any:
+    """``predict_fn`` for a script that defines only ``predict_batch_fn``: a batch of one."""
+    results = predict_batch([features], model, *([list(context)] if context else []))
+    return list(results)[0]
 
 
 def _decode_text(body: bytes, content_type: str) -> str:

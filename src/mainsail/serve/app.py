@@ -166,6 +166,7 @@ def create_app(runtime: ModelRuntime, settings: ServeSettings, metrics: Metrics 
                *, load_on_startup: bool = True) -> Starlette:
     """Build the app. With ``load_on_startup`` the model loads in a thread while /ping says 503."""
     endpoints = Endpoints(runtime, settings, metrics or Metrics())
+    runtime.observe_batch = endpoints.metrics.batch_size.observe
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -15,6 +15,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
 LATENCY_BUCKETS_US = (
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
@@ -42,6 +44,11 @@ class Metrics:
         self.overhead_latency = Histogram(
             "OverheadLatency", "Time spent outside the handler (decode, queue, encode), in microseconds",
             buckets=LATENCY_BUCKETS_US, registry=self.registry,
+        )
+
+        self.batch_size = Histogram(
+            "BatchSize", "Requests merged into one model call by adaptive batching",
+            buckets=BATCH_SIZE_BUCKETS, registry=self.registry,
         )
 
     def record(self, status: int, model_us: float | None, total_us: float) -> None:

@@ -423,7 +423,7 @@ class ModelRegistry:
             self._requirements(script)
             handler = build_handler(model_dir, script, framework=settings.framework, model_name=name,
                                     settings=settings)
-            runtime = ModelRuntime(handler, timeout_s=settings.timeout, threads=settings.predict_threads)
+            runtime = ModelRuntime.from_settings(handler, settings)
             roots = [os.path.realpath(model_dir)]
             if script is not None:
                 roots.append(os.path.realpath(script.parent))

@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-from mainsail.errors import MainsailError, ModelError, ModelLoadError, ModelNotReady, PredictTimeout
-from mainsail.handlers.base import Handler, Invocation, Reply
+from mainsail.errors import MainsailError, ModelLoadError, ModelNotReady, PredictTimeout
+from mainsail.handlers.base import BatchHandler, Handler, Invocation, Reply, as_error
+from mainsail.serve.batching import BatchConfig, Batcher
+
+if TYPE_CHECKING:
+    from mainsail.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +26,8 @@ class ModelRuntime:
     cannot be killed), so the worker keeps serving with the remaining threads.
     """
 
-    def __init__(self, handler: Handler, *, timeout_s: float | None = 60.0, threads: int = 2) -> None:
+    def __init__(self, handler: Handler, *, timeout_s: float | None = 60.0, threads: int = 2,
+                 batching: BatchConfig | None = None) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         if timeout_s is not None and timeout_s <= 0:
@@ -30,6 +37,28 @@ class ModelRuntime:
         self.ready = False
         self.load_error: str | None = None
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="mainsail-predict")
+        self.batching = batching
+        """Adaptive batching, used when the loaded handler can batch (``batchable``)."""
+        self.observe_batch: Callable[[int], None] | None = None
+        """Called with the size of each batched model call (the app's metrics set it)."""
+        self._batcher: Batcher | None = None
+
+    @classmethod
+    def from_settings(cls, handler: Handler, settings: ServeSettings) -> ModelRuntime:
+        """A runtime with the timeout, predict threads and batching ``settings`` give."""
+        batching = BatchConfig(settings.max_batch_size, settings.max_batch_delay_ms / 1000) \
+            if settings.batching else None
+        return cls(handler, timeout_s=settings.timeout, threads=settings.predict_threads, batching=batching)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a model call (with adaptive batching; 0 without)."""
+        return 0 if self._batcher is None else len(self._batcher.queue)
+
+    @property
+    def batches(self) -> bool:
+        """Whether invocations go through adaptive batching (known once the model is loaded)."""
+        return self.batching is not None and bool(getattr(self.handler, "batchable", False))
 
     def load(self) -> None:
         """Load the model (blocking). Raises ``ModelLoadError`` with the reason on failure."""
@@ -44,11 +73,21 @@ class ModelRuntime:
         self.ready = True
         logger.info("model loaded by the %s handler in %.2f s", self.handler.name,
                     time.perf_counter() - started)
+        if self.batching is not None:
+            if self.batches:
+                logger.info("adaptive batching: up to %d requests per model call, %.1f ms delay under load",
+                            self.batching.max_size, self.batching.max_delay_s * 1000)
+            else:
+                logger.info("adaptive batching is off: the %s handler answers one request at a time%s",
+                            self.handler.name, " (define predict_batch_fn to batch a script)"
+                            if self.handler.name == "script" else "")
 
     async def invoke(self, invocation: Invocation) -> tuple[Reply, float]:
         """Answer one invocation; returns the reply and the seconds spent in the handler."""
         if not self.ready:
             raise ModelNotReady(self.load_error or "the model is still loading")
+        if self.batches:
+            return await self._invoke_batched(invocation)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self._call, invocation)
         if self.timeout_s is None:
@@ -58,16 +97,28 @@ class ModelRuntime:
         except TimeoutError:
             raise PredictTimeout(self.timeout_s) from None
 
+    async def _invoke_batched(self, invocation: Invocation) -> tuple[Reply, float]:
+        if self._batcher is None:  # in the running loop, after any fork
+            handler: BatchHandler = self.handler  # type: ignore[assignment]
+            assert self.batching is not None
+            self._batcher = Batcher(handler.invoke_batch, self._executor, self.batching,
+                                    timeout_s=self.timeout_s, observe=self.observe_batch)
+        if self.timeout_s is None:
+            return await self._batcher.submit(invocation)
+        try:
+            return await asyncio.wait_for(self._batcher.submit(invocation), self.timeout_s)
+        except TimeoutError:
+            raise PredictTimeout(self.timeout_s) from None
+
     def _call(self, invocation: Invocation) -> tuple[Reply, float]:
         started = time.perf_counter()
         try:
             reply = self.handler.invoke(invocation)
-        except MainsailError as exc:
-            exc.model_seconds = time.perf_counter() - started
-            raise
         except Exception as exc:
-            error = ModelError(f"{type(exc).__name__}: {exc}")
+            error = as_error(exc)
             error.model_seconds = time.perf_counter() - started
+            if error is exc:
+                raise
             raise error from exc
         return reply, time.perf_counter() - started
 

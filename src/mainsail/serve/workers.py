@@ -79,7 +79,7 @@ def _build_handler(settings: ServeSettings, prepared: PreparedModel) -> Handler:
 def _new_runtime(handler: Handler, settings: ServeSettings) -> ModelRuntime:
     from mainsail.serve.runtime import ModelRuntime
 
-    return ModelRuntime(handler, timeout_s=settings.timeout, threads=settings.predict_threads)
+    return ModelRuntime.from_settings(handler, settings)
 
 
 def worker_main(settings: ServeSettings, prepared: PreparedModel, extra_paths: list[str],

@@ -36,7 +36,7 @@ from mainsail.features.calibration import Calibrator, calibrate, load_calibrator
 from mainsail.features.output import encode_scores
 from mainsail.features.tabular import TabularPreprocessor
 from mainsail.features.text import TextPipeline, pipelines_from_hyperparameters, resolve_tokenizer
-from mainsail.handlers.base import Invocation, Reply
+from mainsail.handlers.base import Invocation, Outcome, Reply, invoke_each
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ class PyTorchHandler:
     """Loads a reference PyTorch model directory and answers with its response layout."""
 
     name = "pytorch-multimodal"
+    batchable = True
 
     def __init__(self, model_dir: Path, *, use_onnx: bool | None = None, device: str = "auto",
                  onnx_intra_op_threads: int | None = None, onnx_inter_op_threads: int | None = None) -> None:
@@ -217,11 +218,23 @@ class PyTorchHandler:
 
     # -- request path --------------------------------------------------------------------------
     def invoke(self, invocation: Invocation) -> Reply:
-        records = self.records(invocation.body, invocation.content_type)
-        raw = self.predict_records(records)
-        calibrated = calibrate(raw, self.calibrator)
-        body, content_type = encode_scores(raw, calibrated, invocation.accept, layout="pytorch",
-                                           request_id=invocation.request_id)
+        return self._reply(self.predict_records(self._decode(invocation)), invocation)
+
+    def invoke_batch(self, invocations: Sequence[Invocation]) -> list[Outcome]:
+        """Several requests' records scored in one pass (grouped by chunk count as always, so each
+        record's scores are those it gets alone); each request answered with its own Accept."""
+        return invoke_each(invocations, self._decode, self._predict_requests, self._reply)
+
+    def _decode(self, invocation: Invocation) -> list[dict[str, Any]]:
+        return self.records(invocation.body, invocation.content_type)
+
+    def _predict_requests(self, requests: Sequence[list[dict[str, Any]]]) -> list[np.ndarray]:
+        raw = self.predict_records([record for records in requests for record in records])
+        return np.split(raw, np.cumsum([len(records) for records in requests])[:-1])
+
+    def _reply(self, raw: np.ndarray, invocation: Invocation) -> Reply:
+        body, content_type = encode_scores(raw, calibrate(raw, self.calibrator), invocation.accept,
+                                           layout="pytorch", request_id=invocation.request_id)
         return Reply(body, content_type)
 
     def records(self, body: bytes, content_type: str | None) -> list[dict[str, Any]]:
