@@ -139,7 +139,9 @@ def run_suite(*, models: Sequence[str] = MODELS, systems: Sequence[str] = tuple(
             (tmp / key).mkdir()
             kwargs = {"size": pytorch_size} if key == "pytorch" else {}
             model = BUILDERS[key](tmp / key, tuple(records), **kwargs)
-            bench.titles[key], bench.notes[key] = model.title, model.notes
+            bench.titles[key], bench.notes[key] = model.title, list(model.notes)
+            if model.mlserver is not None and venv is not None:
+                bench.notes[key].append(model.mlserver.note)
             _measure_floor(bench, model, log)
             for system in (SYSTEMS[s] for s in systems):
                 reason = _skip_reason(system, model, venv, why)

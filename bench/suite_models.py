@@ -110,8 +110,9 @@ def build_tabular(tmp: Path, sizes: tuple[int, ...]) -> SuiteModel:
         "tabular", "mlserver_xgboost.XGBoostModel", tmp / "mlserver-model.json",
         {n: v2_body(r, "FP32") for n, r in rows.items()},
         "MLServer's XGBoost runtime has no risk-table, imputation or calibration step, so it gets the rows "
-        "mainsail's preprocessing makes (FP32 `[N, 30]`) and answers the raw `predict_proba`: less work "
-        "per request than the other systems do.")
+        "mainsail's preprocessing makes (FP32 `[N, 30]`; the one missing value that has no imputation is sent "
+        "as 0, since V2 JSON has no NaN, so its probability differs a little) and answers the raw "
+        "`predict_proba`: less work per request than the other systems do.")
     return SuiteModel("tabular", f"Tabular XGBoost demo ({model.trees} trees, {len(model.columns)} features, "
                       "risk tables, imputation, calibration)", model.path, _peer_dir(model.path, tmp / "peer"),
                       JSON, bodies, mlserver=mlserver,
