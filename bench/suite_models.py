@@ -16,6 +16,7 @@ repository for its stock runtime (``mlserver_xgboost`` / ``mlserver_sklearn``) a
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import warnings
@@ -181,5 +182,5 @@ def floor_calls(model: SuiteModel) -> dict[int, Callable[[], object]]:
     for records, body in model.bodies.items():
         invocation = Invocation(body, model.content_type, JSON)
         handler.invoke(invocation)  # a broken body fails here, not in the timing loop
-        calls[records] = lambda invocation=invocation: handler.invoke(invocation)  # type: ignore[misc]
+        calls[records] = functools.partial(handler.invoke, invocation)
     return calls
