@@ -426,3 +426,26 @@ def test_normalizer_is_idempotent_and_emoji_ranges_are_gone(text: str) -> None:
 def test_splitter_returns_stripped_non_empty_messages(parts: list[str]) -> None:
     text = " x ".join(f"[bom]{part}[eom]" for part in parts)
     assert DialogueSplitter()(text) == [part.strip() for part in parts if part.strip()]
+
+
+@given(st.text(max_size=60))
+def test_html_normalizer_shortcut_for_plain_text_matches_beautifulsoup(text: str) -> None:
+    import io
+
+    from bs4 import BeautifulSoup
+
+    plain = text.replace("<", "").replace("&", "")  # the markup-free texts the shortcut takes
+    soup = BeautifulSoup(io.StringIO(plain), "html.parser").get_text(separator=" ", strip=True)
+    assert HtmlNormalizer()(plain) == soup
+
+
+def test_pipeline_many_equals_one_text_at_a_time(tok: Any) -> None:
+    texts = [
+        None, math.nan, "", "no markers", "[bom] <p>HELLO &amp; there</p> 😀 [eom] [bom] 中文 [eom]",
+        " ".join(f"[bom] {MESSAGE_18} {i} [eom]" for i in range(9)),  # beyond the chunk limit
+        "[bom] a [eom] [bom]   [eom]", 42,
+    ]
+    for truncate in (True, False):
+        pipe = default_registry().build(FULL, TextSettings(16, truncate, 3), tok)
+        assert pipe.many(texts) == [pipe(text) for text in texts]
+    assert pipe.many([]) == []

@@ -78,6 +78,16 @@ class TextStep(Protocol):
     def __call__(self, value: Any) -> Any: ...
 
 
+def run_many(step: TextStep, values: list[Any]) -> list[Any]:
+    """``[step(v) for v in values]``, through the step's own ``many`` when it has one (the steps
+    that call the tokenizer make one call for all values; each value's result is unchanged)."""
+    many = getattr(step, "many", None)
+    if many is not None:
+        results: list[Any] = many(values)
+        return results
+    return [step(value) for value in values]
+
+
 @dataclass(frozen=True)
 class TextSettings:
     """The hyperparameters the steps read (the reference ``Config`` fields and defaults)."""
@@ -172,6 +182,9 @@ class HtmlNormalizer:
         self._soup = BeautifulSoup
 
     def _normalize(self, markup: str) -> str:
+        if "<" not in markup and "&" not in markup:
+            # No tag, no entity: html.parser sees one text node, which get_text(strip=True) strips.
+            return markup.strip()
         # A file object parses the same markup but skips bs4's "looks like a URL/filename" warnings,
         # without touching the process-wide warning filters.
         return self._soup(io.StringIO(markup), "html.parser").get_text(separator=" ", strip=True)
@@ -272,6 +285,21 @@ class DialogueChunker:
     def __call__(self, value: Any) -> list[str]:
         messages = list(value)  # a plain string iterates by character, as in the reference
         counted = self.tokenizer(messages, add_special_tokens=False)["input_ids"] if messages else []
+        return self._pack(messages, counted)
+
+    def many(self, values: list[Any]) -> list[list[str]]:
+        """Several values' chunks, with one tokenizer call counting every message of them all."""
+        lists = [list(value) for value in values]
+        flat = [message for messages in lists for message in messages]
+        counted = self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+        packed: list[list[str]] = []
+        start = 0
+        for messages in lists:
+            packed.append(self._pack(messages, counted[start:start + len(messages)]))
+            start += len(messages)
+        return packed
+
+    def _pack(self, messages: list[str], counted: Sequence[Sequence[int]]) -> list[str]:
         chunks: list[str] = []
         current: list[str] = []
         current_tokens = 0
@@ -320,21 +348,33 @@ class Tokenize:
         self.attention_mask_key = attention_mask_key
 
     def __call__(self, value: Any) -> list[dict[str, list[int]]]:
-        chunks = [chunk for chunk in value if chunk and chunk.strip()]
-        if not chunks:
-            return []
+        return self.many([value])[0]
+
+    def many(self, values: list[Any]) -> list[list[dict[str, list[int]]]]:
+        """Several values' chunk encodings from one tokenizer call: every chunk is padded to
+        ``max_length`` and truncated alone, so a chunk's encoding does not depend on the others."""
+        lists = [[chunk for chunk in value if chunk and chunk.strip()] for value in values]
+        flat = [chunk for chunks in lists for chunk in chunks]
+        if not flat:
+            return [[] for _ in lists]
         encoded = self.tokenizer(
-            chunks,
+            flat,
             add_special_tokens=True,
             max_length=self.max_length,
             truncation=True,
             padding="max_length",
             return_attention_mask=True,
         )
-        return [
+        rows = [
             {self.input_ids_key: list(ids), self.attention_mask_key: list(mask)}
             for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
         ]
+        out: list[list[dict[str, list[int]]]] = []
+        start = 0
+        for chunks in lists:
+            out.append(rows[start:start + len(chunks)])
+            start += len(chunks)
+        return out
 
 
 # ---------------------------------------------------------------------------------------- pipelines
@@ -365,9 +405,19 @@ class TextPipeline:
         A single dict from the last step is wrapped in a list (as the reference handler does); any
         other result that is not a list of dicts raises ``TypeError``.
         """
-        value: Any = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
+        return self.many([text])[0]
+
+    def many(self, texts: Sequence[Any]) -> list[list[dict[str, list[int]]]]:
+        """``[self(text) for text in texts]``, each step run over all texts at once (one tokenizer
+        call per step instead of one per text); every text's encodings are those it gets alone."""
+        values: list[Any] = [
+            "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text) for text in texts
+        ]
         for step in self.steps:
-            value = step(value)
+            values = run_many(step, values)
+        return [self._encodings(value) for value in values]
+
+    def _encodings(self, value: Any) -> list[dict[str, list[int]]]:
         if isinstance(value, dict):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(chunk, dict) for chunk in value):

@@ -272,7 +272,7 @@ class PyTorchHandler:
     def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """(N, classes) probabilities, each record scored exactly as it would be alone."""
         assert self.network is not None
-        encoded = [self.encode_record(record) for record in records]
+        encoded = self.encode_records(records)
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, (texts, _) in enumerate(encoded):
             groups[tuple(len(texts[f]) for f in self.pipelines)].append(index)
@@ -291,14 +291,24 @@ class PyTorchHandler:
 
     def encode_record(self, record: Mapping[str, Any]) -> Encoded:
         """One record's text fields as chunk encodings and its tab row, as the network is fed them."""
+        return self.encode_records([record])[0]
+
+    def encode_records(self, records: Sequence[Mapping[str, Any]]) -> list[Encoded]:
+        """Each record's :meth:`encode_record`, with one tokenizer call per step for all of them."""
         with self._text_lock:
-            texts = {field: pipeline(record.get(field)) for field, pipeline in self.pipelines.items()}
-        if self.tabular is None:
-            return texts, np.empty((1, 0), dtype=np.float32)
-        row = self.tabular.transform_record(record)
-        # A missing value with no imputation value is 0.0 (the reference's single-record rule): a
-        # NaN would poison every score of the network.
-        return texts, np.where(np.isnan(row), np.float32(0.0), row)
+            texts = {field: pipeline.many([record.get(field) for record in records])
+                     for field, pipeline in self.pipelines.items()}
+        encoded: list[Encoded] = []
+        for i, record in enumerate(records):
+            fields = {field: texts[field][i] for field in self.pipelines}
+            if self.tabular is None:
+                encoded.append((fields, np.empty((1, 0), dtype=np.float32)))
+                continue
+            row = self.tabular.transform_record(record)
+            # A missing value with no imputation value is 0.0 (the reference's single-record rule): a
+            # NaN would poison every score of the network.
+            encoded.append((fields, np.where(np.isnan(row), np.float32(0.0), row)))
+        return encoded
 
     def collate(self, encoded: Sequence[Encoded]) -> dict[str, np.ndarray]:
         """Encoded records with equal chunk counts -> the network's named input arrays (one batch)."""
