@@ -127,6 +127,7 @@ def write_chart(bench: SuiteBenchmark, model: str, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, axes = plt.subplots(1, len(bench.records), figsize=(6.2 * len(bench.records), 4.6), squeeze=False)
     for ax, records in zip(axes[0], bench.records, strict=True):
@@ -144,6 +145,10 @@ def write_chart(bench: SuiteBenchmark, model: str, path: Path) -> Path:
             ax.plot([floor.rps], [floor.result.p99_ms], marker="*", markersize=12, color="black", linestyle="",
                     label=f"{FLOOR_LABEL}, one thread")
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")  # 20, not 2 × 10^1
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel("throughput, requests/s")
         ax.set_ylabel("p99 latency, ms (log)")
         ax.set_title(f"{records} record{'s' if records > 1 else ''} per request")
