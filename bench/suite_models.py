@@ -160,8 +160,8 @@ def build_pytorch(tmp: Path, sizes: tuple[int, ...], *, size: str = "tiny") -> S
     return SuiteModel("pytorch", f"PyTorch bimodal demo ({size}: {pytorch.SIZE_NOTES[size]})", path,
                       _peer_dir(path, tmp / "peer"), JSON, bodies, env=env,
                       mlserver_skipped="MLServer ships no runtime for this model (a BERT text encoder plus tabular "
-                      "fields behind mainsail's text pipeline); a custom MLModel would be a second implementation "
-                      "of the handler, not the same one",
+                      "fields behind mainsail's text pipeline), and its virtualenv holds no torch by design (MLServer "
+                      "must not pull a torch of its own), so a custom MLModel could not load the network there",
                       notes=["Requests are JSON: one record object, or a list of records; the network is "
                              "`model.pth` on CPU."])
 
