@@ -97,6 +97,25 @@ def _digest_of_object(s3: Any, bucket: str, key: str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def deploy_async(sm: Any, name: str, model_dir: Path, *, failures: bool = True,
+                 env: dict[str, str] | None = None) -> None:
+    """An async endpoint ``name`` serving ``model_dir``, results under s3://<name>-out/, waited for."""
+    container: dict[str, Any] = {"Image": IMAGE, "ModelDataUrl": f"file://{model_dir}"}
+    if env:
+        container["Environment"] = env
+    output = {"S3OutputPath": f"s3://{name}-out/results/"}
+    if failures:
+        output["S3FailurePath"] = f"s3://{name}-out/failures/"
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer=container)
+    sm.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1,
+                             "InstanceType": "ml.m5.large"}],
+        AsyncInferenceConfig={"OutputConfig": output})
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
+
+
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[UpProcess]:
     process = UpProcess(tmp_path / "home")
@@ -113,15 +132,7 @@ def test_a_200_mb_payload_is_streamed_both_ways(up: UpProcess, tmp_path: Path) -
     sm, s3, rt = up.client("sagemaker"), up.client("s3"), up.client("sagemaker-runtime")
     for bucket in ("big-in", "big-out"):
         s3.create_bucket(Bucket=bucket)
-    sm.create_model(ModelName="big", ExecutionRoleArn=ROLE,
-                    PrimaryContainer={"Image": IMAGE, "ModelDataUrl": f"file://{model_dir}"})
-    sm.create_endpoint_config(
-        EndpointConfigName="big",
-        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "big", "InitialInstanceCount": 1,
-                             "InstanceType": "ml.m5.large"}],
-        AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "s3://big-out/results/",
-                                               "S3FailurePath": "s3://big-out/failures/"}})
-    sm.create_endpoint(EndpointName="big", EndpointConfigName="big")
+    deploy_async(sm, "big", model_dir)
 
     source = tmp_path / "input.bin"
     digest = hashlib.sha256()
@@ -135,7 +146,6 @@ def test_a_200_mb_payload_is_streamed_both_ways(up: UpProcess, tmp_path: Path) -
     s3.upload_file(str(source), "big-in", "input.bin",
                    Config=TransferConfig(multipart_chunksize=16 * MB, max_concurrency=2))
     source.unlink()
-    sm.get_waiter("endpoint_in_service").wait(EndpointName="big", WaiterConfig=WAIT)
 
     pid = up.proc.pid
     # a large input, a small answer
@@ -186,15 +196,7 @@ def test_real_s3_input_is_streamed_chunked_and_the_result_uploaded_in_parts(moto
         payload = os.urandom(MB) * 20 + b"tail"  # over two 8 MB parts
         s3.put_object(Bucket="real-in", Key="input.bin", Body=payload)
         sm, rt = up.client("sagemaker"), up.client("sagemaker-runtime")
-        sm.create_model(ModelName="real", ExecutionRoleArn=ROLE,
-                        PrimaryContainer={"Image": IMAGE, "ModelDataUrl": f"file://{model_dir}"})
-        sm.create_endpoint_config(
-            EndpointConfigName="real",
-            ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "real", "InitialInstanceCount": 1,
-                                 "InstanceType": "ml.m5.large"}],
-            AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "s3://real-out/results/"}})
-        sm.create_endpoint(EndpointName="real", EndpointConfigName="real")
-        sm.get_waiter("endpoint_in_service").wait(EndpointName="real", WaiterConfig=WAIT)
+        deploy_async(sm, "real", model_dir, failures=False)
 
         summary = rt.invoke_endpoint_async(EndpointName="real", InputLocation="s3://real-in/input.bin",
                                            Accept="application/json")
@@ -220,17 +222,7 @@ def test_an_instance_that_refuses_the_payload_fails_the_request(plane: Plane, tm
     for bucket in ("small-in", "small-out"):
         s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket="small-in", Key="input.bin", Body=os.urandom(MB) * 8)
-    sm.create_model(ModelName="small", ExecutionRoleArn=ROLE,
-                    PrimaryContainer={"Image": IMAGE, "ModelDataUrl": f"file://{model_dir}",
-                                      "Environment": {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"}})
-    sm.create_endpoint_config(
-        EndpointConfigName="small",
-        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "small", "InitialInstanceCount": 1,
-                             "InstanceType": "ml.m5.large"}],
-        AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "s3://small-out/results/",
-                                               "S3FailurePath": "s3://small-out/failures/"}})
-    sm.create_endpoint(EndpointName="small", EndpointConfigName="small")
-    sm.get_waiter("endpoint_in_service").wait(EndpointName="small", WaiterConfig=WAIT)
+    deploy_async(sm, "small", model_dir, env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"})
     answer = rt.invoke_endpoint_async(EndpointName="small", InputLocation="s3://small-in/input.bin")
     _wait_for(s3, answer["FailureLocation"], timeout=30)
     bucket, key = answer["FailureLocation"][len("s3://"):].split("/", 1)

@@ -47,6 +47,15 @@ _NOT_FORWARDED = frozenset((
 ))
 
 
+
+def add_header(headers: dict[str, str], name: bytes, value: bytes) -> bool:
+    """Add one response header (repeats joined by ", "); whether it delimits the body."""
+    key = name.decode("latin-1").lower()
+    text = value.decode("latin-1")
+    previous = headers.get(key)
+    headers[key] = text if previous is None else f"{previous}, {text}"
+    return key == "content-length" or key == "transfer-encoding"
+
 class ForwardError(Exception):
     """The instance could not be reached or did not answer with a usable HTTP response.
 
@@ -187,12 +196,8 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        if key == "content-length" or key == "transfer-encoding":
+        if add_header(self._headers, name, value):
             self._delimited = True
-        previous = self._headers.get(key)
-        self._headers[key] = text if previous is None else f"{previous}, {text}"
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
@@ -373,12 +378,8 @@ class _StreamParser:
             raise ForwardError(f"malformed response: {exc or type(exc).__name__}") from None
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        if key == "content-length" or key == "transfer-encoding":
+        if add_header(self.headers, name, value):
             self.delimited = True
-        previous = self.headers.get(key)
-        self.headers[key] = text if previous is None else f"{previous}, {text}"
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
