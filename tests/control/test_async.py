@@ -34,7 +34,8 @@ def input_fn(body, content_type):
 """
 
 
-def _async_endpoint(plane: Plane, name: str, model_dir: Path, concurrency: int = 4) -> Any:
+def _async_endpoint(plane: Plane, name: str, model_dir: Path, concurrency: int = 4, *,
+                    environment: dict[str, str] | None = None) -> Any:
     sm = plane.client("sagemaker")
     s3 = plane.client("s3")
     for bucket in ("async-in", "async-out"):
@@ -43,7 +44,8 @@ def _async_endpoint(plane: Plane, name: str, model_dir: Path, concurrency: int =
         except ClientError:
             pass
     sm.create_model(ModelName=name, ExecutionRoleArn=ROLE,
-                    PrimaryContainer={"Image": IMAGE, "ModelDataUrl": f"file://{model_dir}"})
+                    PrimaryContainer={"Image": IMAGE, "ModelDataUrl": f"file://{model_dir}",
+                                      "Environment": environment or {}})
     sm.create_endpoint_config(
         EndpointConfigName=name,
         ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1,
@@ -147,3 +149,43 @@ def test_async_endpoint_scales_to_zero_while_its_queue_is_empty(tmp_path: Path,
         while instances():  # and back to zero once idle again
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+# Answers with the instance's own settings, as its process sees them.
+ENV_SCRIPT = """
+import json, os
+
+def model_fn(model_dir):
+    return None
+
+def transform_fn(model, body, content_type, accept):
+    names = ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "SAGEMAKER_MAX_PAYLOAD_IN_MB")
+    return json.dumps({name: os.environ.get(name) for name in names}), "application/json"
+"""
+
+
+def test_async_instances_run_with_the_longest_invocation_timeout(plane: Plane, tmp_path: Path) -> None:
+    rt = plane.client("sagemaker-runtime")
+    s3 = _async_endpoint(plane, "patient", make_model_dir(tmp_path / "a", ENV_SCRIPT))
+    _async_endpoint(plane, "capped", make_model_dir(tmp_path / "b", ENV_SCRIPT),
+                    environment={"SAGEMAKER_MODEL_SERVER_TIMEOUT": "120", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "50"})
+    s3.put_object(Bucket="async-in", Key="any.csv", Body=b"1,0\n")
+
+    def settings(endpoint: str) -> dict[str, str | None]:
+        answer = rt.invoke_endpoint_async(EndpointName=endpoint, InputLocation="s3://async-in/any.csv",
+                                          ContentType="text/csv")
+        found: dict[str, str | None] = json.loads(_get(s3, answer["OutputLocation"]))
+        return found
+
+    # The instance's own 60 s default would cut an invocation that InvocationTimeoutSeconds (up to
+    # 3600 s, enforced by the control plane) still allows.
+    assert settings("patient") == {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "3600", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024"}
+    # The model's Environment wins.
+    assert settings("capped") == {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "120", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "50"}
+    # A real-time endpoint's instance keeps the defaults (neither variable set).
+    sm = plane.client("sagemaker")
+    deploy(sm, "prompt", make_model_dir(tmp_path / "c", ENV_SCRIPT))
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="prompt", WaiterConfig=WAIT)
+    reply = rt.invoke_endpoint(EndpointName="prompt", Body=b"1,0\n", ContentType="text/csv")
+    assert json.loads(reply["Body"].read()) == {"SAGEMAKER_MODEL_SERVER_TIMEOUT": None,
+                                                "SAGEMAKER_MAX_PAYLOAD_IN_MB": None}

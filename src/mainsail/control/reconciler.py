@@ -258,6 +258,9 @@ class Reconciler:
                 from mainsail.control.async_inference import ASYNC_INSTANCE_MAX_PAYLOAD_MB
 
                 env.setdefault("SAGEMAKER_MAX_PAYLOAD_IN_MB", str(ASYNC_INSTANCE_MAX_PAYLOAD_MB))
+                # and may run up to InvocationTimeoutSeconds' maximum; each request's own limit is
+                # enforced by the control plane, so the instance's 60 s default must not cut it first
+                env.setdefault("SAGEMAKER_MODEL_SERVER_TIMEOUT", "3600")
             specs[pv["VariantName"]] = {
                 "model_data_url": url, "environment": env,
                 "startup_timeout": float(pv.get("ContainerStartupHealthCheckTimeoutInSeconds")
