@@ -93,6 +93,13 @@ class SuiteBenchmark:
     """(model, system) -> why it was not measured."""
     replies: dict[tuple[str, str], str] = field(default_factory=dict)
     wall_s: float = 0.0
+    pytorch_size: str = "tiny"
+
+    @property
+    def section(self) -> str:
+        """The docs/benchmarks.md section this run writes: ``suite``, or ``suite-<size>`` for a run
+        with another size of the PyTorch model (so that both can stand side by side)."""
+        return "suite" if self.pytorch_size == "tiny" else f"suite-{self.pytorch_size}"
 
     def cell(self, model: str, system: str, records: int, concurrency: int) -> Cell | None:
         return next((c for c in self.cells if (c.model, c.system, c.records, c.concurrency)
@@ -124,7 +131,7 @@ def run_suite(*, models: Sequence[str] = MODELS, systems: Sequence[str] = tuple(
                          f"warmup_s >= 0 (unknown: {unknown})")
     bench = SuiteBenchmark(started=datetime.now(UTC), command=command, duration_s=duration_s, warmup_s=warmup_s,
                            quick=quick, models=list(models), systems=list(systems),
-                           concurrencies=list(concurrencies), records=list(records))
+                           concurrencies=list(concurrencies), records=list(records), pytorch_size=pytorch_size)
     t_start = time.monotonic()
     venv, why = (None, "not asked for")
     if any(SYSTEMS[s].v2 for s in systems):

@@ -56,12 +56,13 @@ def suite_checks(bench: SuiteBenchmark) -> list[Check]:
     batch = max(bench.records)
     floor = bench.cell("pytorch", FLOOR, batch, 1)
     name = (f"PyTorch, 1 record, concurrency 16: mainsail (batching) req/s ÷ in-process records/s "
-            f"({batch} records a call)")
+            f"({batch} records a call, one thread per core)")
     if ms and floor and batch > 1:
-        records_s = floor.rps * batch
+        # The physical limit on this machine: the one-thread batched call on each of the workers' cores.
+        records_s = floor.rps * batch * WORKERS
         share = ms.rps / records_s
-        checks.append(Check(name, f"≥ {FLOOR_SHARE:.0%}", f"{ms.rps:,.0f} ÷ {records_s:,.0f} = {share:.0%}",
-                            share >= FLOOR_SHARE and ms.errors == 0))
+        checks.append(Check(name, f"≥ {FLOOR_SHARE:.0%}", f"{ms.rps:,.0f} ÷ ({floor.rps * batch:,.0f} × {WORKERS} "
+                            f"cores) = {share:.0%}", share >= FLOOR_SHARE and ms.errors == 0))
     else:
         checks.append(Check(name, f"≥ {FLOOR_SHARE:.0%}", "—", None))
     for model in bench.models:
@@ -193,8 +194,10 @@ Server memory after its cells (PSS and RSS summed over the server's process grou
     worst = max((c.other_cores for c in bench.cells), default=0.0)
     noise = f"up to {worst:.2f} in this run" + (", so treat its numbers with care." if worst >= 0.25 else ".")
     batch = ", ".join(f"`{k}` {v:g}" for k, v in MLSERVER_BATCH.items())
+    heading = "Peer suite: mainsail vs Flask, FastAPI and MLServer on three models" if bench.section == "suite" \
+        else f"Peer suite, the PyTorch demo at size {bench.pytorch_size}: {', '.join(bench.models)}"
     return f"""
-## Peer suite: mainsail vs Flask, FastAPI and MLServer on three models
+## {heading}
 
 Run on {bench.started:%Y-%m-%d %H:%M} UTC with `{bench.command}` ({bench.wall_s:.0f} s in all).
 {quick}
@@ -242,8 +245,9 @@ def write_report(bench: SuiteBenchmark, out: Path, img_dir: Path) -> dict[str, P
     """One chart per model under ``img_dir``, and the ``suite`` section of ``out``; returns the charts."""
     from bench.report import write_section
 
-    charts = {model: write_chart(bench, model, img_dir / f"suite-{model}.png") for model in bench.models}
-    write_section(out, "suite", render_suite_section(bench, charts, out))
+    prefix = bench.section
+    charts = {model: write_chart(bench, model, img_dir / f"{prefix}-{model}.png") for model in bench.models}
+    write_section(out, prefix, render_suite_section(bench, charts, out))
     return charts
 
 
