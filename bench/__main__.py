@@ -159,6 +159,29 @@ def _multimodel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _async(args: argparse.Namespace) -> int:
+    from bench import async_inference
+    from bench.report import write_section
+
+    command = "python -m bench " + shlex.join(sys.argv[1:])
+    per_instance = args.per_instance or (["default"] if args.quick else ["default", "16"])
+    large_mb = args.large_mb if args.large_mb is not None else (10.0 if args.quick else 100.0)
+    bench = async_inference.run_async_benchmark(
+        requests=args.requests or (50 if args.quick else 500),
+        instances=args.instances or ([1] if args.quick else [1, 2]),
+        per_instance=[None if p == "default" else int(p) for p in per_instance], threads=args.threads,
+        large_mb=large_mb, quick=args.quick, command=command,
+        log=lambda line: print(line, file=sys.stderr, flush=True))
+    print()
+    print(async_inference.results_table(bench))
+    print()
+    print(async_inference.large_table(bench))
+    print(async_inference.failures_text(bench))
+    write_section(args.out, "async", async_inference.render_async_section(bench))
+    print(f"\nwrote the async section of {args.out} ({bench.wall_s:.0f} s in all)")
+    return 1 if bench.errors else 0
+
+
 def _memory(args: argparse.Namespace) -> int:
     from bench import memory
 
@@ -269,6 +292,24 @@ def main(argv: list[str] | None = None) -> int:
     multimodel.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
                             help="markdown file to update (default docs/benchmarks.md)")
     multimodel.set_defaults(func=_multimodel, duration=1.0, rounds=1, warmup=None)
+    asynchronous = commands.add_parser(
+        "async", help="asynchronous inference: InvokeEndpointAsync submit and end-to-end latency, completion "
+        "throughput vs real-time InvokeEndpoint, and one large CSV through the queue")
+    asynchronous.add_argument("--requests", type=int, default=None,
+                              help="requests per cell (default 500; 50 with --quick)")
+    asynchronous.add_argument("--instances", type=int, nargs="+", default=None,
+                              help="InitialInstanceCount values (default 1 2; 1 with --quick)")
+    asynchronous.add_argument("--per-instance", nargs="+", default=None,
+                              help="MaxConcurrentInvocationsPerInstance values, 'default' for unset "
+                              "(default: default 16; default with --quick)")
+    asynchronous.add_argument("--threads", type=int, default=4, help="client threads that submit (default 4)")
+    asynchronous.add_argument("--large-mb", type=float, default=None,
+                              help="MiB of the one large CSV request, 0 for none (default 100; 10 with --quick)")
+    asynchronous.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                              help="markdown file to update (default docs/benchmarks.md)")
+    asynchronous.add_argument("--quick", action="store_true",
+                              help="a smoke run: 50 requests, one instance, the default concurrency, 10 MB")
+    asynchronous.set_defaults(func=_async, duration=1.0, rounds=1, warmup=None)
     suite = commands.add_parser(
         "suite", help="mainsail vs Flask, FastAPI and MLServer on three models, concurrency 1/16/64, 1 and 64 "
         "records per request, with memory and one chart per model (about 12 minutes)")
