@@ -52,6 +52,8 @@ ASYNC_REQUEST = "async-request"
 ASYNC_INSTANCE_MAX_PAYLOAD_MB = MAX_ASYNC_PAYLOAD // (1024 * 1024)
 _ERROR_BODY = 64 * 1024  # bytes of an instance's error answer kept for the failure
 DEFAULT_TTL, DEFAULT_TIMEOUT, DEFAULT_CONCURRENCY = 6 * 3600, 900, 4
+COALESCE_S = 0.002
+"""After a wake-up, how long the worker waits for more arrivals or completions to share its pass."""
 _THROTTLED: Final = "\0throttled"  # what _invoke returns for a request to keep queued
 _HEADER = "x-amzn-sagemaker-"
 
@@ -168,7 +170,9 @@ class AsyncInference:
             try:
                 await asyncio.wait_for(self._kick.wait(), self.poll)
             except TimeoutError:
-                pass
+                continue
+            # Requests that finish together (or arrive in a burst) share one pass over the queue.
+            await asyncio.sleep(COALESCE_S)
 
     def _capacity(self, record: Record | None) -> int:
         if record is None:
@@ -231,6 +235,7 @@ class AsyncInference:
         if failure == _THROTTLED:  # serverless MaxConcurrency: stays queued for the next pass
             return
         await self._finish(key, item, failure)
+        self._kick.set()  # a slot is free: the next queued request starts now, not at the next poll
 
     async def _invoke(self, item: Record, source: PayloadInput, timeout: float) -> str | None:
         """Route the request as the router routes ``InvokeEndpoint`` (weights, cold starts, idle
