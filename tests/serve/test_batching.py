@@ -354,3 +354,30 @@ def test_settings_read_the_batching_env_vars(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("MAINSAIL_MAX_BATCH_SIZE", "0")
     with pytest.raises(ValueError, match="MAX_BATCH_SIZE"):
         ServeSettings()
+
+
+def test_pytorch_large_batches_run_in_bounded_forward_passes(bimodal_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from examples.bimodal_demo import sample_records
+    from mainsail.handlers.pytorch import handler as module
+
+    handler = module.PyTorchHandler(bimodal_dir, use_onnx=False, device="cpu")
+    handler.load()
+    records = sample_records(24, seed=4)
+    whole = handler.predict_records(records)
+    shapes: list[int] = []
+    network = handler.network
+    assert network is not None
+    original = network.probabilities
+
+    def counting(inputs: Any) -> Any:
+        shapes.append(len(next(iter(inputs.values()))))
+        return original(inputs)
+
+    monkeypatch.setattr(module, "MAX_SEQUENCES", 6)
+    monkeypatch.setattr(network, "probabilities", counting)
+    sliced = handler.predict_records(records)
+    np.testing.assert_allclose(sliced, whole, atol=1e-6)
+    assert sum(shapes) == len(records) and max(shapes) <= 6

@@ -45,6 +45,8 @@ ARTIFACTS_FILE = "model_artifacts.pth"
 # One record's text fields as chunk encodings, and its tab row.
 Encoded = tuple[dict[str, list[dict[str, list[int]]]], np.ndarray]
 INPUT_TYPES = ("application/json", "application/jsonlines", "text/csv", "application/x-parquet")
+MAX_SEQUENCES = 512
+"""Most chunk sequences (records x chunks, all text fields) in one forward pass."""
 
 
 class Network(Protocol):
@@ -277,7 +279,13 @@ class PyTorchHandler:
         for index, (texts, _) in enumerate(encoded):
             groups[tuple(len(texts[f]) for f in self.pipelines)].append(index)
         out: np.ndarray | None = None
-        for indices in groups.values():
+        slices = []
+        for key, indices in groups.items():
+            # Bounded forward passes: at most MAX_SEQUENCES chunk sequences each, so a large request
+            # (or a large adaptive batch) never builds one giant activation tensor.
+            step = max(1, MAX_SEQUENCES // max(1, sum(key)))
+            slices += [indices[i:i + step] for i in range(0, len(indices), step)]
+        for indices in slices:
             inputs = self.collate([encoded[i] for i in indices])
             try:
                 probs = self.network.probabilities(inputs)
