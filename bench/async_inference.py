@@ -506,7 +506,6 @@ def render_async_section(bench: AsyncBenchmark) -> str:
              "the numbers.\n" if bench.quick else "")
     loads = ", ".join(f"{c.load_average:.1f}" for c in bench.cells)
     endpoint_s = ", ".join(f"{c.endpoint_s:.1f}" for c in bench.cells)
-    cap = f"{DEFAULT_PER_INSTANCE / POLL_S:.0f} req/s per instance at the default {DEFAULT_PER_INSTANCE}"
     large = bench.large
     large_text = "" if large is None else f"""
 ### One large request
@@ -546,14 +545,12 @@ by the boto3 clients in the benchmark process.
   real-time client's thread count.
 * The gap between the two req/s columns is the queue. Per request it adds a durable insert and delete
   in the state store, reading the input object and writing the output object (temp file, fsync,
-  rename, sidecar), on top of the same forward to the instance that `invoke_endpoint` makes. But what
-  bounds the async column is when requests start: the worker (`AsyncInference._run`) starts queued
-  requests, up to the endpoint's capacity, on a pass over the queue, and a pass runs when a request is
-  submitted or every {POLL_S:g} s, not when a request finishes. While the burst is being submitted the
-  passes are frequent; once it is all queued, an endpoint starts at most its capacity every
-  {POLL_S:g} s ({cap}), however fast the instance could serve, so a higher
-  `MaxConcurrentInvocationsPerInstance` raises the async column even where it adds no parallelism on
-  the instance.
+  rename, sidecar), on top of the same forward to the instance that `invoke_endpoint` makes, and the
+  worker's passes over the queue (`AsyncInference._run`): a pass starts queued requests up to the
+  endpoint's capacity, and runs when a request is submitted or finishes (wake-ups within 2 ms share
+  one pass), else every {POLL_S:g} s. Each pass lists the queued records in the state store, so a
+  deep queue costs the control plane CPU per completion: with the client and the instances on the same
+  2 cores, that is where the async column stops.
 {large_text}
 ### Method
 

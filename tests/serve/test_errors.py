@@ -99,6 +99,26 @@ def test_chunked_body_over_the_limit_is_413(app: LiveApp) -> None:
                          headers={"content-type": "application/json"})
 
 
+def test_a_body_in_several_chunks_is_joined(app: LiveApp) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield from (b"[[1, ", b"2", b"]]")
+
+    r = app.client.post("/invocations", content=chunks(), headers={"content-type": "application/json"})
+    assert (r.status_code, r.json()) == (200, [3.0])
+
+
+def test_a_client_gone_mid_body_leaves_the_server_serving(app: LiveApp) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(app.url)
+    with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: 100\r\n\r\n[[1, 2")
+    ok = app.client.post("/invocations", **GOOD)  # type: ignore[arg-type]
+    assert (ok.status_code, ok.json()) == (200, [3.0])
+
+
 def test_handler_exception_is_500_with_the_message(app: LiveApp) -> None:
     assert_error_then_ok(app, 500, "ModelError", contains="RuntimeError: the model refuses 999",
                          content=b"[[999]]", headers={"content-type": "application/json"})

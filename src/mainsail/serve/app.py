@@ -7,7 +7,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -60,10 +60,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _content_type(request: Request) -> str | None:
-    headers = request.headers
+def make_invocation(body: bytes, headers: Mapping[str, str], default_accept: str) -> Invocation:
+    """The handler's view of a request (``headers`` with lowercased names): a missing or ``*/*``
+    Accept resolved to ``default_accept``, the request id from SageMaker's headers."""
+    accept = headers.get("accept") or default_accept
+    if accept.strip() == "*/*":
+        accept = default_accept
+    request_id = next((headers[h] for h in REQUEST_ID_HEADERS if h in headers), None)
     # The toolkit accepts any header matching ^[Cc]ontent-?[Tt]ype.
-    return headers.get("content-type") or headers.get("contenttype")
+    content_type = headers.get("content-type") or headers.get("contenttype")
+    return Invocation(body, content_type, accept, headers, request_id)
 
 
 class Endpoints:
@@ -85,30 +91,6 @@ class Endpoints:
         reason = self.runtime.load_error or "the model is still loading"
         return _json({"error": "ModelNotReady", "message": reason}, 503)
 
-    async def invocations(self, request: Request) -> Response:
-        started = time.perf_counter()
-        model_seconds: float | None = None
-        try:
-            body = await read_body(request, self.limit)
-            accept = request.headers.get("accept") or self.default_accept
-            if accept.strip() == "*/*":
-                accept = self.default_accept
-            headers = request.headers
-            request_id = next((headers[h] for h in REQUEST_ID_HEADERS if h in headers), None)
-            invocation = Invocation(body, _content_type(request), accept, headers, request_id)
-            reply, model_seconds = await self.runtime.invoke(invocation)
-            response = Response(reply.body, status_code=reply.status, headers=reply.headers or None,
-                                media_type=reply.content_type)
-        except MainsailError as exc:
-            model_seconds = exc.model_seconds
-            if exc.status_code >= 500:
-                logger.error("invocation failed: %s", exc.message, exc_info=exc.__cause__ or False)
-            response = error_response(exc)
-        self.metrics.record(response.status_code,
-                            None if model_seconds is None else model_seconds * 1e6,
-                            (time.perf_counter() - started) * 1e6)
-        return response
-
     async def execution_parameters(self, request: Request) -> Response:
         settings = self.settings
         return _json({
@@ -119,6 +101,84 @@ class Endpoints:
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+class _Disconnected(Exception):
+    """The client went away before its request body arrived."""
+
+
+async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """A request body read from ASGI ``receive``, refused with 413 as soon as it exceeds ``limit``."""
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest(f"invalid Content-Length header {declared!r}") from None
+        if size > limit:
+            raise PayloadTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_response(send: Send, status: int, media_type: str, body: bytes,
+                        headers: Mapping[str, str] | None = None) -> None:
+    """One complete response, with the headers Starlette's ``Response`` would give it."""
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()] if headers else []
+    names = {name for name, _ in raw}
+    if b"content-length" not in names:
+        raw.append((b"content-length", str(len(body)).encode()))
+    if b"content-type" not in names:
+        if media_type.startswith("text/") and "charset=" not in media_type.lower():
+            media_type += "; charset=utf-8"
+        raw.append((b"content-type", media_type.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Invocations:
+    """``POST /invocations``, the hot path, as plain ASGI: no routing, Request or Response objects
+    (the other routes, and other methods on this one, go through Starlette)."""
+
+    def __init__(self, app: ASGIApp, endpoints: Endpoints) -> None:
+        self.app = app
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/invocations" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        endpoints = self.endpoints
+        started = time.perf_counter()
+        model_seconds: float | None = None
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        try:
+            body = await receive_body(receive, headers.get("content-length"), endpoints.limit)
+            invocation = make_invocation(body, headers, endpoints.default_accept)
+            reply, model_seconds = await endpoints.runtime.invoke(invocation)
+            status, media_type, payload, extra = reply.status, reply.content_type, reply.body, reply.headers
+        except _Disconnected:
+            return
+        except MainsailError as exc:
+            model_seconds = exc.model_seconds
+            if exc.status_code >= 500:
+                logger.error("invocation failed: %s", exc.message, exc_info=exc.__cause__ or False)
+            status, media_type, payload, extra = exc.status_code, JSON_TYPE, orjson.dumps(exc.to_dict()), {}
+        await send_response(send, status, media_type, payload, extra)
+        endpoints.metrics.record(status, None if model_seconds is None else model_seconds * 1e6,
+                                 (time.perf_counter() - started) * 1e6)
 
 
 class AccessLog:
@@ -179,15 +239,20 @@ def create_app(runtime: ModelRuntime, settings: ServeSettings, metrics: Metrics 
     app = Starlette(
         routes=[
             Route("/ping", endpoints.ping, methods=["GET"]),
-            Route("/invocations", endpoints.invocations, methods=["POST"]),
+            Route("/invocations", _post_only, methods=["POST"]),
             Route("/execution-parameters", endpoints.execution_parameters, methods=["GET"]),
             Route("/metrics", endpoints.metrics_endpoint, methods=["GET"]),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )
+    app.add_middleware(Invocations, endpoints=endpoints)
     app.add_middleware(AccessLog)
     return app
+
+
+async def _post_only(request: Request) -> Response:  # pragma: no cover - Invocations answers POST
+    raise HTTPException(405)
 
 
 def _load_quietly(runtime: ModelRuntime) -> None:

@@ -61,15 +61,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mainsail.errors import BadRequest, MainsailError, ModelLoadError
-from mainsail.handlers.base import Invocation
 from mainsail.serve.app import (
     JSON_TYPE,
-    REQUEST_ID_HEADERS,
     AccessLog,
-    _content_type,
     _http_error,
     _unexpected,
     error_response,
+    make_invocation,
     read_body,
 )
 from mainsail.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -590,12 +588,7 @@ class MultiModelEndpoints:
             return error_response(exc)
         try:
             body = await read_body(request, self.limit)
-            accept = request.headers.get("accept") or model.default_accept
-            if accept.strip() == "*/*":
-                accept = model.default_accept
-            headers = request.headers
-            request_id = next((headers[h] for h in REQUEST_ID_HEADERS if h in headers), None)
-            invocation = Invocation(body, _content_type(request), accept, headers, request_id)
+            invocation = make_invocation(body, request.headers, model.default_accept)
             reply, model_seconds = await model.runtime.invoke(invocation)
             response = Response(reply.body, status_code=reply.status, headers=reply.headers or None,
                                 media_type=reply.content_type)
