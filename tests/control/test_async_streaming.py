@@ -97,6 +97,14 @@ def _digest_of_object(s3: Any, bucket: str, key: str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def script_model(tmp_path: Path) -> Path:
+    """A model directory whose code/inference.py is SCRIPT."""
+    model_dir = tmp_path / "model"
+    (model_dir / "code").mkdir(parents=True)
+    (model_dir / "code" / "inference.py").write_text(SCRIPT)
+    return model_dir
+
+
 def deploy_async(sm: Any, name: str, model_dir: Path, *, failures: bool = True,
                  env: dict[str, str] | None = None) -> None:
     """An async endpoint ``name`` serving ``model_dir``, results under s3://<name>-out/, waited for."""
@@ -126,9 +134,7 @@ def up(tmp_path: Path) -> Iterator[UpProcess]:
 
 
 def test_a_200_mb_payload_is_streamed_both_ways(up: UpProcess, tmp_path: Path) -> None:
-    model_dir = tmp_path / "model"
-    (model_dir / "code").mkdir(parents=True)
-    (model_dir / "code" / "inference.py").write_text(SCRIPT)
+    model_dir = script_model(tmp_path)
     sm, s3, rt = up.client("sagemaker"), up.client("s3"), up.client("sagemaker-runtime")
     for bucket in ("big-in", "big-out"):
         s3.create_bucket(Bucket=bucket)
@@ -186,9 +192,7 @@ def test_real_s3_input_is_streamed_chunked_and_the_result_uploaded_in_parts(moto
     httpx.post(moto_url + "/moto-api/reset")
     up = UpProcess(tmp_path / "home", env={"AWS_ENDPOINT_URL_S3": moto_url})
     try:
-        model_dir = tmp_path / "model"
-        (model_dir / "code").mkdir(parents=True)
-        (model_dir / "code" / "inference.py").write_text(SCRIPT)
+        model_dir = script_model(tmp_path)
         s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="testing",
                           aws_secret_access_key="testing")
         for bucket in ("real-in", "real-out"):
@@ -215,9 +219,7 @@ def test_real_s3_input_is_streamed_chunked_and_the_result_uploaded_in_parts(moto
 def test_an_instance_that_refuses_the_payload_fails_the_request(plane: Plane, tmp_path: Path) -> None:
     """The model's own SAGEMAKER_MAX_PAYLOAD_IN_MB wins over the async default (1024): the instance
     answers 413 while the input is still being sent, and that answer is the failure."""
-    model_dir = tmp_path / "model"
-    (model_dir / "code").mkdir(parents=True)
-    (model_dir / "code" / "inference.py").write_text(SCRIPT)
+    model_dir = script_model(tmp_path)
     sm, s3, rt = plane.client("sagemaker"), plane.client("s3"), plane.client("sagemaker-runtime")
     for bucket in ("small-in", "small-out"):
         s3.create_bucket(Bucket=bucket)
