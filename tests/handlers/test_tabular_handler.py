@@ -241,6 +241,58 @@ def test_fast_and_batch_paths_give_identical_numbers(tmp_path: Path) -> None:
             assert a.body == b.body
 
 
+@pytest.mark.parametrize("classes,calibration", [(2, "binary"), (3, "multiclass")])
+def test_multi_record_bodies_read_without_pandas_give_the_frame_paths_bytes(
+        tmp_path: Path, classes: int, calibration: str) -> None:
+    train_xgboost(tmp_path, classes, calibration)
+    fast, slow = TabularHandler(tmp_path), TabularHandler(tmp_path, fast_path=False)
+    fast.load()
+    slow.load()
+    records = messy_records(40, 13)
+    for i, record in enumerate(records):  # floats and ints mixed in a column; sizes as numbers and text
+        if i % 3 == 0:
+            record["size"] = float(record["size"])
+        if i % 8 == 5:
+            record["size"] = str(record["size"])
+        if i % 9 == 2:
+            record["num2"] = str(record["num2"])
+    gappy = [dict(r) for r in records[:6]]
+    del gappy[2]["num1"]  # a column missing from one record: missing data, as in the frame path
+
+    def csv_field(value: Any) -> str:
+        return "" if value is None else str(value)
+
+    def csv(rows: list[dict[str, Any]]) -> bytes:
+        return "".join(",".join(csv_field(r[f]) for f in FEATURES) + "\n" for r in rows).encode()
+
+    bodies = [
+        (json.dumps(records).encode(), "application/json"),
+        (json.dumps({"instances": records}).encode(), "application/json"),
+        ("\n".join(json.dumps(r) for r in records).encode() + b"\n", "application/jsonlines"),
+        (csv(records), "text/csv"),
+        (csv(records).rstrip(b"\n"), "text/csv; charset=utf-8"),
+        (json.dumps(gappy).encode(), "application/json"),
+        (json.dumps(records[:1]).encode(), "application/json"),
+        # Text that is hard to type: numbers and words in one column, NaN words, exponents, signs,
+        # blanks around numbers, integers beyond 64 bits, underscores.
+        (b"1,nan,1e3,red,1\n+2, 3 ,NA,green,2.0\nabc,-4.5,null,BLUE,3\n"
+         b"99999999999999999999999,1_000,-0,purple,x\n,,,,\n", "text/csv"),
+        (json.dumps([{"num1": "1e3", "num2": " 7 ", "num3": "NaN", "color": 1, "size": True},
+                     {"num1": 10**20, "num2": [1], "num3": {"a": 1}, "color": None, "size": "2"},
+                     {"num1": -0.0, "num2": "inf", "num3": "1_0", "color": "red", "size": 3}]).encode(),
+         "application/json"),
+    ]
+    for body, ctype in bodies:
+        for accept in ("application/json", "text/csv"):
+            a = fast.invoke(Invocation(body, ctype, accept))
+            b = slow.invoke(Invocation(body, ctype, accept))
+            assert (a.body, a.content_type) == (b.body, b.content_type), (ctype, body[:80])
+    # The records path really is taken for plain records, and left for anything else.
+    assert fast._records_features(bodies[0][0], "application/json", "application/json") is not None
+    assert fast._records_features(bodies[3][0], "text/csv", "text/csv") is not None
+    assert fast._records_features(bodies[5][0], "application/json", "application/json") is None
+
+
 def test_request_id_is_echoed(served: tuple[LiveApp, Any]) -> None:
     app, _ = served
     r = app.client.post("/invocations", content=json.dumps(messy_records(1, 1)[0]),

@@ -113,6 +113,44 @@ class SklearnScorer:
         return np.asarray(self.model.predict_proba(features))
 
 
+def _json_records(body: bytes, kind: str) -> list[dict[str, Any]] | None:
+    """A JSON list of objects, ``{"instances": [objects]}`` or JSON Lines of objects; else None."""
+    try:
+        if kind == "application/json":
+            data = orjson.loads(body)
+            if isinstance(data, dict) and set(data) == {"instances"}:
+                data = data["instances"]
+        elif kind == "application/jsonlines":
+            lines = body.split(b"\n")
+            if lines and not lines[-1].strip():
+                lines.pop()
+            data = [orjson.loads(line) for line in lines]
+        else:
+            return None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, list) or not data or not all(isinstance(record, dict) for record in data):
+        return None
+    return data
+
+
+def _plain_csv_lines(body: bytes, content_type: str | None) -> list[str] | None:
+    """The lines of a UTF-8 CSV body with no quotes, carriage returns or blank lines; else None."""
+    params = (content_type or "").lower()
+    if "charset" in params and "utf-8" not in params and "utf8" not in params:
+        return None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if '"' in text or "\r" in text:
+        return None
+    lines = text.rstrip("\n").split("\n")
+    if not lines or any(not line.strip() for line in lines):
+        return None
+    return lines
+
+
 def find_model_file(model_dir: Path) -> tuple[str, Path] | None:
     """The library and file of a model directory the tabular handler can serve, or None."""
     for names, library in ((XGBOOST_FILES, "xgboost"), (LIGHTGBM_FILES, "lightgbm"), (SKLEARN_FILES, "sklearn")):
@@ -209,6 +247,8 @@ class TabularHandler:
             raise UnsupportedContentType(content_type, list(INPUT_TYPES))
         if self.fast_path:
             fast = self._fast_features(body, content_type, kind)
+            if fast is None:
+                fast = self._records_features(body, content_type, kind)
             if fast is not None:
                 return fast
         decoded = self.codecs.decode(body, content_type)
@@ -251,6 +291,28 @@ class TabularHandler:
             self._check_width(len(values))
             return pre.transform_values(values)
         return None
+
+    def _records_features(self, body: bytes, content_type: str | None, kind: str) -> np.ndarray | None:
+        """Several records without pandas, each through the single-record rules (which give the
+        numbers the frame path gives); None when the body is not plain records (then the codecs and
+        pandas read it, and name any error)."""
+        pre = self.preprocessor
+        assert pre is not None
+        if kind == "text/csv":
+            lines = _plain_csv_lines(body, content_type)
+            if lines is None:
+                return None
+            width = len(pre.feature_columns)
+            rows = [decode_record(line) for line in lines]
+            if any(row is None or len(row) != width for row in rows):
+                return None
+            return np.vstack([pre.transform_values(row) for row in rows if row is not None])
+        records = _json_records(body, kind)
+        # A column missing from some records is missing data in the frame path, not a 400: leave
+        # such bodies to it.
+        if records is None or any(pre.missing_columns(record) for record in records):
+            return None
+        return np.vstack([pre.transform_record(record) for record in records])
 
     def _check_width(self, width: int) -> None:
         assert self.preprocessor is not None
