@@ -5,7 +5,8 @@ A model directory in the reference training pipeline's layout (``xgboost_model.b
 LightGBM ``model.txt`` or a scikit-learn ``model.joblib`` is served as it stands. JSON, JSON Lines and
 Parquet columns are matched by name (any order, extras ignored); CSV (and NPY) columns by the order
 of ``feature_columns.txt``. One JSON object or one CSV line takes the single-record fast path: no
-pandas, one ``(1, n)`` float32 row straight into the library's fastest single-row call.
+pandas, one ``(1, n)`` float32 row straight into the library's fastest single-row call; several plain
+records are read record by record with the same rules, also without pandas.
 """
 
 from __future__ import annotations
