@@ -15,6 +15,7 @@ import boto3
 import httpx
 import joblib
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from sklearn.linear_model import LinearRegression
 
 from mainsail.control import SQLiteStore, create_control_app
@@ -134,3 +135,16 @@ class UpProcess:
     def client(self, service: str) -> Any:
         return boto3.client(service, endpoint_url=self.url, region_name=REGION, aws_access_key_id="x",
                             aws_secret_access_key="x", config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+
+
+def s3_object(s3: Any, location: str, timeout: float = 30) -> bytes:
+    """The body of the object at ``s3://bucket/key``, polled for until it exists (async results)."""
+    bucket, key = location[len("s3://"):].split("/", 1)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            return body
+        except ClientError:
+            assert time.monotonic() < deadline, f"no object at {location}"
+            time.sleep(0.1)

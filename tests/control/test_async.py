@@ -13,7 +13,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.control.helpers import IMAGE, ROLE, WAIT, Plane, deploy, make_model_dir
+from tests.control.helpers import IMAGE, ROLE, WAIT, Plane, deploy, make_model_dir, s3_object
 
 pytestmark = pytest.mark.slow
 
@@ -58,18 +58,6 @@ def _async_endpoint(plane: Plane, name: str, model_dir: Path, concurrency: int =
     return s3
 
 
-def _get(s3: Any, location: str, timeout: float = 30) -> bytes:
-    bucket, key = location[len("s3://"):].split("/", 1)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            return body
-        except ClientError:
-            assert time.monotonic() < deadline, f"no object at {location}"
-            time.sleep(0.1)
-
-
 def test_async_results_and_failures(plane: Plane, tmp_path: Path) -> None:
     s3 = _async_endpoint(plane, "later", make_model_dir(tmp_path / "m", SCRIPT))
     rt = plane.client("sagemaker-runtime")
@@ -80,20 +68,20 @@ def test_async_results_and_failures(plane: Plane, tmp_path: Path) -> None:
     assert ok["ResponseMetadata"]["HTTPStatusCode"] == 202
     assert ok["OutputLocation"] == f"s3://async-out/results/{ok['InferenceId']}.out"
     assert ok["FailureLocation"] == f"s3://async-out/failures/{ok['InferenceId']}-error.out"
-    assert json.loads(_get(s3, ok["OutputLocation"])) == pytest.approx([2.0, 3.0])
+    assert json.loads(s3_object(s3, ok["OutputLocation"])) == pytest.approx([2.0, 3.0])
 
     bad = rt.invoke_endpoint_async(EndpointName="later", InputLocation="s3://async-in/bad.csv",
                                    ContentType="text/csv", InferenceId="my-id-1")
     assert bad["InferenceId"] == "my-id-1"
-    assert b"negative inputs are not allowed" in _get(s3, bad["FailureLocation"])
+    assert b"negative inputs are not allowed" in s3_object(s3, bad["FailureLocation"])
     missing = rt.invoke_endpoint_async(EndpointName="later", InputLocation="s3://async-in/nope.csv",
                                        ContentType="text/csv")
-    assert b"Could not read the input s3://async-in/nope.csv" in _get(s3, missing["FailureLocation"])
+    assert b"Could not read the input s3://async-in/nope.csv" in s3_object(s3, missing["FailureLocation"])
 
     named = rt.invoke_endpoint_async(EndpointName="later", InputLocation="s3://async-in/ok.csv",
                                      ContentType="text/csv", S3OutputPathExtension="daily", Filename="run.json")
     assert named["OutputLocation"] == "s3://async-out/results/daily/run.json"
-    assert json.loads(_get(s3, named["OutputLocation"])) == pytest.approx([2.0, 3.0])
+    assert json.loads(s3_object(s3, named["OutputLocation"])) == pytest.approx([2.0, 3.0])
 
     with pytest.raises(ClientError) as exc:
         rt.invoke_endpoint_async(EndpointName="ghost", InputLocation="s3://async-in/ok.csv")
@@ -119,7 +107,7 @@ def test_queued_requests_survive_a_restart(tmp_path: Path, monkeypatch: pytest.M
     with Plane(tmp_path) as second:
         s3 = second.client("s3")
         for answer in answers:
-            assert json.loads(_get(s3, answer["OutputLocation"], timeout=60)) == pytest.approx([14.0])
+            assert json.loads(s3_object(s3, answer["OutputLocation"], timeout=60)) == pytest.approx([14.0])
 
 
 def test_async_endpoint_scales_to_zero_while_its_queue_is_empty(tmp_path: Path,
@@ -142,7 +130,7 @@ def test_async_endpoint_scales_to_zero_while_its_queue_is_empty(tmp_path: Path,
         rt = plane.client("sagemaker-runtime")
         answer = rt.invoke_endpoint_async(EndpointName="sleepy", InputLocation="s3://async-in/ok.csv",
                                           ContentType="text/csv")
-        assert json.loads(_get(s3, answer["OutputLocation"], timeout=60)) == pytest.approx([2.0])
+        assert json.loads(s3_object(s3, answer["OutputLocation"], timeout=60)) == pytest.approx([2.0])
         metrics = httpx.get(plane.url + "/metrics").text
         assert 'ModelSetupTime_count{EndpointName="sleepy",VariantName="AllTraffic"} 1.0' in metrics
         deadline = time.monotonic() + 30
@@ -174,7 +162,7 @@ def test_async_instances_run_with_the_longest_invocation_timeout(plane: Plane, t
     def settings(endpoint: str) -> dict[str, str | None]:
         answer = rt.invoke_endpoint_async(EndpointName=endpoint, InputLocation="s3://async-in/any.csv",
                                           ContentType="text/csv")
-        found: dict[str, str | None] = json.loads(_get(s3, answer["OutputLocation"]))
+        found: dict[str, str | None] = json.loads(s3_object(s3, answer["OutputLocation"]))
         return found
 
     # The instance's own 60 s default would cut an invocation that InvocationTimeoutSeconds (up to

@@ -4,18 +4,16 @@ serverless (`--serverless-memory/--max-concurrency`), asynchronous (`--async-out
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
 import mainsail
 from mainsail.cli import app
-from tests.control.helpers import INFERENCE_OK, UpProcess, make_model_dir
+from tests.control.helpers import INFERENCE_OK, UpProcess, make_model_dir, s3_object
 
 pytestmark = pytest.mark.slow
 
@@ -33,18 +31,6 @@ def cli(up: UpProcess, *args: str) -> Any:
     result = CliRunner().invoke(app, [*args, "--url", up.url])
     assert result.exit_code == 0, (result.output, result.exception)
     return result
-
-
-def _object(s3: Any, location: str, timeout: float = 30) -> bytes:
-    bucket, key = location[len("s3://"):].split("/", 1)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            data: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            return data
-        except ClientError:
-            assert time.monotonic() < deadline, location
-            time.sleep(0.1)
 
 
 def test_serverless_through_the_cli(up: UpProcess, tmp_path: Path) -> None:
@@ -67,12 +53,12 @@ def test_async_through_the_cli_and_the_python_api(up: UpProcess, tmp_path: Path)
     out = cli(up, "invoke-async", "later", "--input", "s3://jobs/in/rows.csv", "--content-type", "text/csv")
     lines = dict(line.split(": ", 1) for line in out.stdout.strip().splitlines())
     assert lines["OutputLocation"] == f"s3://jobs/out/{lines['InferenceId']}.out"
-    assert json.loads(_object(s3, lines["OutputLocation"])) == pytest.approx([2.0, 3.0])
+    assert json.loads(s3_object(s3, lines["OutputLocation"])) == pytest.approx([2.0, 3.0])
 
     endpoint = mainsail.endpoint("later", url=up.url)
     answer = endpoint.invoke_async("s3://jobs/in/rows.csv", content_type="text/csv", inference_id="py-1")
     assert answer["OutputLocation"] == "s3://jobs/out/py-1.out"
-    assert json.loads(_object(s3, answer["OutputLocation"])) == pytest.approx([2.0, 3.0])
+    assert json.loads(s3_object(s3, answer["OutputLocation"])) == pytest.approx([2.0, 3.0])
     endpoint.delete()
 
     served = mainsail.deploy(model, name="py-sls", url=up.url, serverless_memory_mb=1024, max_concurrency=1)
