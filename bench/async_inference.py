@@ -54,8 +54,8 @@ from bench.procs import stop
 from bench.report import machine_summary, versions
 from bench.serve import HOST
 from bench.serverless import build_tabular_model
-from mainsail.control.async_inference import DEFAULT_CONCURRENCY as DEFAULT_PER_INSTANCE
-from mainsail.control.async_inference import AsyncInference
+from mainsail.jobs.async_inference import DEFAULT_CONCURRENCY as DEFAULT_PER_INSTANCE
+from mainsail.jobs.async_inference import AsyncInference
 
 CSV = "text/csv"
 MB = 1024 * 1024
@@ -229,7 +229,7 @@ class OutputWatcher:
     (``<home>/s3/buckets/<bucket>/meta/``, one ``<sha256(key)>.json`` per committed object)."""
 
     def __init__(self, home: Path, bucket: str) -> None:
-        from mainsail.control.s3store import key_digest
+        from mainsail.aws.s3.store import key_digest
 
         self._digest = key_digest
         self.meta = home / "s3" / "buckets" / bucket / "meta"

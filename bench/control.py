@@ -691,7 +691,7 @@ columns are each process's CPU time over the cell divided by the requests it ser
   {bench.duration_s:g} s measured per cell. **direct** posts to `http://127.0.0.1:<instance
   port>/invocations`; **hop** posts to `http://127.0.0.1:<up port>/endpoints/{ENDPOINT_NAME}/invocations`,
   which `mainsail up` forwards to the same instance over its pooled keep-alive connections
-  (`mainsail.control.forward`: HTTP/1.1 written by hand on asyncio transports, responses parsed by
+  (`mainsail.backends.loopback`: HTTP/1.1 written by hand on asyncio transports, responses parsed by
   httptools; it replaced an `httpx.AsyncClient`, whose own layers took most of the route's CPU). Each
   round measures both paths at each concurrency, alternating which goes first.
 * **boto3 loop**: `boto3.client("sagemaker-runtime").invoke_endpoint(...)` and `Body.read()` one call

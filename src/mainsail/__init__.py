@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from mainsail._version import __version__
 from mainsail.errors import MainsailError
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing would double what `import mainsail` costs
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
         load,
     )
 
-__version__ = "0.1.0"
 
 _LAZY = frozenset({"deploy", "endpoint", "load", "Endpoint", "LocalModel", "Response", "MainsailClientError",
                    "ModelInvocationError", "DeploymentFailed"})

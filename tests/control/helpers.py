@@ -18,10 +18,11 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from sklearn.linear_model import LinearRegression
 
-from mainsail.control import SQLiteStore, create_control_app
-from mainsail.control.backends import LocalBackend
-from mainsail.control.reconciler import Reconciler
-from mainsail.control.router import Router
+from mainsail.backends.local import LocalBackend
+from mainsail.gateway.app import create_control_app
+from mainsail.hosting.reconciler import Reconciler
+from mainsail.hosting.store import SQLiteStore
+from mainsail.routing.router import Router
 from tests.conftest import ThreadedServer, free_port
 
 REGION = "us-east-1"

@@ -13,7 +13,8 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from mainsail.control import SQLiteStore, create_control_app
+from mainsail.gateway.app import create_control_app
+from mainsail.hosting.store import SQLiteStore
 from tests.conftest import ThreadedServer
 
 REGION = "us-east-1"

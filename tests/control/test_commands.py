@@ -19,7 +19,8 @@ from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
 from mainsail.cli import app
-from mainsail.control import SQLiteStore, create_control_app
+from mainsail.gateway.app import create_control_app
+from mainsail.hosting.store import SQLiteStore
 from tests.conftest import ThreadedServer, free_port
 from tests.control.helpers import UpProcess
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from mainsail.control import SQLiteStore
-from mainsail.control import endpoints as ep
-from mainsail.control.backends import LocalBackend
+from mainsail.backends.local import LocalBackend
+from mainsail.hosting import endpoints as ep
+from mainsail.hosting.store import SQLiteStore
 from tests.control.helpers import INFERENCE_BAD, INFERENCE_OK, REGION, WAIT, Plane, deploy, make_model_dir
 
 _deploy, _model_dir = deploy, make_model_dir
@@ -120,7 +120,7 @@ def test_list_endpoints_pagination(plane: Plane, tmp_path: Path) -> None:
 def test_local_backend_extracts_model_archive(tmp_path: Path) -> None:
     import tarfile
 
-    from mainsail.control.backends import InstanceSpec, ModelSourceError
+    from mainsail.backends.local import InstanceSpec, ModelSourceError
 
     src = _model_dir(tmp_path / "src", INFERENCE_OK)
     archive = tmp_path / "model.tar.gz"
@@ -140,7 +140,7 @@ def test_local_backend_extracts_model_archive(tmp_path: Path) -> None:
 def test_router_picks_by_weight_target_and_outstanding_requests(tmp_path: Path) -> None:
     import random
 
-    from mainsail.control.router import Router, Table
+    from mainsail.routing.router import Router, Table
 
     store = SQLiteStore(tmp_path / "s.db")
     router = Router(store, rng=random.Random(0))

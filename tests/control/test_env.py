@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mainsail.control import resources as res
-from mainsail.control.commands import ENV_UNSET
+from mainsail.cli.endpoints import ENV_UNSET
+from mainsail.hosting import resources as res
 from tests.control.helpers import Plane
 
 CLI = [sys.executable, "-m", "mainsail.cli", "env"]

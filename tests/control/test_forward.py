@@ -1,4 +1,4 @@
-"""The router's loopback HTTP/1.1 client (``mainsail.control.forward``) against real servers.
+"""The router's loopback HTTP/1.1 client (``mainsail.backends.loopback``) against real servers.
 
 Well-behaved answers come from a small Starlette app under a real uvicorn (in a thread); misbehaving
 ones from raw ``asyncio.start_server`` servers in the test's own event loop. Every test runs on both
@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from mainsail.control.forward import Forwarder, ForwardError, Upstream
+from mainsail.backends.loopback import Forwarder, ForwardError, Upstream
 from tests.conftest import ThreadedServer, free_port
 
 TIMEOUT = 5.0  # per exchange, well above anything a passing test needs

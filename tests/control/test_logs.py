@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import WaiterError
 
-from mainsail.control import logs
-from mainsail.control.logs import InvalidParameterException, LogsApi, ResourceNotFoundException, parse_pattern
+from mainsail.aws.logs import api as logs
+from mainsail.aws.logs.api import InvalidParameterException, LogsApi, ResourceNotFoundException, parse_pattern
 from tests.control.helpers import INFERENCE_BAD, WAIT, Plane, deploy, make_model_dir
 
 GROUP = "/aws/sagemaker/Endpoints/ep"

@@ -18,8 +18,8 @@ import joblib
 import pytest
 from sklearn.linear_model import LinearRegression
 
-from mainsail.control import modeldata as md
-from mainsail.control.backends import ModelSourceError
+from mainsail.backends import model_fetch as md
+from mainsail.backends.local import ModelSourceError
 from tests.conftest import free_port
 from tests.control.helpers import Plane
 

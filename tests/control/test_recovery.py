@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mainsail.control import endpoints as ep
+from mainsail.hosting import endpoints as ep
 from tests.control.helpers import INFERENCE_OK, WAIT, Plane, deploy, make_model_dir
 
 pytestmark = pytest.mark.slow
@@ -119,7 +119,7 @@ def test_restart_reaps_orphan_instances(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_recover_never_signals_a_reused_pid(tmp_path: Path) -> None:
     """A recorded pid that now belongs to some other process is forgotten, not killed."""
-    from mainsail.control.backends import Instance, LocalBackend
+    from mainsail.backends.local import Instance, LocalBackend
 
     backend = LocalBackend(tmp_path)
     me = Instance(variant="v", pid=os.getpid(), port=1, log_path="")

@@ -23,11 +23,12 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from mainsail.control import SQLiteStore, create_control_app
-from mainsail.control import modeldata as md
-from mainsail.control.backends import ModelSourceError
-from mainsail.control.s3 import AwsChunkedDecoder
-from mainsail.control.s3store import ObjectMeta, S3Store
+from mainsail.aws.s3.api import AwsChunkedDecoder
+from mainsail.aws.s3.store import ObjectMeta, S3Store
+from mainsail.backends import model_fetch as md
+from mainsail.backends.local import ModelSourceError
+from mainsail.gateway.app import create_control_app
+from mainsail.hosting.store import SQLiteStore
 from tests.conftest import ThreadedServer
 from tests.control.helpers import INFERENCE_OK, WAIT, Plane, deploy, make_model_dir
 

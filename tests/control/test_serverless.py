@@ -16,7 +16,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from mainsail.control import endpoints as ep
+from mainsail.hosting import endpoints as ep
 from tests.control.helpers import IMAGE, ROLE, WAIT, Plane, make_model_dir
 
 pytestmark = pytest.mark.slow

@@ -24,10 +24,10 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError, WaiterError
 from typer.testing import CliRunner
 
+from mainsail.backends.local import LocalBackend
 from mainsail.cli import app
-from mainsail.control import SQLiteStore
-from mainsail.control import transform as tf
-from mainsail.control.backends import LocalBackend
+from mainsail.hosting.store import SQLiteStore
+from mainsail.jobs.transform import job as tf
 from tests.conftest import free_port
 from tests.control.helpers import IMAGE, INFERENCE_OK, REGION, ROLE, Plane, UpProcess, make_model_dir
 

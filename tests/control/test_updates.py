@@ -18,7 +18,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from mainsail.control import endpoints as ep
+from mainsail.hosting import endpoints as ep
 from tests.control.helpers import IMAGE, INFERENCE_BAD, INFERENCE_OK, ROLE, WAIT, Plane, deploy, make_model_dir
 
 pytestmark = pytest.mark.slow

@@ -27,10 +27,10 @@ from typing import Any
 import orjson
 
 from mainsail.codecs import toolkit
-from mainsail.context import Context
 from mainsail.errors import HandlerError, MainsailError, ModelError, ModelLoadError, UnsupportedContentType
 from mainsail.handlers import defaults as fw
 from mainsail.handlers.base import Invocation, Outcome, Reply, invoke_each
+from mainsail.handlers.context import Context
 
 logger = logging.getLogger(__name__)
 

@@ -436,7 +436,7 @@ ENV_UNSET = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFA
 def default_bucket(region: str) -> str:
     """The bucket ``Session.default_bucket()`` would pick on AWS for the local account (the one
     STS GetCallerIdentity answers)."""
-    from mainsail.control.resources import ACCOUNT
+    from mainsail.hosting.resources import ACCOUNT
 
     return f"sagemaker-{region}-{ACCOUNT}"
 
@@ -508,7 +508,7 @@ def env(
         help="Where the SDK config file is written [env MAINSAIL_HOME; default ~/.mainsail]")] = None,
 ) -> None:
     """Print the environment for boto3 / SageMaker SDK scripts: eval "$(mainsail env)"."""
-    from mainsail.control.backends import default_home
+    from mainsail.backends.local import default_home
 
     if shell not in ("sh", "bash", "zsh", "fish", "powershell", "pwsh"):
         _err(f"error: unknown --shell {shell!r}: use sh, fish or powershell")

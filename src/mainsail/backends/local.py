@@ -141,7 +141,7 @@ class LocalBackend:
         self._lock = threading.Lock()
 
     def _model_dir(self, spec: InstanceSpec) -> Path:
-        from mainsail.control.modeldata import multi_model_prefix, resolve_model_data
+        from mainsail.backends.model_fetch import multi_model_prefix, resolve_model_data
 
         if multi_model_prefix(spec.model_data_url, spec.environment) is not None:
             # a multi-model endpoint: an empty models dir; the router loads target models on demand
@@ -156,12 +156,12 @@ class LocalBackend:
         logs = self.home / "logs" / spec.endpoint
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{spec.variant}-{spec.index}-{port}.log"
-        from mainsail.control.modeldata import resolve_environment
+        from mainsail.backends.model_fetch import resolve_environment
 
         # unbuffered: a print() in a user script reaches the log file (and CloudWatch Logs) at once
         env = {**os.environ, "MAINSAIL_HOME": str(self.home), "PYTHONUNBUFFERED": "1",
                **resolve_environment(spec.environment, self.home)}
-        from mainsail.control.modeldata import multi_model_prefix
+        from mainsail.backends.model_fetch import multi_model_prefix
 
         multi = ["--multi-model"] if multi_model_prefix(spec.model_data_url, spec.environment) is not None else []
         cmd = [sys.executable, "-m", "mainsail.cli", "serve", *multi, str(model_dir), "--port", str(port),

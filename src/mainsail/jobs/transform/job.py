@@ -50,15 +50,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-from mainsail.control import resources as res
-from mainsail.control.backends import Backend, Instance, InstanceSpec, ModelSourceError
-from mainsail.control.errors import ControlError, ResourceNotFound, ValidationException
-from mainsail.control.store import Record, StateStore
-
-if TYPE_CHECKING:
-    from mainsail.control.api import Call
+from mainsail.aws.errors import ControlError, ResourceNotFound, ValidationException
+from mainsail.aws.identity import sagemaker_arn
+from mainsail.aws.protocol import Violations
+from mainsail.backends.local import Backend, Instance, InstanceSpec, ModelSourceError
+from mainsail.hosting import resources as res
+from mainsail.hosting.calls import Call
+from mainsail.hosting.store import Record, StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def _uri(v: res.Violations, value: Any, path: str) -> None:
 
 def validate(body: dict[str, Any]) -> None:
     """Raise ValidationException for a CreateTransformJob request the service would refuse."""
-    v = res.Violations()
+    v = Violations()
     res.validate_name(v, body.get("TransformJobName"), "transformJobName")
     res.validate_name(v, body.get("ModelName"), "modelName", res.MODEL_NAME_PATTERN)
     v.number(body.get("MaxConcurrentTransforms"), "maxConcurrentTransforms", minimum=0)
@@ -347,7 +347,7 @@ def new_job(body: dict[str, Any], region: str) -> Record:
     tout.setdefault("AssembleWith", "None")
     record: Record = {
         "TransformJobName": name,
-        "TransformJobArn": res.arn(region, TRANSFORM_JOB, name),
+        "TransformJobArn": sagemaker_arn(region, TRANSFORM_JOB, name),
         "TransformJobStatus": IN_PROGRESS,
         "ModelName": body["ModelName"],
         "MaxPayloadInMB": int(body.get("MaxPayloadInMB", DEFAULT_MAX_PAYLOAD_MB)),
@@ -371,7 +371,7 @@ def new_job(body: dict[str, Any], region: str) -> Record:
 
 
 def _name(call: Call) -> str:
-    v = res.Violations()
+    v = Violations()
     res.validate_name(v, call.body.get("TransformJobName"), "transformJobName")
     v.raise_if_any()
     return str(call.body["TransformJobName"])
@@ -381,7 +381,7 @@ def create_transform_job(call: Call) -> dict[str, Any]:
     validate(call.body)
     model_name = str(call.body["ModelName"])
     if call.store.get(res.MODEL, model_name) is None:
-        raise ValidationException(f'Could not find model "{res.arn(call.region, res.MODEL, model_name)}".')
+        raise ValidationException(f'Could not find model "{sagemaker_arn(call.region, res.MODEL, model_name)}".')
     record = new_job(call.body, call.region)
     if not call.store.insert(TRANSFORM_JOB, record["TransformJobName"], record):
         raise ResourceInUse(f"Job name must be unique within an AWS account and region, and a job "
@@ -414,10 +414,8 @@ def stop_transform_job(call: Call) -> dict[str, Any]:
 
 
 def list_transform_jobs(call: Call) -> dict[str, Any]:
-    from mainsail.control.api import _paginate
-
     body = call.body
-    v = res.Violations()
+    v = Violations()
     sort_by = body.get("SortBy", "CreationTime")
     sort_order = body.get("SortOrder", "Descending")
     _enum(v, sort_by, "sortBy", ("Name", "CreationTime", "Status"))
@@ -452,7 +450,7 @@ def list_transform_jobs(call: Call) -> dict[str, Any]:
             if r.get(key) is not None:
                 summary[key] = r[key]
         summaries.append(summary)
-    return _paginate(call, summaries, "TransformJobSummaries", default_max=10)
+    return call.paginate(summaries, "TransformJobSummaries", default_max=10)
 
 
 OPERATIONS: dict[str, Callable[[Call], dict[str, Any]]] = {
@@ -516,7 +514,7 @@ class InputObject:
 
 class Storage:
     """Reads inputs and writes outputs: mainsail's own S3 store (no endpoint configured, as
-    :func:`mainsail.control.modeldata.own_store`), real S3 through boto3, or local files."""
+    :func:`mainsail.backends.model_fetch.own_store`), real S3 through boto3, or local files."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -530,7 +528,7 @@ class Storage:
     @property
     def own(self) -> Any:
         if self._own is None:
-            from mainsail.control.s3store import S3Store
+            from mainsail.aws.s3.store import S3Store
 
             self._own = S3Store(self.home / "s3", clean=False)
         return self._own
@@ -538,14 +536,14 @@ class Storage:
     @property
     def s3(self) -> Any:
         if self._s3 is None:
-            from mainsail.control.modeldata import s3_client
+            from mainsail.backends.model_fetch import s3_client
 
             self._s3 = s3_client()
         return self._s3
 
     def _s3_list(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
         if self._use_own():
-            from mainsail.control.s3store import S3Error
+            from mainsail.aws.s3.store import S3Error
 
             try:
                 return [(m.key, m.size) for m in self.own.list_objects(bucket, prefix)]
@@ -561,7 +559,7 @@ class Storage:
 
     def _s3_read(self, bucket: str, key: str) -> Any:
         if self._use_own():
-            from mainsail.control.s3store import S3Error
+            from mainsail.aws.s3.store import S3Error
 
             try:
                 return self.own.open(bucket, key)[1]
@@ -642,7 +640,7 @@ class Storage:
             return
         bucket, _ = _s3_parts(uri)
         if self._use_own():
-            from mainsail.control.s3store import S3Error
+            from mainsail.aws.s3.store import S3Error
 
             try:
                 self.own.bucket(bucket)
@@ -666,7 +664,7 @@ class Storage:
                 return False
         bucket, key = _s3_parts(uri)
         if self._use_own():
-            from mainsail.control.s3store import S3Error
+            from mainsail.aws.s3.store import S3Error
 
             try:
                 return float(self.own.head(bucket, key).last_modified) >= since
@@ -730,7 +728,7 @@ class _OwnSink(_Sink):
         self.temp.write(data)
 
     def commit(self) -> None:
-        from mainsail.control.s3store import ObjectMeta, S3Error
+        from mainsail.aws.s3.store import ObjectMeta, S3Error
 
         try:
             self.store.commit(self.bucket, self.temp, ObjectMeta(key=self.key, content_type=self.content_type))
@@ -982,7 +980,7 @@ class _Job:
         if model is None:
             raise JobFailure(f"Model {self.record['ModelName']} no longer exists.")
         container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
-        from mainsail.control.modeldata import container_model_source
+        from mainsail.backends.model_fetch import container_model_source
 
         url = container_model_source(container)
         if not url:

@@ -28,10 +28,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mainsail.control import resources as res
-from mainsail.control.endpoints import ENDPOINT, IN_SERVICE, UPDATING
-from mainsail.control.forward import Forwarder, ForwardError, Upstream
-from mainsail.control.store import Record, StateStore
+from mainsail.aws.identity import ACCOUNT, endpoint_log_group_arn, region_of
+from mainsail.backends.loopback import Forwarder, ForwardError, Upstream
+from mainsail.hosting.endpoints import ENDPOINT, IN_SERVICE, UPDATING
+from mainsail.hosting.store import Record, StateStore
 from mainsail.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mainsail.serve.metrics import LATENCY_BUCKETS_US
 
@@ -80,7 +80,7 @@ class Table:
         for instance in record.get("Instances", []):
             if instance.get("ready", True):
                 ready.setdefault(str(instance["variant"]), []).append(int(instance["port"]))
-        from mainsail.control.modeldata import multi_model_prefix
+        from mainsail.backends.model_fetch import multi_model_prefix
 
         specs = record.get("Specs") or {}
         variants = []
@@ -149,7 +149,7 @@ def model_error(upstream: Upstream, log_arn: str, source: str = "primary") -> Re
     return runtime_error(
         424, "ModelError",
         f'Received {kind} error ({upstream.status}) from {source} with message "{text}". '
-        f"See {log_arn} in account {res.ACCOUNT} for more information.",
+        f"See {log_arn} in account {ACCOUNT} for more information.",
         OriginalStatusCode=upstream.status, OriginalMessage=text, LogStreamArn=log_arn,
         ErrorCode=f"{kind.upper()}_ERROR_FROM_MODEL")
 
@@ -253,10 +253,10 @@ class Router:
         name = urllib.parse.unquote(request.path_params["name"])
         table = await self._table(name)
         if table is None:
-            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {res.ACCOUNT} not found.")
+            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {ACCOUNT} not found.")
         if table.status not in _SERVING:
             return runtime_error(400, "ValidationError",
-                          f"Endpoint {name} of account {res.ACCOUNT} is not in service "
+                          f"Endpoint {name} of account {ACCOUNT} is not in service "
                           f"(status {table.status}).")
         internal = bool(request.scope.get("mainsail.internal"))  # async inference: up to 1 GB
         length = request.headers.get("content-length")
@@ -275,7 +275,7 @@ class Router:
                           + (f" in variant {target}." if target else "."))
         variant, port = choice
         if "x-amzn-sagemaker-target-model" in request.headers:  # multi-model endpoints
-            from mainsail.control.multimodel import invoke_target_model
+            from mainsail.routing.target_model import invoke_target_model
 
             return await invoke_target_model(self, request, name, variant, port, body, started)
         if variant.multi_model:
@@ -350,14 +350,12 @@ class Router:
 
     async def _forward(self, request: Request, name: str, variant: Variant, port: int, body: bytes,
                        started: float) -> Response:
-        from mainsail.control.api import region_of
-
         labels = (name, variant.name)
         self.metrics.invocations.labels(*labels).inc()
         self.metrics.per_instance.labels(*labels, str(port)).inc()
         headers = [(k, v) for k in FORWARDED_HEADERS if (v := request.headers.get(k)) is not None]
         region = region_of(request.headers.get("authorization"))
-        log_arn = f"arn:aws:logs:{region}:{res.ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{name}"
+        log_arn = endpoint_log_group_arn(region, name)
         if self._client is None:
             self._client = Forwarder(max_idle=256)
         self._in_flight[port] = self._in_flight.get(port, 0) + 1

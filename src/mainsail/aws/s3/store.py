@@ -1,4 +1,4 @@
-"""Durable storage behind mainsail's S3 API (:mod:`mainsail.control.s3`).
+"""Durable storage behind mainsail's S3 API (:mod:`mainsail.aws.s3.api`).
 
 Layout under the root (``$MAINSAIL_HOME/s3`` for ``mainsail up``)::
 
@@ -10,7 +10,7 @@ Layout under the root (``$MAINSAIL_HOME/s3`` for ``mainsail up``)::
     buckets/<bucket>/uploads/<id>/<part:05d>.<md5 hex>   its parts
 
 Why files with a JSON sidecar rather than SQLite: an object's bytes must be a file anyway (streamed
-in, streamed out with ranges, read directly by :mod:`mainsail.control.modeldata`), and a sidecar
+in, streamed out with ranges, read directly by :mod:`mainsail.backends.model_fetch`), and a sidecar
 written with the same temp-file + fsync + rename protocol makes the *sidecar rename* the single
 commit point of a write: the bytes go to ``tmp/``, are fsynced and renamed to a fresh
 ``data/<uuid>``, then the sidecar naming that file replaces the old one. A crash at any step leaves
@@ -221,7 +221,7 @@ class S3Store:
     """Buckets, objects and multipart uploads under ``root`` (see the module docstring).
 
     Methods block (file I/O): call them from a thread pool. ``clean=False`` opens the store without
-    removing a crash's leftovers (for readers such as :mod:`mainsail.control.modeldata`).
+    removing a crash's leftovers (for readers such as :mod:`mainsail.backends.model_fetch`).
     """
 
     def __init__(self, root: Path, *, stale_after: float = STALE_AFTER, clean: bool = True) -> None:

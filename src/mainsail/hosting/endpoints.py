@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mainsail.control import resources as res
-from mainsail.control.errors import ValidationException
-from mainsail.control.store import Record, StateStore
-
-if TYPE_CHECKING:
-    from mainsail.control.api import Call
+from mainsail.aws.errors import ValidationException
+from mainsail.aws.identity import sagemaker_arn
+from mainsail.aws.protocol import Violations
+from mainsail.hosting import resources as res
+from mainsail.hosting.calls import Call, list_summaries
+from mainsail.hosting.store import Record, StateStore
 
 ENDPOINT = "endpoint"
 CREATING, IN_SERVICE, UPDATING, FAILED, DELETING = "Creating", "InService", "Updating", "Failed", "Deleting"
@@ -31,7 +31,7 @@ RETAINABLE = ("DesiredInstanceCount", "DesiredWeight", "DataCaptureConfig")
 
 
 def endpoint_arn(region: str, name: str) -> str:
-    return res.arn(region, ENDPOINT, name)
+    return sagemaker_arn(region, ENDPOINT, name)
 
 
 def not_found(resource_arn: str) -> ValidationException:
@@ -45,7 +45,7 @@ def public(record: Record) -> dict[str, Any]:
 
 def _name(call: Call) -> str:
     value = call.body.get("EndpointName")
-    v = res.Violations()
+    v = Violations()
     if v.required(value, "endpointName"):
         res.validate_name(v, value, "endpointName")
     v.raise_if_any()
@@ -54,14 +54,14 @@ def _name(call: Call) -> str:
 
 def _config(call: Call, member: str = "EndpointConfigName") -> Record:
     config_name = call.body.get(member)
-    v = res.Violations()
+    v = Violations()
     if v.required(config_name, "endpointConfigName"):
         res.validate_name(v, config_name, "endpointConfigName")
     v.raise_if_any()
     config = call.store.get(res.ENDPOINT_CONFIG, str(config_name))
     if config is None:
         raise res.not_found(res.ENDPOINT_CONFIG,
-                            res.arn(call.region, res.ENDPOINT_CONFIG, str(config_name)))
+                            sagemaker_arn(call.region, res.ENDPOINT_CONFIG, str(config_name)))
     return config
 
 
@@ -102,7 +102,7 @@ def desired_count(pv: dict[str, Any]) -> int:
 def create_endpoint(call: Call) -> dict[str, Any]:
     name = _name(call)
     config = _config(call)
-    v = res.Violations()
+    v = Violations()
     tags = call.body.get("Tags")
     if tags is not None:
         res.validate_tags(v, tags)
@@ -134,9 +134,7 @@ def describe_endpoint(call: Call) -> dict[str, Any]:
 
 
 def list_endpoints(call: Call) -> dict[str, Any]:
-    from mainsail.control.api import _list  # the shared List* logic; api imports this module
-
-    out = _list(call, ENDPOINT, "EndpointName", "EndpointArn", "Endpoints")
+    out = list_summaries(call, ENDPOINT, "EndpointName", "EndpointArn", "Endpoints")
     status = call.body.get("StatusEquals")
     by_name = {r["EndpointName"]: r for r in call.store.list(ENDPOINT)}
     page = []
@@ -221,7 +219,7 @@ def update_endpoint(call: Call) -> dict[str, Any]:
 def update_endpoint_weights_and_capacities(call: Call) -> dict[str, Any]:
     name = _name(call)
     desired = call.body.get("DesiredWeightsAndCapacities")
-    v = res.Violations()
+    v = Violations()
     if v.required(desired, "desiredWeightsAndCapacities"):
         v.length(desired, "desiredWeightsAndCapacities", minimum=1, maximum=10)
         for i, item in enumerate(desired if isinstance(desired, list) else [], start=1):

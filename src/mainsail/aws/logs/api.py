@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mainsail.control import resources as res
-from mainsail.control.errors import ControlError, SerializationException, UnknownOperationException
+from mainsail.aws.errors import ControlError, SerializationException, UnknownOperationException
+from mainsail.aws.identity import ACCOUNT
 
 TARGET_PREFIX = "Logs_20140328."
 GROUP_PREFIX = "/aws/sagemaker/Endpoints/"
@@ -522,7 +522,7 @@ class LogsApi:
         out: dict[str, Any] = {"logGroups": []}
         for name, directory in page:
             files = [p for p in directory.iterdir() if p.is_file()]
-            arn = f"arn:aws:logs:{region}:{res.ACCOUNT}:log-group:{name}"
+            arn = f"arn:aws:logs:{region}:{ACCOUNT}:log-group:{name}"
             out["logGroups"].append({
                 "logGroupName": name,
                 "creationTime": int(min([directory.stat().st_mtime] +
@@ -562,7 +562,7 @@ class LogsApi:
             item: dict[str, Any] = {
                 "logStreamName": stream.name,
                 "creationTime": stream.file.lead_ms(),
-                "arn": f"arn:aws:logs:{region}:{res.ACCOUNT}:log-group:{group}:log-stream:{stream.name}",
+                "arn": f"arn:aws:logs:{region}:{ACCOUNT}:log-group:{group}:log-stream:{stream.name}",
                 "storedBytes": stream.file.size,
                 "lastIngestionTime": stream.file.mtime_ms,
             }

@@ -1,7 +1,7 @@
 """An asynchronous inference's payloads, streamed: the input read from its location and the result
-written to its own, a piece at a time (:mod:`mainsail.control.async_inference`).
+written to its own, a piece at a time (:mod:`mainsail.jobs.async_inference`).
 
-Locations are those of :class:`mainsail.control.transform.Storage`: mainsail's own S3 store, real S3
+Locations are those of :class:`mainsail.jobs.transform.job.Storage`: mainsail's own S3 store, real S3
 through boto3, or local files. Their reads and writes block, so each runs in a worker thread, one at
 a time per payload.
 """
@@ -62,7 +62,7 @@ class PayloadInput(_Blocking):
         self._fh: Any = None
 
     def _open(self) -> Any:
-        from mainsail.control.transform import InputObject, _local, _s3_parts
+        from mainsail.jobs.transform.job import InputObject, _local, _s3_parts
 
         local = _local(self.location)
         if local is not None:
@@ -110,7 +110,7 @@ class PayloadInput(_Blocking):
 class PayloadOutput(_Blocking):
     """The result written to its location as it arrives, in pieces of about :data:`CHUNK`: a temp
     file renamed into place (own store, file://) or a multipart upload (real S3), see
-    :meth:`mainsail.control.transform.Storage.writer`. Nothing is visible there before :meth:`commit`."""
+    :meth:`mainsail.jobs.transform.job.Storage.writer`. Nothing is visible there before :meth:`commit`."""
 
     def __init__(self, storage: Any, location: str, content_type: str | None) -> None:
         super().__init__()

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from mainsail import __version__
-from mainsail.control.commands import register
+from mainsail._version import __version__
+from mainsail.cli.endpoints import register
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="mainsail: SageMaker-compatible model serving on your own machine.")
@@ -137,11 +137,12 @@ def up(
     """Run the control plane: the SageMaker hosting API and runtime API for boto3 and the SDK."""
     import uvicorn
 
-    from mainsail.control import SQLiteStore, create_control_app
-    from mainsail.control.backends import LocalBackend, default_home
-    from mainsail.control.reconciler import Reconciler
-    from mainsail.control.router import Router
+    from mainsail.backends.local import LocalBackend, default_home
+    from mainsail.gateway.app import create_control_app
+    from mainsail.hosting.reconciler import Reconciler
+    from mainsail.hosting.store import SQLiteStore
     from mainsail.log import configure_logging
+    from mainsail.routing.router import Router
 
     configure_logging(log_level)
     root = Path(home).expanduser() if home else default_home()
@@ -150,7 +151,7 @@ def up(
     router = Router(store)
     reconciler = Reconciler(store, LocalBackend(root), traffic=router)
     reconciler.start()
-    from mainsail.control.transform import TransformRunner
+    from mainsail.jobs.transform.job import TransformRunner
 
     transforms = TransformRunner(store, reconciler.backend, root)
     transforms.start()

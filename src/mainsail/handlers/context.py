@@ -101,6 +101,6 @@ class Context:
 
 
 def _server_version() -> str:
-    from mainsail import __version__
+    from mainsail._version import __version__
 
     return __version__

@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from mainsail.control import resources as res
-from mainsail.control.backends import Backend, Instance, InstanceSpec, ModelSourceError, tail
-from mainsail.control.endpoints import CREATING, DELETING, ENDPOINT, FAILED, IN_SERVICE, UPDATING
-from mainsail.control.store import Record, StateStore
+from mainsail.backends.local import Backend, Instance, InstanceSpec, ModelSourceError, tail
+from mainsail.hosting import resources as res
+from mainsail.hosting.endpoints import CREATING, DELETING, ENDPOINT, FAILED, IN_SERVICE, UPDATING
+from mainsail.hosting.store import Record, StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ Specs = dict[str, dict[str, Any]]  # variant -> {"model_data_url": ..., "environ
 
 
 class Traffic(Protocol):
-    """What the reconciler learns from the router (``mainsail.control.router.Router``)."""
+    """What the reconciler learns from the router (``mainsail.routing.router.Router``)."""
 
     wake: Callable[[], None]
 
@@ -79,7 +79,7 @@ class Reconciler:
             self.in_flight, self.last_used = traffic.in_flight, traffic.last_used
             self.variant_in_flight, self.note = traffic.variant_in_flight, traffic.note
             traffic.wake = self.wake
-        from mainsail.control.router import async_idle_seconds
+        from mainsail.routing.router import async_idle_seconds
 
         self.async_idle = async_idle_seconds()
         self._idle_since: dict[tuple[str, str], float] = {}
@@ -248,14 +248,14 @@ class Reconciler:
             if model is None:
                 raise ModelSourceError(f"Model {pv['ModelName']} no longer exists.")
             container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
-            from mainsail.control.modeldata import container_model_source
+            from mainsail.backends.model_fetch import container_model_source
 
             url = container_model_source(container)
             if not url:
                 raise ModelSourceError(f"Model {pv['ModelName']} has no ModelDataUrl or ModelDataSource.")
             env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
             if config.get("AsyncInferenceConfig"):  # its instances take async payloads (up to 1 GB)
-                from mainsail.control.async_inference import ASYNC_INSTANCE_MAX_PAYLOAD_MB
+                from mainsail.jobs.async_inference import ASYNC_INSTANCE_MAX_PAYLOAD_MB
 
                 env.setdefault("SAGEMAKER_MAX_PAYLOAD_IN_MB", str(ASYNC_INSTANCE_MAX_PAYLOAD_MB))
                 # and may run up to InvocationTimeoutSeconds' maximum; each request's own limit is

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from mainsail.control.backends import ModelSourceError
+from mainsail.backends.local import ModelSourceError
 
 DEFAULT_MAX_BYTES = 20 * 1024**3
 """Largest model data (download, and extracted size) accepted; ``MAINSAIL_MODEL_DATA_MAX_BYTES``."""
@@ -304,20 +304,20 @@ class OwnStoreClient:
     """
 
     def __init__(self, root: Path) -> None:
-        from mainsail.control.s3store import S3Store
+        from mainsail.aws.s3.store import S3Store
 
         self.store = S3Store(root, clean=False)
         self.meta = type("Meta", (), {"endpoint_url": f"file://{root}"})()
 
     def _missing(self, url: str, exc: Exception) -> ModelSourceError:
-        from mainsail.control.s3store import S3Error
+        from mainsail.aws.s3.store import S3Error
 
         if isinstance(exc, S3Error) and exc.code == "NoSuchBucket":
             return ModelSourceError(f"Could not get model data {url}: bucket {_split_s3(url)[0]} does not exist.")
         return ModelSourceError(f"Could not get model data {url}: no such object.")
 
     def head(self, url: str, bucket: str, key: str) -> tuple[str, int]:
-        from mainsail.control.s3store import S3Error
+        from mainsail.aws.s3.store import S3Error
 
         try:
             meta = self.store.head(bucket, key)
@@ -326,7 +326,7 @@ class OwnStoreClient:
         return meta.etag, meta.size
 
     def download(self, url: str, bucket: str, key: str, dest: Path) -> None:
-        from mainsail.control.s3store import S3Error
+        from mainsail.aws.s3.store import S3Error
 
         try:
             _, fh = self.store.open(bucket, key)
@@ -336,7 +336,7 @@ class OwnStoreClient:
             shutil.copyfileobj(fh, out, 1 << 20)
 
     def list(self, url: str, bucket: str, prefix: str) -> list[tuple[str, str, int]]:
-        from mainsail.control.s3store import S3Error
+        from mainsail.aws.s3.store import S3Error
 
         try:
             return [(m.key, m.etag, m.size) for m in self.store.list_objects(bucket, prefix)]

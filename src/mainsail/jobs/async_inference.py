@@ -11,9 +11,9 @@ so weights, cold starts and metrics apply) and writes the answer; a request stil
 with "expired"; one that takes longer than ``InvocationTimeoutSeconds`` fails with a timeout.
 
 Payloads (up to 1 GB, :data:`MAX_ASYNC_PAYLOAD`) are streamed, never held here
-(:mod:`mainsail.control.async_payloads`): the input is read 1 MiB at a time from its location (a file
+(:mod:`mainsail.jobs.async_payloads`): the input is read 1 MiB at a time from its location (a file
 of the own store or a local file, sent with its ``Content-Length``; real S3's ``get_object`` body,
-sent chunked) and written to the instance as it is read (:func:`mainsail.control.forward.stream`, a
+sent chunked) and written to the instance as it is read (:func:`mainsail.backends.loopback.stream`, a
 connection of its own, not the router's buffered hop); the instance's answer is written to the
 output location as it arrives (a temp file renamed into place, or a multipart upload), visible only
 once complete. The instance itself holds the whole body, as the model needs it: an async endpoint's
@@ -38,12 +38,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mainsail.control import resources as res
-from mainsail.control.async_payloads import MAX_ASYNC_PAYLOAD, InputError, PayloadInput, PayloadOutput
-from mainsail.control.endpoints import ENDPOINT, IN_SERVICE, UPDATING
-from mainsail.control.forward import ForwardError, Upstream, stream
-from mainsail.control.router import Router, Variant, model_error, runtime_error
-from mainsail.control.store import Record, StateStore
+from mainsail.aws.identity import ACCOUNT, endpoint_log_group_arn, region_of
+from mainsail.backends.loopback import ForwardError, Upstream, stream
+from mainsail.hosting.endpoints import ENDPOINT, IN_SERVICE, UPDATING
+from mainsail.hosting.store import Record, StateStore
+from mainsail.jobs.async_payloads import MAX_ASYNC_PAYLOAD, InputError, PayloadInput, PayloadOutput
+from mainsail.routing.router import Router, Variant, model_error, runtime_error
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class AsyncInference:
     @property
     def storage(self) -> Any:
         if self._storage is None:
-            from mainsail.control.transform import Storage
+            from mainsail.jobs.transform.job import Storage
 
             self._storage = Storage(self.home)
         return self._storage
@@ -98,14 +98,14 @@ class AsyncInference:
         name = urllib.parse.unquote(request.path_params["name"])
         record = await run_in_threadpool(self.store.get, ENDPOINT, name)
         if record is None:
-            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {res.ACCOUNT} not found.")
+            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {ACCOUNT} not found.")
         config = record.get("AsyncInferenceConfig")
         if not config:
             return runtime_error(400, "ValidationError",
-                          f"Endpoint {name} of account {res.ACCOUNT} is not an asynchronous inference endpoint "
+                          f"Endpoint {name} of account {ACCOUNT} is not an asynchronous inference endpoint "
                           "(its endpoint configuration has no AsyncInferenceConfig).")
         if record["EndpointStatus"] not in (IN_SERVICE, UPDATING):
-            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {res.ACCOUNT} is not in service "
+            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {ACCOUNT} is not in service "
                           f"(status {record['EndpointStatus']}).")
         h = request.headers
         location = h.get(_HEADER + "inputlocation")
@@ -277,13 +277,11 @@ class AsyncInference:
                         timeout: float) -> str | None:
         """Stream the input to the instance on ``port`` (or its replacement when it is gone) and
         its answer to the output location."""
-        from mainsail.control.api import region_of
-
         router, name = self.router, str(item["EndpointName"])
         labels = (name, variant.name)
         router.metrics.invocations.labels(*labels).inc()
         router.metrics.per_instance.labels(*labels, str(port)).inc()
-        log_arn = f"arn:aws:logs:{region_of(None)}:{res.ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{name}"
+        log_arn = endpoint_log_group_arn(region_of(None), name)
         in_flight = router._in_flight
         in_flight[port] = in_flight.get(port, 0) + 1
         started = time.perf_counter()
@@ -369,7 +367,7 @@ class AsyncInference:
 
 
 def _message(body: bytes) -> str:
-    """The ``message`` of a runtime error answer (:func:`mainsail.control.router.runtime_error`)."""
+    """The ``message`` of a runtime error answer (:func:`mainsail.routing.router.runtime_error`)."""
     try:
         return str(json.loads(body)["message"])
     except (ValueError, KeyError, TypeError):

@@ -1,10 +1,10 @@
 """Multi-model endpoints in the router: ``InvokeEndpoint`` with ``X-Amzn-SageMaker-Target-Model``.
 
 A model whose container has ``Mode: MultiModel`` runs ``mainsail serve --multi-model`` instances
-with no model loaded (:mod:`mainsail.control.backends`); its ``ModelDataUrl`` (or
+with no model loaded (:mod:`mainsail.backends.local`); its ``ModelDataUrl`` (or
 ``ModelDataSource`` S3Prefix: ``Gzip`` for ``model.tar.gz`` targets, ``None`` for folders) is a
 prefix (``s3://``, ``file://`` or a local directory), marked in the endpoint's specs by
-:func:`mainsail.control.modeldata.container_model_source`. For a request
+:func:`mainsail.backends.model_fetch.container_model_source`. For a request
 naming a target model the router picks a variant and an instance as usual, then
 :func:`invoke_target_model`:
 
@@ -13,7 +13,7 @@ naming a target model the router picks a variant and an instance as usual, then
 2. when the instance answers 404 ``ModelNotFound`` (never loaded there, or evicted by its LRU), it
    starts a load of that model on that instance, in the background: resolve
    ``<prefix>/<TargetModel>`` to a local directory (downloaded and extracted once per content,
-   :func:`mainsail.control.modeldata.resolve_model_data`), then ``POST /models`` (a 409 from a
+   :func:`mainsail.backends.model_fetch.resolve_model_data`), then ``POST /models`` (a 409 from a
    concurrent load counts as loaded). The request waits for the load up to the endpoint's load wait
    (``MAINSAIL_MULTI_MODEL_LOAD_WAIT_SECONDS`` in the container's Environment, default
    :data:`DEFAULT_LOAD_WAIT_S`), then invokes again;
@@ -51,15 +51,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from mainsail.control import resources as res
-from mainsail.control.backends import ModelSourceError, default_home
-from mainsail.control.endpoints import ENDPOINT
-from mainsail.control.forward import Forwarder, ForwardError, Upstream
-from mainsail.control.router import FORWARDED_HEADERS, model_error, runtime_error
+from mainsail.aws.identity import endpoint_log_group_arn, region_of
+from mainsail.backends.local import ModelSourceError, default_home
+from mainsail.backends.loopback import Forwarder, ForwardError, Upstream
+from mainsail.hosting.endpoints import ENDPOINT
+from mainsail.routing.router import FORWARDED_HEADERS, model_error, runtime_error
 from mainsail.serve.metrics import LATENCY_BUCKETS_US
 
 if TYPE_CHECKING:
-    from mainsail.control.router import Router, Variant
+    from mainsail.routing.router import Router, Variant
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def model_name(target: str) -> str:
 def target_url(prefix: str, target: str) -> str:
     """``<prefix>/<TargetModel>`` for an ``s3://``/``file://`` prefix or a local directory (the
     folder ``<prefix>/<TargetModel>/`` for an uncompressed ``ModelDataSource`` prefix)."""
-    from mainsail.control.modeldata import multi_model_target
+    from mainsail.backends.model_fetch import multi_model_target
 
     return multi_model_target(prefix, target)
 
@@ -161,7 +161,7 @@ class MultiModelRouting:
         cached = self._prefixes.get(endpoint)
         if cached is not None:
             return cached
-        from mainsail.control.modeldata import multi_model_prefix
+        from mainsail.backends.model_fetch import multi_model_prefix
 
         generation = self._generation.get(endpoint, 0)
         record = await run_in_threadpool(self.router.store.get, ENDPOINT, endpoint)
@@ -220,7 +220,7 @@ def routing(router: Router, *, home: Path | None = None) -> MultiModelRouting:
 
 
 def _resolve(url: str, home: Path) -> Path:
-    from mainsail.control.modeldata import resolve_model_data
+    from mainsail.backends.model_fetch import resolve_model_data
 
     return resolve_model_data(url, home)
 
@@ -228,8 +228,6 @@ def _resolve(url: str, home: Path) -> Path:
 async def invoke_target_model(router: Router, request: Request, name: str, variant: Variant,
                               port: int | None, body: bytes, started: float) -> Response:
     """Answer an ``InvokeEndpoint`` that names a target model (see the module docstring)."""
-    from mainsail.control.api import region_of
-
     state = routing(router)
     target = request.headers.get(TARGET_MODEL, "")
     prefix = (await state.prefixes(name)).get(variant.name)
@@ -251,7 +249,7 @@ async def invoke_target_model(router: Router, request: Request, name: str, varia
     metrics.per_instance.labels(*labels, str(port)).inc()
     state.invocations.labels(*labels, target).inc()
     region = region_of(request.headers.get("authorization"))
-    log_arn = f"arn:aws:logs:{region}:{res.ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{name}"
+    log_arn = endpoint_log_group_arn(region, name)
     headers = [(k, v) for k in _FORWARDED if (v := request.headers.get(k)) is not None]
     model = model_name(target)
     path = f"/models/{urllib.parse.quote(model, safe='')}/invoke"

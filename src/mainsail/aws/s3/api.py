@@ -1,7 +1,7 @@
 """S3's REST/XML API, path style (``PUT /bucket/key``), as botocore sends it to a custom endpoint.
 
 Served by ``mainsail up`` on its own port beside the SageMaker API (see :func:`s3_routes`); the
-storage is :class:`mainsail.control.s3store.S3Store`. Requests are not authenticated (any
+storage is :class:`mainsail.aws.s3.store.S3Store`. Requests are not authenticated (any
 credentials work). Bodies are streamed to disk (``aws-chunked`` bodies decoded, their trailing
 checksum checked) and objects are streamed back from disk, with ranges.
 """
@@ -28,7 +28,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Message, Receive, Scope, Send
 
-from mainsail.control.s3store import (
+from mainsail.aws.s3.store import (
     CHECKSUMS,
     DEFAULT_REGION,
     MAX_PART_NUMBER,

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from mainsail.control.errors import ValidationException
-
-ACCOUNT = "123456789012"
-DEFAULT_REGION = "us-east-1"
+from mainsail.aws.errors import ValidationException
+from mainsail.aws.identity import sagemaker_arn
+from mainsail.aws.protocol import Violations
 
 MODEL = "model"
 ENDPOINT_CONFIG = "endpoint-config"
@@ -80,11 +78,6 @@ INSTANCE_TYPES: tuple[str, ...] = tuple(
 _INSTANCE_TYPE_SET = frozenset(INSTANCE_TYPES)
 
 
-def arn(region: str, kind: str, name: str) -> str:
-    """The resource's ARN; real SageMaker lower-cases the name inside it."""
-    return f"arn:aws:sagemaker:{region}:{ACCOUNT}:{kind}/{name.lower()}"
-
-
 def not_found(kind: str, resource_arn: str) -> ValidationException:
     """``Could not find model "arn:..."."`` as SageMaker words it."""
     return ValidationException(f'Could not find {KIND_LABELS[kind]} "{resource_arn}".')
@@ -93,67 +86,6 @@ def not_found(kind: str, resource_arn: str) -> ValidationException:
 def already_exists(kind: str, resource_arn: str) -> ValidationException:
     """``Cannot create already existing model "arn:..."."`` as SageMaker words it."""
     return ValidationException(f'Cannot create already existing {KIND_LABELS[kind]} "{resource_arn}".')
-
-
-@dataclass
-class Violations:
-    """Collects constraint failures and raises them as one SageMaker-worded ValidationException."""
-
-    messages: list[str] = field(default_factory=list)
-
-    def add(self, value: Any, path: str, constraint: str) -> None:
-        shown = "null" if value is None else f"'{value}'"
-        self.messages.append(f"Value {shown} at '{path}' failed to satisfy constraint: {constraint}")
-
-    def required(self, value: Any, path: str) -> bool:
-        if value is None:
-            self.add(None, path, "Member must not be null")
-            return False
-        return True
-
-    def string(self, value: Any, path: str, *, max_len: int, pattern: str | None = None,
-               regex: re.Pattern[str] | None = None) -> None:
-        if value is None:
-            return
-        if not isinstance(value, str):
-            self.add(value, path, "Member must be a string")
-            return
-        if len(value) > max_len:
-            self.add(value, path, f"Member must have length less than or equal to {max_len}")
-        if pattern is not None:
-            compiled = regex or re.compile(pattern)
-            if not compiled.fullmatch(value):
-                self.add(value, path, f"Member must satisfy regular expression pattern: {pattern}")
-
-    def number(self, value: Any, path: str, *, minimum: float | None = None,
-               maximum: float | None = None) -> None:
-        if value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.add(value, path, "Member must be a number")
-            return
-        if minimum is not None and value < minimum:
-            self.add(value, path, f"Member must have value greater than or equal to {minimum:g}")
-        if maximum is not None and value > maximum:
-            self.add(value, path, f"Member must have value less than or equal to {maximum:g}")
-
-    def length(self, value: Any, path: str, *, maximum: int, minimum: int = 0) -> None:
-        if value is None:
-            return
-        if not isinstance(value, list):
-            self.add(value, path, "Member must be a list")
-            return
-        if len(value) < minimum:
-            self.add(value, path, f"Member must have length greater than or equal to {minimum}")
-        if len(value) > maximum:
-            self.add(value, path, f"Member must have length less than or equal to {maximum}")
-
-    def raise_if_any(self) -> None:
-        if not self.messages:
-            return
-        n = len(self.messages)
-        noun = "error" if n == 1 else "errors"
-        raise ValidationException(f"{n} validation {noun} detected: " + "; ".join(self.messages))
 
 
 def validate_name(v: Violations, value: Any, path: str, pattern: str = NAME_PATTERN) -> None:
@@ -222,7 +154,7 @@ def new_model(body: dict[str, Any], region: str) -> dict[str, Any]:
         if body.get(key):
             record[key] = body[key]
     record["CreationTime"] = time.time()
-    record["ModelArn"] = arn(region, MODEL, name)
+    record["ModelArn"] = sagemaker_arn(region, MODEL, name)
     record["EnableNetworkIsolation"] = bool(body.get("EnableNetworkIsolation", False))
     record["Tags"] = list(body.get("Tags") or [])
     return record
@@ -298,7 +230,7 @@ def new_endpoint_config(body: dict[str, Any], region: str) -> dict[str, Any]:
         raise ValidationException(f"Duplicate variant names found: {', '.join(duplicates)}.")
     record: dict[str, Any] = {
         "EndpointConfigName": name,
-        "EndpointConfigArn": arn(region, ENDPOINT_CONFIG, name),
+        "EndpointConfigArn": sagemaker_arn(region, ENDPOINT_CONFIG, name),
         "ProductionVariants": [_variant_record(variant) for variant in variants],
     }
     if body.get("ShadowProductionVariants"):

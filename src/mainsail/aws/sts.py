@@ -12,7 +12,7 @@ from xml.sax.saxutils import escape
 
 from starlette.responses import Response
 
-from mainsail.control import resources as res
+from mainsail.aws.identity import ACCOUNT
 
 NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
 USER_ID = "AIDAMAINSAILLOCALUSER"
@@ -28,8 +28,8 @@ def handle(body: bytes, request_id: str) -> Response:
     action = params.get("Action", "")
     if action == "GetCallerIdentity":
         xml = (f'<GetCallerIdentityResponse xmlns="{NAMESPACE}"><GetCallerIdentityResult>'
-               f"<Arn>arn:aws:iam::{res.ACCOUNT}:user/mainsail</Arn><UserId>{USER_ID}</UserId>"
-               f"<Account>{res.ACCOUNT}</Account></GetCallerIdentityResult>"
+               f"<Arn>arn:aws:iam::{ACCOUNT}:user/mainsail</Arn><UserId>{USER_ID}</UserId>"
+               f"<Account>{ACCOUNT}</Account></GetCallerIdentityResult>"
                f"<ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata>"
                "</GetCallerIdentityResponse>")
         return Response(xml, media_type="text/xml", headers={"x-amzn-RequestId": request_id})

@@ -1,0 +1,1 @@
+"""The `mainsail` command line: each command parses its options, builds settings and calls the library."""

@@ -1,0 +1,104 @@
+"""``mainsail up``'s one port: the SageMaker API (AWS JSON 1.1 on ``POST /``, by ``X-Amz-Target``), CloudWatch
+Logs, STS, the runtime API, async inference, S3 and ``/metrics``, assembled into one ASGI app."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mainsail.aws import sts
+from mainsail.aws.errors import (
+    ControlError,
+    SerializationException,
+    UnknownOperationException,
+)
+from mainsail.aws.identity import region_of
+from mainsail.aws.logs import api as logs
+from mainsail.aws.protocol import respond
+from mainsail.aws.s3 import api as s3
+from mainsail.aws.s3 import store as s3store
+from mainsail.hosting import api as hosting_api
+from mainsail.hosting import endpoints
+from mainsail.hosting.calls import Call, Operation
+from mainsail.hosting.store import StateStore
+from mainsail.jobs.async_inference import AsyncInference
+from mainsail.jobs.transform import job as transform
+from mainsail.routing.router import Router
+
+logger = logging.getLogger(__name__)
+
+TARGET_PREFIX = "SageMaker."
+
+OPERATIONS: dict[str, Operation] = {**hosting_api.OPERATIONS, **transform.OPERATIONS}
+
+
+def create_control_app(store: StateStore, router: Router | None = None, *,
+                       home: Path | None = None, s3_root: Path | None = None) -> Starlette:
+    """The control-plane ASGI app: SageMaker JSON 1.1 operations over ``store``, the runtime API
+    (``router``, one over ``store`` by default) and ``/metrics``."""
+    router = router or Router(store)
+    if home is None:
+        from mainsail.backends.local import default_home
+
+        home = default_home()
+    logs_api = logs.LogsApi(home)
+    async_api = AsyncInference(store, router, home)
+
+    async def dispatch(request: Request) -> Response:
+        request_id = str(uuid.uuid4())
+        target = request.headers.get("x-amz-target")
+        try:
+            op_name = target[len(TARGET_PREFIX):] if target and target.startswith(
+                TARGET_PREFIX) else None
+            if target is None and sts.is_query_call(request.headers.get("content-type")):
+                return sts.handle(await request.body(), request_id)
+            if target and target.startswith(logs.TARGET_PREFIX):  # CloudWatch Logs, over the log files
+                result = await run_in_threadpool(logs_api.call, target, await request.body(),
+                                                 region_of(request.headers.get("authorization")))
+                return respond(200, result, request_id)
+            operation = OPERATIONS.get(op_name or "")
+            if operation is None:
+                raise UnknownOperationException(target)
+            raw = await request.body()
+            try:
+                body = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                raise SerializationException("Request body is not valid JSON.") from None
+            if not isinstance(body, dict):
+                raise SerializationException("Request body must be a JSON object.")
+            call = Call(store, region_of(request.headers.get("authorization")), body)
+            # SQLite calls block: keep them off the event loop
+            result = await run_in_threadpool(operation, call)
+            if operation is endpoints.describe_endpoint:
+                result = await hosting_api.settle(call, result)
+            return respond(200, result, request_id)
+        except ControlError as exc:
+            return respond(exc.status_code, exc.to_aws(), request_id)
+        except Exception as exc:
+            logger.exception("control operation %s failed", target)
+            return respond(500, {"__type": "InternalFailure",
+                                  "Message": f"{type(exc).__name__}: {exc}"}, request_id)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async_api.start()
+        yield
+        await async_api.stop()
+        await router.aclose()
+
+    # the runtime API (no X-Amz-Target) lives on its own REST paths
+    # S3 (path style) answers what the control plane does not, and what is signed for s3
+    s3_first, s3_last = s3.s3_routes(s3store.S3Store(s3_root or home / "s3"))
+    return Starlette(routes=[s3_first, Route("/", dispatch, methods=["POST"]), router.route, async_api.route,
+                             Route("/metrics", router.metrics_endpoint, methods=["GET"]), s3_last],
+                     lifespan=lifespan)
