@@ -1,3 +1,3 @@
-"""mainsail's version, in a leaf module so that anything can import it without importing the package's public surface."""
+"""mainsail's version, in a leaf module: anything can import it without the package's public surface."""
 
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mainsail.aws.identity import ACCOUNT
 from mainsail.cli.endpoints import ENV_UNSET
 from mainsail.hosting import resources as res
 from tests.control.helpers import Plane
@@ -56,7 +57,7 @@ def test_sh_output_and_config_file(tmp_path: Path) -> None:
         "SchemaVersion": "1.0",
         "SageMaker": {"PythonSDK": {"Modules": {
             "TelemetryOptOut": True,
-            "Session": {"DefaultS3Bucket": f"sagemaker-eu-west-1-{res.ACCOUNT}"}}}},
+            "Session": {"DefaultS3Bucket": f"sagemaker-eu-west-1-{ACCOUNT}"}}}},
     }
     # the shared reference file's keys are all there
     shared = Path(__file__).resolve().parents[2].parent / "shared" / "sagemaker_sdk_config.yaml"
@@ -127,9 +128,9 @@ def test_eval_env_then_an_unmodified_script(plane: Plane, tmp_path: Path) -> Non
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines == [
-        f"account {res.ACCOUNT}",
+        f"account {ACCOUNT}",
         "endpoints 0",
-        f"model arn:aws:sagemaker:us-east-1:{res.ACCOUNT}:model/from-env",
+        f"model arn:aws:sagemaker:us-east-1:{ACCOUNT}:model/from-env",
         "groups ['/aws/sagemaker/Endpoints/old-endpoint']",
         "logs The specified log group does not exist.",
         "region us-east-1",

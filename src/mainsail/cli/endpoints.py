@@ -436,7 +436,7 @@ ENV_UNSET = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFA
 def default_bucket(region: str) -> str:
     """The bucket ``Session.default_bucket()`` would pick on AWS for the local account (the one
     STS GetCallerIdentity answers)."""
-    from mainsail.hosting.resources import ACCOUNT
+    from mainsail.aws.identity import ACCOUNT
 
     return f"sagemaker-{region}-{ACCOUNT}"
 

@@ -232,12 +232,12 @@ def split_output(body: bytes, count: int) -> list[bytes]:
 # -- validation and records ----------------------------------------------------------------------
 
 
-def _enum(v: res.Violations, value: Any, path: str, allowed: tuple[str, ...]) -> None:
+def _enum(v: Violations, value: Any, path: str, allowed: tuple[str, ...]) -> None:
     if value is not None and value not in allowed:
         v.add(value, path, "Member must satisfy enum value set: [" + ", ".join(allowed) + "]")
 
 
-def _struct(v: res.Violations, value: Any, path: str, *, required: bool = False) -> dict[str, Any]:
+def _struct(v: Violations, value: Any, path: str, *, required: bool = False) -> dict[str, Any]:
     if value is None:
         if required:
             v.required(None, path)
@@ -248,7 +248,7 @@ def _struct(v: res.Violations, value: Any, path: str, *, required: bool = False)
     return value
 
 
-def _uri(v: res.Violations, value: Any, path: str) -> None:
+def _uri(v: Violations, value: Any, path: str) -> None:
     if not v.required(value, path):
         return
     local = isinstance(value, str) and _LOCAL_URI.match(value) is not None
