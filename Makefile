@@ -10,14 +10,15 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(VENV)/.installed-demo: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[tabular,pytorch]'
+	$(PY) -m pip install -q -e '.[tabular,pytorch,s3]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.installed-demo
 
-## demo: build a small model, serve it with `mainsail serve`, send JSON and CSV requests, stop.
+## demo: build small models, serve them with `mainsail serve`, deploy one through `mainsail up` with boto3,
+## send JSON and CSV requests, print the answers, stop everything.
 demo: $(VENV)/.installed-demo
 	$(PY) examples/demo.py
 
@@ -32,9 +33,11 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(PY) -m bench serve
 
+## lint: ruff, mypy --strict (src and bench), and the layer contracts (import-linter, pyproject.toml).
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --config pyproject.toml
 
 clean:
 	rm -rf $(VENV) .demo build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -229,7 +229,7 @@ class OutputWatcher:
     (``<home>/s3/buckets/<bucket>/meta/``, one ``<sha256(key)>.json`` per committed object)."""
 
     def __init__(self, home: Path, bucket: str) -> None:
-        from mainsail.aws.s3.store import key_digest
+        from mainsail.aws.s3.files import key_digest
 
         self._digest = key_digest
         self.meta = home / "s3" / "buckets" / bucket / "meta"

@@ -17,6 +17,7 @@ Sizes: ``tiny`` (random-init BERT, hidden 64, 2 layers, ``max_sen_len`` 32) and 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import resource
@@ -266,8 +267,8 @@ def _run_size(bench: PyTorchBenchmark, size: str, tmp: Path, log: Callable[[str]
 
     calls: dict[str, Callable[[], object]] = {f"{size}/encode": lambda: torch_handler.encode_record(record)}
     for name, handler in handlers.items():
-        calls[f"{size}/{name}/one"] = (lambda h=handler: h.predict_records([record]))
-        calls[f"{size}/{name}/batch"] = (lambda h=handler: h.predict_records(records))
+        calls[f"{size}/{name}/one"] = functools.partial(handler.predict_records, [record])
+        calls[f"{size}/{name}/batch"] = functools.partial(handler.predict_records, records)
     body_file = tmp / "record.json"
     body_file.write_bytes(body)
     servers: dict[str, Server] = {}

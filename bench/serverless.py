@@ -509,9 +509,9 @@ def run_serverless_benchmark(*, repeats: int | None = None, warm_requests: int |
                         cold.error += f" (FailureReason: {reason})" if reason else ""
                     log(f"  mainsail up log:\n{up.log_tail(1500)}")
                 cold.total_ms = (time.perf_counter() - t0) * 1e3
-                record = instance_record(home, endpoint_name(model))
-                if record is not None:
-                    cold.instance_cpu_s = _group_cpu_s(int(record["pid"]))
+                instance = instance_record(home, endpoint_name(model))
+                if instance is not None:
+                    cold.instance_cpu_s = _group_cpu_s(int(instance["pid"]))
                     ours = (cold.instance_cpu_s + _group_cpu_s(up.process.pid) - up_cpu
                             + time.process_time() - own_cpu + _children_cpu_s() - children_cpu)
                     wall = time.perf_counter() - t0
@@ -521,10 +521,10 @@ def run_serverless_benchmark(*, repeats: int | None = None, warm_requests: int |
                     cold.setup_ms = (after[0] - before[0]) / 1e3
                 elif not cold.error:
                     cold.error = f"not a cold start: ModelSetupTime count went {before[1]} → {after[1]}"
-                if record is not None:
-                    cold.pid = int(record["pid"])
-                    bench.instances.append(InstanceInfo(VARIANT, int(record["port"]), cold.pid, "state.db"))
-                    split_from_log(cold, record, sent_at)
+                if instance is not None:
+                    cold.pid = int(instance["pid"])
+                    bench.instances.append(InstanceInfo(VARIANT, int(instance["port"]), cold.pid, "state.db"))
+                    split_from_log(cold, instance, sent_at)
                 bench.cold.append(cold)
                 parts = (f"setup {cold.setup_ms:.0f} ms" if cold.setup_ms is not None else "setup –") + (
                     f", model load {cold.load_ms:.0f} ms" if cold.load_ms is not None else "")

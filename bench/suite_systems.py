@@ -18,13 +18,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.procs import Server, ServerError, free_port, running, stop
 from bench.serve import HOST, ROOT, gunicorn_argv, mainsail_argv, server_env
 from bench.suite_models import SuiteModel
 
 WORKERS = 2
-MLSERVER_BATCH = {"max_batch_size": 16, "max_batch_time": 0.002}
+MLSERVER_BATCH: dict[str, Any] = {"max_batch_size": 16, "max_batch_time": 0.002}
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def mlserver_repository(system: System, model: SuiteModel, repo: Path, port: int
     spec = model.mlserver
     settings = {"debug": False, "host": HOST, "http_port": port, "grpc_port": free_port(),
                 "metrics_port": free_port(), "parallel_workers": WORKERS}
-    model_settings = {"name": spec.name, "implementation": spec.implementation,
+    model_settings: dict[str, Any] = {"name": spec.name, "implementation": spec.implementation,
                       "parameters": {"uri": f"./{spec.model_file.name}"}}
     if system.key == "mlserver-batch":
         model_settings.update(MLSERVER_BATCH)

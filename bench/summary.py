@@ -56,15 +56,15 @@ class CellSummary:
 
     @property
     def p50_ms(self) -> float:
-        return statistics.median(s.result.p50_ms for s in self.samples)
+        return float(statistics.median(s.result.p50_ms for s in self.samples))
 
     @property
     def p99_ms(self) -> float:
-        return statistics.median(s.result.p99_ms for s in self.samples)
+        return float(statistics.median(s.result.p99_ms for s in self.samples))
 
     @property
     def rate(self) -> float:
-        return statistics.median(s.rate for s in self.samples)
+        return float(statistics.median(s.rate for s in self.samples))
 
     @property
     def errors(self) -> int:

@@ -93,7 +93,7 @@ def build_tabular_model(path: Path, *, seed: int = 0) -> TabularModel:
     import xgboost
 
     from mainsail.features.artifacts import write_feature_columns
-    from mainsail.features.calibration import fit_isotonic_table, write_table
+    from mainsail.features.fitting import fit_isotonic_table, write_table
     from mainsail.features.tabular import RiskTable, TabularPreprocessor
 
     columns, imputed = feature_columns()
@@ -557,7 +557,9 @@ def pieces_table(bench: TabularBenchmark) -> str:
     for spec in PIECES:
         rows.append(f"| {spec.label} | {us(spec.key)} | {us(f'seq-json/{spec.key}')} | "
                     f"{us(f'seq-csv/{spec.key}')} |")
-    sums, wholes, rests = [], [], []
+    sums: list[str] = []
+    wholes: list[str] = []
+    rests: list[str] = []
     for kind, keys in SEQUENCES.items():
         parts = [bench.p50(f"seq-{kind}/{key}") for key in keys]
         whole = bench.p50(f"fast-{kind}")

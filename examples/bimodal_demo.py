@@ -235,7 +235,7 @@ def _write_tiny_tokenizer(folder: Path, corpus: Sequence[str], max_positions: in
 
 def _corpus(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """The dialogues' messages as the text steps leave them (HTML gone, lower case), for the vocabulary."""
-    from mainsail.features.text import DialogueSplitter, EmojiRemover, HtmlNormalizer, TextNormalizer
+    from mainsail.features.text_steps import DialogueSplitter, EmojiRemover, HtmlNormalizer, TextNormalizer
 
     steps = (DialogueSplitter(), HtmlNormalizer(), EmojiRemover(), TextNormalizer())
     out: list[str] = []
@@ -339,7 +339,7 @@ def build_bimodal_model(out_dir: str | Path, *, size: str = "tiny", steps: int |
     from transformers import AutoTokenizer, BertConfig
 
     from mainsail.features.artifacts import write_feature_columns
-    from mainsail.features.calibration import write_table
+    from mainsail.features.fitting import write_table
     from mainsail.handlers.pytorch.models import BimodalBert
 
     if size not in SIZES:
@@ -440,7 +440,7 @@ def _train(out: Path, spec: Size, steps: int, seed: int, records: list[dict[str,
     handler.load()
     network = handler.network
     assert isinstance(network, TorchNetwork)
-    net = network.model
+    net: Any = network.model  # the reference network, its submodules reached by name
     net.train().requires_grad_(False)
     text = net.text_subnetwork
     heads: list[nn.Module] = [m for name, m in net.named_children() if name != "text_subnetwork"]
@@ -448,7 +448,7 @@ def _train(out: Path, spec: Size, steps: int, seed: int, records: list[dict[str,
     layers = text.bert.encoder.layer
     encoder: list[nn.Module] = ([text.bert] if spec.trainable_layers is None else
                                 [text.bert.pooler, *layers[len(layers) - spec.trainable_layers:]])
-    groups = []
+    groups: list[dict[str, Any]] = []
     for modules, lr in ((heads, spec.head_lr), (encoder, spec.lr)):
         for module in modules:
             module.requires_grad_(True)

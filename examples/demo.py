@@ -1,10 +1,12 @@
-"""The `make demo` walk-through: build a model, serve it, send requests, print the answers, stop.
+"""The `make demo` walk-through: build models, serve them, deploy one through the control plane, stop.
 
 Everything runs on embedded defaults, on free loopback ports: first a scikit-learn model with the
-SageMaker-style `code/inference.py` below; then an XGBoost classifier packaged with
-`mainsail.package` (risk tables, imputation, calibration) and served by the built-in tabular handler
-with no script at all, printing raw (`legacy-score`) and calibrated scores; last a tiny bimodal BERT
-(text + tabular) trained here for a few steps and served by the built-in PyTorch handler.
+SageMaker-style `code/inference.py` below under `mainsail serve`; then an XGBoost classifier packaged
+with `mainsail.package` (risk tables, imputation, calibration) and served by the built-in tabular
+handler with no script at all, printing raw (`legacy-score`) and calibrated scores; then that model
+deployed through `mainsail up` with the real boto3 clients, as seed 003 does (examples/up_demo.py);
+last a tiny bimodal BERT (text + tabular) trained here for a few steps and served by the built-in
+PyTorch handler.
 """
 
 from __future__ import annotations
@@ -187,8 +189,15 @@ def main() -> int:
     ])
     if code:
         return code
-    print("\n== 3. The built-in multimodal PyTorch handler: a bimodal BERT (text + tabular), no script ==")
+    print("\n== 3. The control plane: `mainsail up` and the real boto3 clients, as seed 003 deploys ==")
     sys.path.insert(0, str(ROOT / "examples"))
+    from up_demo import run as run_up_demo
+
+    code = int(run_up_demo(TABULAR, free_port(), "250.0,12,voucher,EU\n",
+                           {"amount": 40.0, "age_days": 5, "payment": "card", "region": "FE"}))
+    if code:
+        return code
+    print("\n== 4. The built-in multimodal PyTorch handler: a bimodal BERT (text + tabular), no script ==")
     from bimodal_demo import build_bimodal_model, sample_records
 
     build_bimodal_model(BIMODAL, size="tiny")

@@ -25,9 +25,9 @@ from mainsail.serve.runtime import ModelRuntime
 from mainsail.settings import ServeSettings
 
 SCRIPTS = Path(__file__).parent / "scripts"
-# The team's reference shelf sits beside the repository (CI clones main with ../shared next to it).
-SHARED = Path(os.environ.get("MAINSAIL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-CURSUS_FIXTURE = SHARED / "fixtures" / "cursus_trimodal"
+FIXTURES = Path(__file__).parent / "fixtures"
+# A model directory written by the reference pipeline, with the reference handler's answers (its README).
+CURSUS_FIXTURE = FIXTURES / "cursus_trimodal"
 
 
 def free_port() -> int:

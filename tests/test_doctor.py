@@ -17,7 +17,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
-from mainsail.cli import app
+from mainsail.cli.app import app
 from mainsail.doctor import Finding, diagnose, exit_code
 from mainsail.package import fit_and_package, package_model
 
@@ -196,7 +196,7 @@ def test_misspelt_handler_names(tmp_path: Path) -> None:
                                           ("predcit_fn", "predict_fn"), ("load_model", "model_fn"),
                                           ("helper", None), ("pre_model_fn", None)])
 def test_near_miss_names(name: str, target: str | None) -> None:
-    from mainsail.doctor import _near_miss_target
+    from mainsail.doctor.checks import near_miss_target as _near_miss_target
 
     assert _near_miss_target(name) == target
 

@@ -13,8 +13,14 @@ import pandas as pd
 import pytest
 
 from mainsail.features.artifacts import load_data_pickle, read_feature_columns
-from mainsail.features.calibration import LookupTable, fit_isotonic_table, fit_percentile_table, load_calibrator
-from mainsail.features.fitting import fit_imputation, fit_risk_tables, transform_features
+from mainsail.features.calibration import LookupTable, load_calibrator
+from mainsail.features.fitting import (
+    fit_imputation,
+    fit_isotonic_table,
+    fit_percentile_table,
+    fit_risk_tables,
+    transform_features,
+)
 from mainsail.package import fit_and_package, package_model
 
 NUMERIC = ["num1", "num2"]

@@ -1,7 +1,7 @@
 """mainsail: self-hosted real-time model inference that speaks SageMaker's language.
 
 ``import mainsail`` stays cheap: the Python API (``mainsail.deploy``, ``mainsail.endpoint``,
-``mainsail.load`` and their classes, all in ``mainsail.client``) is imported on first use
+``mainsail.load`` and their classes, all in the ``mainsail.client`` package) is imported on first use
 (PEP 562), and with it boto3 or the serving stack only when a call needs them.
 """
 
@@ -14,17 +14,10 @@ TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing would doub
 if TYPE_CHECKING:
     from typing import Any
 
-    from mainsail.client import (
-        DeploymentFailed,
-        Endpoint,
-        LocalModel,
-        MainsailClientError,
-        ModelInvocationError,
-        Response,
-        deploy,
-        endpoint,
-        load,
-    )
+    from mainsail.client.bodies import Response
+    from mainsail.client.endpoint import Endpoint, deploy, endpoint
+    from mainsail.client.errors import DeploymentFailed, MainsailClientError, ModelInvocationError
+    from mainsail.client.local import LocalModel, load
 
 
 _LAZY = frozenset({"deploy", "endpoint", "load", "Endpoint", "LocalModel", "Response", "MainsailClientError",
@@ -36,6 +29,7 @@ __all__ = ["DeploymentFailed", "Endpoint", "LocalModel", "MainsailClientError", 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
+        # on first use only (PEP 562): `import mainsail` imports no client module, nor boto3
         from mainsail import client
 
         value = getattr(client, name)

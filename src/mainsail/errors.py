@@ -105,6 +105,47 @@ class ModelNotReady(MainsailError):
     code = "ModelNotReady"
 
 
+# -- the multi-model container (``mainsail serve --multi-model``) ----------------------------------
+
+
+class ModelNotLoaded(MainsailError):
+    """No model of that name is loaded (404)."""
+
+    status_code = 404
+    code = "ModelNotFound"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Model {name} is not loaded")
+
+
+class ModelAlreadyLoaded(MainsailError):
+    """A model of that name is already loaded (409)."""
+
+    status_code = 409
+    code = "ModelAlreadyLoaded"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Model {name} is already loaded")
+
+
+class ModelLoading(MainsailError):
+    """A model of that name is being loaded and cannot answer yet (429). On the wire its code is
+    ``ModelNotReady``, as SageMaker's multi-model containers say."""
+
+    status_code = 429
+    code = "ModelNotReady"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Model {name} is still loading; wait and try the request again")
+
+
+class InsufficientMemory(MainsailError):
+    """The model does not fit in the memory budget even with every other model unloaded (507)."""
+
+    status_code = 507
+    code = "InsufficientMemory"
+
+
 class PredictTimeout(MainsailError):
     """The handler did not answer within the configured timeout (504)."""
 

@@ -51,7 +51,7 @@ class Plane(ThreadedServer):
         self.store = SQLiteStore(home / "state.db")
         self.backend = LocalBackend(home)
         self.router = Router(self.store)
-        self.reconciler = Reconciler(self.store, self.backend, interval=0.1, traffic=self.router,
+        self.reconciler = Reconciler(self.store, self.backend, interval=0.1, traffic=self.router.traffic,
                                      serverless_idle=serverless_idle)
         super().__init__(create_control_app(self.store, self.router), lifespan="on")
 

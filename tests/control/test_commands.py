@@ -18,7 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
-from mainsail.cli import app
+from mainsail.cli.app import app
 from mainsail.gateway.app import create_control_app
 from mainsail.hosting.store import SQLiteStore
 from tests.conftest import ThreadedServer, free_port

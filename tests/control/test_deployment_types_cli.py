@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import mainsail
-from mainsail.cli import app
+from mainsail.cli.app import app
 from tests.control.helpers import INFERENCE_OK, UpProcess, make_model_dir, s3_object
 
 pytestmark = pytest.mark.slow

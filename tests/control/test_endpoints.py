@@ -140,7 +140,8 @@ def test_local_backend_extracts_model_archive(tmp_path: Path) -> None:
 def test_router_picks_by_weight_target_and_outstanding_requests(tmp_path: Path) -> None:
     import random
 
-    from mainsail.routing.router import Router, Table
+    from mainsail.routing.router import Router
+    from mainsail.routing.table import Table
 
     store = SQLiteStore(tmp_path / "s.db")
     router = Router(store, rng=random.Random(0))
@@ -151,13 +152,16 @@ def test_router_picks_by_weight_target_and_outstanding_requests(tmp_path: Path) 
               "Instances": [{"variant": "a", "port": 1, "ready": True}, {"variant": "b", "port": 2, "ready": True},
                             {"variant": "b", "port": 3, "ready": True}, {"variant": "b", "port": 4, "ready": False}]}
     table = Table.of(record)
-    picks = [router.pick(table, None) for _ in range(30)]
+    traffic = router.traffic
+    picks = [traffic.pick(table, None) for _ in range(30)]
     assert {(v.name, port) for v, port in picks} <= {("b", 2), ("b", 3)}  # type: ignore[misc]
-    assert router.pick(table, "a")[1] == 1  # TargetVariant overrides a zero weight
-    assert router.pick(table, "zzz") == "The variant zzz is not present in the endpoint."
-    router._in_flight[2] = 5  # least outstanding requests: port 3 is idle
-    assert {router.pick(table, "b")[1] for _ in range(10)} == {3}  # type: ignore[index]
+    assert traffic.pick(table, "a")[1] == 1  # TargetVariant overrides a zero weight
+    assert traffic.pick(table, "zzz") == "The variant zzz is not present in the endpoint."
+    with traffic.busy(2), traffic.busy(2):  # least outstanding requests: port 3 is idle
+        assert traffic.in_flight(2) == 2
+        assert {traffic.pick(table, "b")[1] for _ in range(10)} == {3}  # type: ignore[index]
+    assert traffic.in_flight(2) == 0
     empty = Table.of({"EndpointStatus": "InService", "ProductionVariants": [{"VariantName": "a"}],
                       "Instances": [{"variant": "a", "port": 1, "ready": False}]})
-    assert router.pick(empty, None) == ""
+    assert traffic.pick(empty, None) == ""
     store.close()

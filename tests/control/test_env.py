@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mainsail.aws.identity import ACCOUNT
-from mainsail.cli.endpoints import ENV_UNSET
+from mainsail.cli.env import ENV_UNSET
 from mainsail.hosting import resources as res
 from tests.control.helpers import Plane
 
@@ -59,12 +59,11 @@ def test_sh_output_and_config_file(tmp_path: Path) -> None:
             "TelemetryOptOut": True,
             "Session": {"DefaultS3Bucket": f"sagemaker-eu-west-1-{ACCOUNT}"}}}},
     }
-    # the shared reference file's keys are all there
-    shared = Path(__file__).resolve().parents[2].parent / "shared" / "sagemaker_sdk_config.yaml"
-    if shared.is_file():
-        ref = yaml.safe_load(shared.read_text())["SageMaker"]["PythonSDK"]["Modules"]
-        ours = yaml.safe_load(config.read_text())["SageMaker"]["PythonSDK"]["Modules"]
-        assert set(ref) == set(ours) and set(ref["Session"]) == set(ours["Session"])
+    # the reference config file's keys are all there (tests/fixtures/sagemaker_sdk_config.yaml)
+    reference = Path(__file__).resolve().parents[1] / "fixtures" / "sagemaker_sdk_config.yaml"
+    ref = yaml.safe_load(reference.read_text())["SageMaker"]["PythonSDK"]["Modules"]
+    ours = yaml.safe_load(config.read_text())["SageMaker"]["PythonSDK"]["Modules"]
+    assert set(ref) == set(ours) and set(ref["Session"]) == set(ours["Session"])
 
 
 def test_values_are_shell_quoted(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from mainsail.backends.loopback import Forwarder, ForwardError, Upstream
+from mainsail.backends.base import ForwardError, Upstream
+from mainsail.backends.loopback import Forwarder
 from tests.conftest import ThreadedServer, free_port
 
 TIMEOUT = 5.0  # per exchange, well above anything a passing test needs

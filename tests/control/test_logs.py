@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import WaiterError
 
-from mainsail.aws.logs import api as logs
-from mainsail.aws.logs.api import InvalidParameterException, LogsApi, ResourceNotFoundException, parse_pattern
+from mainsail.aws.logs import files as logs
+from mainsail.aws.logs.api import LogsApi
+from mainsail.aws.logs.errors import InvalidParameterException, ResourceNotFoundException
+from mainsail.aws.logs.patterns import parse_pattern
 from tests.control.helpers import INFERENCE_BAD, WAIT, Plane, deploy, make_model_dir
 
 GROUP = "/aws/sagemaker/Endpoints/ep"

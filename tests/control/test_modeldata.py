@@ -19,7 +19,7 @@ import pytest
 from sklearn.linear_model import LinearRegression
 
 from mainsail.backends import model_fetch as md
-from mainsail.backends.local import ModelSourceError
+from mainsail.backends.base import ModelSourceError
 from tests.conftest import free_port
 from tests.control.helpers import Plane
 
@@ -120,15 +120,15 @@ def test_local_archive_extracted_once_by_content(tmp_path: Path, monkeypatch: py
     archive = _tar(_model_dir(tmp_path / "src"), tmp_path / "model.tar.gz")
     home = tmp_path / "home"
     calls: list[Path] = []
-    from mainsail.serve import model_dir
+    from mainsail.backends import model_cache  # extracts with mainsail.archives.safe_extract
 
-    real = model_dir.safe_extract
+    real = model_cache.safe_extract
 
     def counting(path: Path, dest: Path, **kw: Any) -> None:
         calls.append(path)
         real(path, dest, **kw)
 
-    monkeypatch.setattr(model_dir, "safe_extract", counting)
+    monkeypatch.setattr(model_cache, "safe_extract", counting)
     first = md.resolve_model_data(str(archive), home)
     assert first == home / "models" / _key(archive)
     assert (first / "code" / "inference.py").read_text() == INFERENCE_OK

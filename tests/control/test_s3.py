@@ -23,8 +23,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from mainsail.aws.s3.api import AwsChunkedDecoder
-from mainsail.aws.s3.store import ObjectMeta, S3Store
+from mainsail.aws.s3.files import ObjectMeta
+from mainsail.aws.s3.store import S3Store
+from mainsail.aws.s3.wire import AwsChunkedDecoder
 from mainsail.backends import model_fetch as md
 from mainsail.backends.local import ModelSourceError
 from mainsail.gateway.app import create_control_app

@@ -25,9 +25,11 @@ from botocore.exceptions import ClientError, WaiterError
 from typer.testing import CliRunner
 
 from mainsail.backends.local import LocalBackend
-from mainsail.cli import app
+from mainsail.cli.app import app
 from mainsail.hosting.store import SQLiteStore
-from mainsail.jobs.transform import job as tf
+from mainsail.jobs.transform.api import TRANSFORM_JOB, new_job
+from mainsail.jobs.transform.records import apply_path, join_record, parse_path, split_output
+from mainsail.jobs.transform.runner import TransformRunner
 from tests.conftest import free_port
 from tests.control.helpers import IMAGE, INFERENCE_OK, REGION, ROLE, Plane, UpProcess, make_model_dir
 
@@ -94,7 +96,7 @@ class TransformPlane(Plane):
 
     def __init__(self, home: Path) -> None:
         super().__init__(home)
-        self.runner = tf.TransformRunner(self.store, self.backend, home, interval=0.05)
+        self.runner = TransformRunner(self.store, self.backend, home, interval=0.05)
 
     def __enter__(self) -> TransformPlane:
         super().__enter__()
@@ -194,7 +196,7 @@ def test_multi_file_prefix_line_split_multirecord_packing(plane: TransformPlane,
     assert sum(n for n, _ in batches) == 360_003
     assert len(batches) == 3  # two for a.csv (each <= 1 MiB), one for b.csv
     assert all(size <= 1024 * 1024 for _, size in batches)
-    record = plane.store.get(tf.TRANSFORM_JOB, "multi")
+    record = plane.store.get(TRANSFORM_JOB, "multi")
     assert record is not None and record["Progress"]["Records"] == 360_003
     assert record["Progress"]["ObjectsDone"] == 2 and record["Instances"] == []
     raw = httpx.post(plane.url + "/", headers={"X-Amz-Target": "SageMaker.DescribeTransformJob",
@@ -282,7 +284,7 @@ def test_input_files_are_transformed_concurrently(plane: TransformPlane, tmp_pat
     assert len(list(barrier.iterdir())) == 4
     for i in range(4):
         assert _get(s3, f"par/out/f{i}.csv.out") == f"{_pred(i, 1):g}\n".encode()
-    record = plane.store.get(tf.TRANSFORM_JOB, "par")
+    record = plane.store.get(TRANSFORM_JOB, "par")
     assert record is not None and record["Progress"]["ObjectsDone"] == 4 and record["Progress"]["Requests"] == 4
 
 
@@ -293,7 +295,7 @@ def test_stop_transform_job(plane: TransformPlane) -> None:
          env={"PREDICT_DELAY": "0.2"}, wait=False)
     deadline = time.monotonic() + 60
     while True:
-        record = plane.store.get(tf.TRANSFORM_JOB, "slow")
+        record = plane.store.get(TRANSFORM_JOB, "slow")
         assert record is not None
         if record["Progress"].get("Records", 0) > 0:
             break
@@ -398,22 +400,22 @@ def test_cli_transform_and_list(plane: TransformPlane) -> None:
 
 def test_jsonpath_subset() -> None:
     row = ["a", "b", "c", "d"]
-    assert tf.apply_path(row, tf.parse_path("$")) == row
-    assert tf.apply_path(row, tf.parse_path("$[1:]")) == ["b", "c", "d"]
-    assert tf.apply_path(row, tf.parse_path("$[0,2]")) == ["a", "c"]
-    assert tf.apply_path(row, tf.parse_path("$[-1]")) == "d"
-    assert tf.apply_path(row, tf.parse_path("$[:-2]")) == ["a", "b"]
+    assert apply_path(row, parse_path("$")) == row
+    assert apply_path(row, parse_path("$[1:]")) == ["b", "c", "d"]
+    assert apply_path(row, parse_path("$[0,2]")) == ["a", "c"]
+    assert apply_path(row, parse_path("$[-1]")) == "d"
+    assert apply_path(row, parse_path("$[:-2]")) == ["a", "b"]
     doc = {"a": 1, "b": {"c": [1, 2, 3]}, "d": 4}
-    assert tf.apply_path(doc, tf.parse_path("$.b.c[1:]")) == [2, 3]
-    assert tf.apply_path(doc, tf.parse_path("$['a','d']")) == {"a": 1, "d": 4}
-    assert tf.apply_path(doc, tf.parse_path('$["a"]')) == 1
+    assert apply_path(doc, parse_path("$.b.c[1:]")) == [2, 3]
+    assert apply_path(doc, parse_path("$['a','d']")) == {"a": 1, "d": 4}
+    assert apply_path(doc, parse_path('$["a"]')) == 1
     for bad in ("a", "$..a", "$[?(@.a)]"):
         with pytest.raises(ValueError):
-            tf.parse_path(bad)
-    assert tf.split_output(b"[1, 2]", 2) == [b"1", b"2"]
-    assert tf.split_output(b"1\n2\n", 2) == [b"1", b"2"]
-    assert tf.join_record(b"1,2", b"3\n", "text/csv") == b"1,2,3"
-    assert json.loads(tf.join_record(b'{"x": 1}', b"[0.5]", None)) == {"x": 1, "SageMakerOutput": [0.5]}
+            parse_path(bad)
+    assert split_output(b"[1, 2]", 2) == [b"1", b"2"]
+    assert split_output(b"1\n2\n", 2) == [b"1", b"2"]
+    assert join_record(b"1,2", b"3\n", "text/csv") == b"1,2,3"
+    assert json.loads(join_record(b'{"x": 1}', b"[0.5]", None)) == {"x": 1, "SageMakerOutput": [0.5]}
 
 
 def test_restart_settles_interrupted_jobs(tmp_path: Path) -> None:
@@ -422,12 +424,12 @@ def test_restart_settles_interrupted_jobs(tmp_path: Path) -> None:
             "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/i"}}},
             "TransformOutput": {"S3OutputPath": "s3://b/o"},
             "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1}}
-    store.put(tf.TRANSFORM_JOB, "j", tf.new_job(body, REGION))
-    store.put(tf.TRANSFORM_JOB, "k", {**tf.new_job({**body, "TransformJobName": "k"}, REGION),
+    store.put(TRANSFORM_JOB, "j", new_job(body, REGION))
+    store.put(TRANSFORM_JOB, "k", {**new_job({**body, "TransformJobName": "k"}, REGION),
                                        "TransformJobStatus": "Stopping"})
-    runner = tf.TransformRunner(store, LocalBackend(tmp_path), tmp_path)
+    runner = TransformRunner(store, LocalBackend(tmp_path), tmp_path)
     runner.recover()
-    j, k = store.get(tf.TRANSFORM_JOB, "j"), store.get(tf.TRANSFORM_JOB, "k")
+    j, k = store.get(TRANSFORM_JOB, "j"), store.get(TRANSFORM_JOB, "k")
     assert j is not None and j["TransformJobStatus"] == "InProgress"  # resumed by the first poll
     assert j["Instances"] == [] and "FailureReason" not in j
     assert k is not None and k["TransformJobStatus"] == "Stopped"
@@ -516,7 +518,7 @@ def test_200mb_input_streams_through_mainsail_up(tmp_path: Path) -> None:
 def _job_record(home: Path, name: str) -> dict[str, Any]:
     store = SQLiteStore(home / "state.db")
     try:
-        record = store.get(tf.TRANSFORM_JOB, name)
+        record = store.get(TRANSFORM_JOB, name)
     finally:
         store.close()
     assert record is not None

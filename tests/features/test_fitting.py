@@ -1,8 +1,10 @@
-"""Fitting risk tables and imputation: hand-computed examples, an independent plain-Python oracle, errors."""
+"""Fitting risk tables, imputation and calibration tables: hand-computed examples, an independent plain-Python
+oracle, errors; written calibration tables read back by the calibration loader."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,8 +13,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mainsail.features.fitting import fit_imputation, fit_risk_tables, labelled_rows, transform_features
+from mainsail.features.artifacts import load_data_pickle
+from mainsail.features.calibration import Calibrator, LookupTable, calibrate, load_calibrator
+from mainsail.features.fitting import (
+    fit_imputation,
+    fit_isotonic_table,
+    fit_percentile_table,
+    fit_risk_tables,
+    labelled_rows,
+    transform_features,
+    write_table,
+)
 from mainsail.features.tabular import RiskTable, TabularPreprocessor
+
+NAN = float("nan")
 
 
 def test_risk_table_hand_computed_with_smoothing_and_threshold() -> None:
@@ -174,3 +188,79 @@ def test_transform_features_is_the_serving_rule() -> None:
         transform_features(frame, ["b"])
     with pytest.raises(ValueError, match="bins"):
         transform_features(frame, ["c"], {"c": {"bins": {}}})
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration tables: fitting and writing
+# ---------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    scores=st.lists(st.one_of(st.floats(0, 1), st.sampled_from([0.0, 0.5, 1.0])), min_size=1, max_size=300),
+    n_bins=st.integers(1, 50),
+)
+def test_fit_percentile_table_is_a_monotone_empirical_cdf(scores: list[float], n_bins: int) -> None:
+    table = fit_percentile_table(np.array(scores), n_bins=n_bins)
+    assert table[0] == (0.0, 0.0) and table[-1] == (1.0, 1.0)
+    assert len(table) <= n_bins + 1
+    xs = np.array([x for x, _ in table])
+    ys = np.array([y for _, y in table])
+    assert not np.isnan(xs).any() and not np.isnan(ys).any()
+    assert np.all(np.diff(xs) > 0) and np.all(np.diff(ys) >= 0)
+    values = np.array(scores)
+    for x, y in table[1:-1]:
+        assert y == np.count_nonzero(values <= x) / values.size
+
+
+def test_fit_percentile_table_spreads_scores_uniformly() -> None:
+    scores = np.random.default_rng(3).beta(2, 8, size=20_000)
+    table = LookupTable.from_points(fit_percentile_table(scores))
+    ranks = table(scores)
+    assert abs(np.quantile(ranks, 0.5) - 0.5) < 0.01 and abs(np.quantile(ranks, 0.9) - 0.9) < 0.01
+
+
+@pytest.mark.parametrize(("scores", "n_bins"), [([], 10), ([0.5, NAN], 10), ([1.5], 10), ([0.5], 0)])
+def test_fit_percentile_table_rejects_bad_input(scores: list[float], n_bins: int) -> None:
+    with pytest.raises(ValueError):
+        fit_percentile_table(np.array(scores), n_bins=n_bins)
+
+
+def test_isotonic_table_improves_the_brier_score_of_miscalibrated_scores() -> None:
+    rng = np.random.default_rng(4)
+    truth = rng.random(20_000)
+    labels = (rng.random(truth.size) < truth).astype(np.float64)
+    raw = truth**3  # systematically under-confident for class 1
+    table = fit_isotonic_table(raw[:10_000], labels[:10_000])
+    assert len(table) == 1000
+    xs = np.array([x for x, _ in table])
+    ys = np.array([y for _, y in table])
+    np.testing.assert_array_equal(xs, np.linspace(0, 1, 1000))
+    assert np.all((ys >= 0) & (ys <= 1)) and np.all(np.diff(ys) >= 0)
+
+    calibrator = Calibrator("binary", {1: LookupTable.from_points(table)}, "iso")
+    test_scores = np.column_stack([1 - raw[10_000:], raw[10_000:]]).astype(np.float32)
+    calibrated = calibrate(test_scores, calibrator)
+    test_labels = labels[10_000:]
+    brier_raw = float(np.mean((test_scores[:, 1] - test_labels) ** 2))
+    brier_cal = float(np.mean((calibrated[:, 1] - test_labels) ** 2))
+    assert brier_cal < brier_raw - 0.01
+
+
+def test_write_table_round_trips_through_load_calibrator(tmp_path: Path) -> None:
+    points = [(0.0, 0.0), (0.25, 0.1), (NAN, 0.999), (1.0, 1.0)]
+    path = tmp_path / "calibration" / "calibration_model.pkl"
+    write_table(path, points)
+    stored = load_data_pickle(path)
+    assert type(stored) is list and all(type(p) is tuple and len(p) == 2 for p in stored)
+    assert all(type(v) is np.float64 for p in stored for v in p)
+    calibrator = load_calibrator(tmp_path)
+    assert calibrator is not None and calibrator.kind == "binary"
+    assert calibrator.tables[1] == LookupTable.from_points(points)
+    assert calibrator == Calibrator("binary", {1: LookupTable.from_points(points)}, str(path))
+
+
+def test_write_table_refuses_a_non_table(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        write_table(tmp_path / "c.pkl", [(0.0, "x")])
+    assert not (tmp_path / "c.pkl").exists()

@@ -18,21 +18,23 @@ from mainsail.errors import ModelLoadError
 from mainsail.features.text import (
     DEFAULT_STEPS,
     DEFAULT_TOKENIZER,
+    StepRegistry,
+    TextPipeline,
+    TextSettings,
+    default_registry,
+    pipelines_from_hyperparameters,
+    resolve_tokenizer,
+)
+from mainsail.features.text_steps import (
     CsAdapter,
     CsChatSplitter,
     DialogueChunker,
     DialogueSplitter,
     EmojiRemover,
     HtmlNormalizer,
-    StepRegistry,
     TextNormalizer,
-    TextPipeline,
-    TextSettings,
     TextUpper,
     Tokenize,
-    default_registry,
-    pipelines_from_hyperparameters,
-    resolve_tokenizer,
 )
 from tests.conftest import CURSUS_FIXTURE
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
-from mainsail.cli import app
+from mainsail.cli.app import app
 from mainsail.errors import ModelLoadError
 from mainsail.handlers.pytorch.export import ExportReport, OnnxExportError, ProbabilitiesModule, export_onnx
 from mainsail.handlers.pytorch.handler import PyTorchHandler

@@ -25,9 +25,10 @@ from transformers import BertConfig, BertModel
 from mainsail.errors import ModelLoadError
 from mainsail.handlers.base import Invocation
 from mainsail.handlers.pytorch import default_model_registry, load_pytorch_model
+from mainsail.handlers.pytorch.cnn import BimodalCNN
 from mainsail.handlers.pytorch.export import export_onnx
 from mainsail.handlers.pytorch.handler import PyTorchHandler
-from mainsail.handlers.pytorch.models import BimodalCNN, TextBertClassification
+from mainsail.handlers.pytorch.models import TextBertClassification
 from tests.conftest import ServerProcess
 
 TEXT = "dialogue"

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
-from mainsail.serve.multimodel import memory_budget_bytes, multi_model_from_env
+from mainsail.serve.multimodel.app import multi_model_from_env
+from mainsail.serve.multimodel.memory import memory_budget_bytes
 from tests.conftest import ServerProcess
 
 pytestmark = pytest.mark.slow

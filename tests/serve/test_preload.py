@@ -283,7 +283,7 @@ def test_preload_safe_decides_per_handler_and_says_why(tmp_path: Path) -> None:
     from mainsail.handlers.base import Invocation, Reply
     from mainsail.handlers.pytorch.handler import PyTorchHandler
     from mainsail.handlers.tabular import TabularHandler
-    from mainsail.serve.workers import preload_safe
+    from mainsail.serve.preload import preload_safe
     from mainsail.settings import ServeSettings
 
     settings = ServeSettings(workers=2)

@@ -1,4 +1,9 @@
-"""Where endpoint instances run: the ``Backend`` protocol and ``LocalBackend`` (local subprocesses)."""
+"""``LocalBackend``: instances as ``mainsail serve`` process groups on loopback ports.
+
+Each instance is ``python -m mainsail.cli serve`` in its own session, its model data resolved first
+(:mod:`mainsail.backends.model_fetch`), its log under ``$MAINSAIL_HOME/logs/<endpoint>/``, its pid
+recorded under ``$MAINSAIL_HOME/instances/`` so that a later control plane can adopt or reap it.
+"""
 
 from __future__ import annotations
 
@@ -11,81 +16,18 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 import httpx
 
-
-class ModelSourceError(Exception):
-    """The model's artifacts cannot be made available to an instance; the text is a FailureReason."""
-
-
-@dataclass(frozen=True)
-class InstanceSpec:
-    """What one instance serves: the endpoint/variant it belongs to and the model's container."""
-
-    endpoint: str
-    variant: str
-    index: int
-    model_data_url: str
-    environment: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Instance:
-    """A started instance, as recorded in the store."""
-
-    variant: str
-    pid: int
-    port: int
-    log_path: str
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def to_record(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Instance:
-        return cls(variant=str(record["variant"]), pid=int(record["pid"]), port=int(record["port"]),
-                   log_path=str(record["log_path"]))
-
-
-class Backend(Protocol):
-    """Starts, checks and stops instances. Every method is safe to call repeatedly."""
-
-    def start(self, spec: InstanceSpec) -> Instance:
-        """Start one instance (without waiting for it to be ready); ModelSourceError if impossible."""
-        ...
-
-    def stop(self, instance: Instance) -> None:
-        """Stop the instance (no-op when already gone)."""
-        ...
-
-    def healthy(self, instance: Instance) -> bool:
-        """Whether the instance answers ``GET /ping`` with 200."""
-        ...
-
-    def failure(self, instance: Instance) -> str | None:
-        """Why the instance is gone (its exit and last log lines), or ``None`` while it runs."""
-        ...
-
-    def memory_bytes(self, instance: Instance) -> int | None:
-        """Resident memory of the instance (all its processes), ``None`` when unknown."""
-        ...
-
-    def adopt(self, instance: Instance) -> bool:
-        """Take over an instance recorded by an earlier control plane: ``True`` if it still runs
-        (and is the process recorded, not a reused pid)."""
-        ...
-
-    def reap(self, known: set[int]) -> list[int]:
-        """Stop instances this backend started earlier that are not in ``known``; their pids."""
-        ...
+# The shared types, importable from here as before (their home is mainsail.backends.base).
+from mainsail.backends.base import Backend as Backend
+from mainsail.backends.base import Instance as Instance
+from mainsail.backends.base import InstanceSpec as InstanceSpec
+from mainsail.backends.base import ModelSourceError as ModelSourceError
+from mainsail.backends.base import tail as tail
+from mainsail.backends.model_fetch import resolve_environment, resolve_model_data
+from mainsail.backends.model_sources import multi_model_prefix
 
 
 def free_port() -> int:
@@ -99,16 +41,6 @@ def free_port() -> int:
 def default_home() -> Path:
     """``$MAINSAIL_HOME`` or ``~/.mainsail``."""
     return Path(os.environ.get("MAINSAIL_HOME") or Path.home() / ".mainsail")
-
-
-def tail(path: str | Path, lines: int = 10, max_chars: int = 900) -> str:
-    """The last non-empty lines of a log file (at most ``max_chars``)."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-    kept = [line for line in text.splitlines() if line.strip()][-lines:]
-    return "\n".join(kept)[-max_chars:]
 
 
 _LOAD_FAILURE = re.compile(r"model failed to load: (.+)$")
@@ -141,8 +73,6 @@ class LocalBackend:
         self._lock = threading.Lock()
 
     def _model_dir(self, spec: InstanceSpec) -> Path:
-        from mainsail.backends.model_fetch import multi_model_prefix, resolve_model_data
-
         if multi_model_prefix(spec.model_data_url, spec.environment) is not None:
             # a multi-model endpoint: an empty models dir; the router loads target models on demand
             models = self.home / "multi-model" / spec.endpoint / f"{spec.variant}-{spec.index}"
@@ -156,13 +86,9 @@ class LocalBackend:
         logs = self.home / "logs" / spec.endpoint
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{spec.variant}-{spec.index}-{port}.log"
-        from mainsail.backends.model_fetch import resolve_environment
-
         # unbuffered: a print() in a user script reaches the log file (and CloudWatch Logs) at once
         env = {**os.environ, "MAINSAIL_HOME": str(self.home), "PYTHONUNBUFFERED": "1",
                **resolve_environment(spec.environment, self.home)}
-        from mainsail.backends.model_fetch import multi_model_prefix
-
         multi = ["--multi-model"] if multi_model_prefix(spec.model_data_url, spec.environment) is not None else []
         cmd = [sys.executable, "-m", "mainsail.cli", "serve", *multi, str(model_dir), "--port", str(port),
                "--workers", "1", "--host", "127.0.0.1"]

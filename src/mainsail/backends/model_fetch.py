@@ -2,13 +2,13 @@
 
 ``resolve_model_data`` turns a container's model data into a local directory, as SageMaker does
 when it fills ``/opt/ml/model``: a directory is used as is; a ``model.tar.gz`` is extracted (safely,
-with :func:`mainsail.serve.model_dir.safe_extract`) into ``<cache_root>/models/<content hash>/``;
+with :func:`mainsail.archives.safe_extract`) into ``<cache_root>/models/<content hash>/``;
 an ``s3://`` object is downloaded first (skipped when its ETag and size were seen before); an
 ``s3://`` prefix (``ModelDataSource`` with ``S3DataType: S3Prefix, CompressionType: None``) is copied
 object by object. Cache directories are built in a temporary directory and renamed into place, so a
-half-written one is never used and concurrent callers are safe. ``resolve_environment`` does the same
-for ``SAGEMAKER_SUBMIT_DIRECTORY`` (a ``sourcedir.tar.gz``). Every failure is a ``ModelSourceError``
-whose one-line message names the URL.
+half-written one is never used and concurrent callers are safe (:mod:`mainsail.backends.model_cache`).
+``resolve_environment`` does the same for ``SAGEMAKER_SUBMIT_DIRECTORY`` (a ``sourcedir.tar.gz``).
+Every failure is a ``ModelSourceError`` whose one-line message names the URL.
 
 ``s3://`` is read with boto3 at ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` when either is set;
 with neither set and mainsail's own S3 store present under the cache root (``$MAINSAIL_HOME/s3``,
@@ -21,270 +21,28 @@ import hashlib
 import json
 import os
 import shutil
-import tarfile
 import tempfile
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from mainsail.backends.local import ModelSourceError
+from mainsail.aws.s3.files import S3Error
+from mainsail.aws.s3.store import S3Store
+from mainsail.backends.base import ModelSourceError
+from mainsail.backends.model_cache import S3Index, extract_archive, is_complete, new_staging, publish
 
-DEFAULT_MAX_BYTES = 20 * 1024**3
-"""Largest model data (download, and extracted size) accepted; ``MAINSAIL_MODEL_DATA_MAX_BYTES``."""
-MAX_BYTES_ENV = "MAINSAIL_MODEL_DATA_MAX_BYTES"
+# Parsing lives in mainsail.backends.model_sources; these names stay importable from here.
+from mainsail.backends.model_sources import MAX_BYTES_ENV, max_bytes_default, one_line
+from mainsail.backends.model_sources import ModelSource as ModelSource
+from mainsail.backends.model_sources import container_model_source as container_model_source
+from mainsail.backends.model_sources import multi_model_prefix as multi_model_prefix
+from mainsail.backends.model_sources import multi_model_target as multi_model_target
+from mainsail.backends.model_sources import parse_source as parse_source
+
 SUBMIT_DIRECTORY = "SAGEMAKER_SUBMIT_DIRECTORY"
-UNCOMPRESSED_OBJECT = "#uncompressed"
-"""Suffix marking an ``s3://`` URL of one uncompressed object (``S3Object`` + ``CompressionType None``)."""
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-COMPLETE = ".mainsail-complete"  # the marker mainsail.serve.model_dir uses too
-INDEX_NAME = "s3-index.json"
-MULTI_MODEL = "#multimodel"
-"""Suffix marking the model-data prefix of a ``Mode: MultiModel`` container (multi-model endpoint)."""
-UNCOMPRESSED_TARGETS = "#uncompressed"
-"""Suffix of a multi-model prefix whose target models are uncompressed folders (``ModelDataSource``
-``S3Prefix`` with ``CompressionType None``), not ``model.tar.gz`` objects."""
-
-_index_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where model data lives, as ``ModelDataSource.S3DataSource`` describes it."""
-
-    uri: str
-    s3_data_type: str = "S3Object"
-    compression: str = "Gzip"
-
-    @property
-    def prefix(self) -> bool:
-        return self.s3_data_type == "S3Prefix"
-
-    def to_url(self) -> str:
-        """One string for ``InstanceSpec.model_data_url`` that :func:`parse_source` reads back."""
-        if self.prefix:
-            return self.uri if self.uri.endswith("/") else self.uri + "/"
-        if self.compression == "None" and self.uri.startswith("s3://"):
-            return self.uri + UNCOMPRESSED_OBJECT
-        return self.uri
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def source_from_s3_data_source(data: Mapping[str, Any]) -> ModelSource:
-    """A ``ModelSource`` from a ``ModelDataSource.S3DataSource`` dict (validated)."""
-    uri = data.get("S3Uri")
-    if not isinstance(uri, str) or not uri:
-        raise ModelSourceError("ModelDataSource.S3DataSource has no S3Uri.")
-    data_type = str(data.get("S3DataType") or "S3Object")
-    compression = str(data.get("CompressionType") or "None")
-    if data_type not in ("S3Object", "S3Prefix"):
-        raise ModelSourceError(f"ModelDataSource {uri}: S3DataType {data_type!r} is not S3Object or S3Prefix.")
-    if compression not in ("None", "Gzip"):
-        raise ModelSourceError(f"ModelDataSource {uri}: CompressionType {compression!r} is not None or Gzip.")
-    if data_type == "S3Prefix" and compression != "None":
-        raise ModelSourceError(
-            f"ModelDataSource {uri}: an S3Prefix must be uncompressed (CompressionType None).")
-    return ModelSource(uri, data_type, compression)
-
-
-def container_model_source(container: Mapping[str, Any]) -> str | None:
-    """The model data of a container (``ModelDataUrl`` or ``ModelDataSource``) as one URL string.
-
-    ``None`` when the container names no model data. An ``S3Prefix`` comes back with a trailing
-    ``/``; an uncompressed ``S3Object`` with the ``#uncompressed`` suffix; the prefix of a
-    ``Mode: MultiModel`` container with the ``#multimodel`` suffix (:func:`multi_model_prefix`).
-    """
-    url = container.get("ModelDataUrl")
-    multi = container.get("Mode") == "MultiModel"
-    if isinstance(url, str) and url:
-        return url + MULTI_MODEL if multi else url
-    source = container.get("ModelDataSource") or {}
-    s3 = source.get("S3DataSource") if isinstance(source, Mapping) else None
-    if not isinstance(s3, Mapping):
-        return None
-    return multi_model_source(s3) if multi else source_from_s3_data_source(s3).to_url()
-
-
-def multi_model_source(data: Mapping[str, Any]) -> str:
-    """The marked prefix of a ``Mode: MultiModel`` container's ``ModelDataSource.S3DataSource``: it
-    must be an ``S3Prefix``; with ``CompressionType Gzip`` each TargetModel names a ``model.tar.gz``
-    under it (as with ``ModelDataUrl``), with ``None`` a folder of uncompressed model files."""
-    uri = data.get("S3Uri")
-    if not isinstance(uri, str) or not uri:
-        raise ModelSourceError("ModelDataSource.S3DataSource has no S3Uri.")
-    data_type = str(data.get("S3DataType") or "S3Object")
-    compression = str(data.get("CompressionType") or "None")
-    if data_type != "S3Prefix":
-        raise ModelSourceError(f"ModelDataSource {uri}: a MultiModel container needs S3DataType S3Prefix "
-                               f"(the prefix of its target models), not {data_type!r}.")
-    if compression not in ("None", "Gzip"):
-        raise ModelSourceError(f"ModelDataSource {uri}: CompressionType {compression!r} is not None or Gzip.")
-    prefix = uri if uri.endswith("/") else uri + "/"
-    return prefix + (UNCOMPRESSED_TARGETS if compression == "None" else "") + MULTI_MODEL
-
-
-def parse_source(url_or_source: str | Mapping[str, Any]) -> ModelSource:
-    """Read a URL string (as :func:`container_model_source` makes them), a container dict, a
-    ``ModelDataSource`` dict or an ``S3DataSource`` dict."""
-    if isinstance(url_or_source, Mapping):
-        if "ModelDataUrl" in url_or_source or "ModelDataSource" in url_or_source:
-            url = container_model_source(url_or_source)
-            if url is None:
-                raise ModelSourceError("The container has no ModelDataUrl or ModelDataSource.")
-            return parse_source(url)
-        inner = url_or_source.get("S3DataSource", url_or_source)
-        return source_from_s3_data_source(inner)
-    url = str(url_or_source)
-    if url.startswith("s3://") and url.endswith(UNCOMPRESSED_OBJECT):
-        return ModelSource(url[: -len(UNCOMPRESSED_OBJECT)], "S3Object", "None")
-    if url.startswith("s3://") and url.endswith("/"):
-        return ModelSource(url, "S3Prefix", "None")
-    return ModelSource(url)
-
-
-def multi_model_prefix(url: str, environment: Mapping[str, str] | None = None) -> str | None:
-    """The model-data prefix of a multi-model container (``Mode: MultiModel``, marked by
-    :func:`container_model_source`, or ``SAGEMAKER_MULTI_MODEL=true`` in its environment), ``None``
-    for a single-model one. The target models are ``<prefix>/<TargetModel>``; a prefix ending in
-    ``#uncompressed`` has folders as target models (:func:`multi_model_target`)."""
-    if url.endswith(MULTI_MODEL):
-        return url[: -len(MULTI_MODEL)]
-    if (environment or {}).get("SAGEMAKER_MULTI_MODEL", "").strip().lower() in ("1", "true", "yes", "on"):
-        return url
-    return None
-
-
-def multi_model_target(prefix: str, target: str) -> str:
-    """The model data of ``target`` under a multi-model ``prefix``: ``<prefix>/<target>``, or the
-    folder ``<prefix>/<target>/`` (an ``S3Prefix``) under an ``#uncompressed`` prefix."""
-    if prefix.endswith(UNCOMPRESSED_TARGETS):
-        base = prefix[: -len(UNCOMPRESSED_TARGETS)]
-        return base.rstrip("/") + "/" + target.strip("/") + "/"
-    return prefix.rstrip("/") + "/" + target.lstrip("/")
-
-
-def max_bytes_default() -> int:
-    raw = os.environ.get(MAX_BYTES_ENV)
-    if raw:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ModelSourceError(f"{MAX_BYTES_ENV}={raw!r} is not a number of bytes.") from None
-    return DEFAULT_MAX_BYTES
-
-
-# -- the cache -----------------------------------------------------------------------------------
-
-
-def _complete(path: Path) -> bool:
-    return (path / COMPLETE).is_file()
-
-
-def _sha256_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
-def _staging(cache_dir: Path) -> Path:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir))
-
-
-def _publish(staging: Path, target: Path, url: str) -> Path:
-    """Move the finished ``staging`` directory to ``target``; whoever is first wins."""
-    (staging / COMPLETE).touch()
-    try:
-        os.rename(staging, target)
-    except OSError:
-        if _complete(target):
-            return target  # another caller finished the same content first
-        shutil.rmtree(target, ignore_errors=True)  # a stray, unfinished directory
-        try:
-            os.rename(staging, target)
-        except OSError as exc:
-            if not _complete(target):
-                raise ModelSourceError(f"Could not store model data {url} in {target}: {exc}") from None
-    return target
-
-
-def _check_members(archive: Path, url: str) -> None:
-    """Refuse absolute member names and ``..`` (the tarfile ``data`` filter would strip the former)."""
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                name = member.name
-                parts = PurePosixPath(name.replace("\\", "/")).parts
-                if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
-                    raise ModelSourceError(f"Model archive {url} is unsafe: member {name!r} leaves the target.")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise ModelSourceError(f"Model archive {url} cannot be read: {_one_line(str(exc))}") from None
-
-
-def extract_archive(archive: Path, cache_dir: Path, url: str, *, max_bytes: int | None = None) -> Path:
-    """Extract ``archive`` once per content into ``cache_dir/<sha256[:24]>`` and return that directory."""
-    from mainsail.errors import InvalidModelArchive
-    from mainsail.serve.model_dir import safe_extract
-
-    limit = max_bytes_default() if max_bytes is None else max_bytes
-    try:
-        target = cache_dir / _sha256_file(archive)[:24]
-    except OSError as exc:
-        raise ModelSourceError(f"Model archive {url} cannot be read: {_one_line(str(exc))}") from None
-    if _complete(target):
-        return target
-    _check_members(archive, url)
-    staging = _staging(cache_dir)
-    try:
-        try:
-            safe_extract(archive, staging, max_bytes=limit)
-        except InvalidModelArchive as exc:
-            raise ModelSourceError(f"Model archive {url}: {_one_line(exc.message)}") from None
-        return _publish(staging, target, url)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-class _Index:
-    """``<cache_root>/s3-index.json``: S3 object (ETag, size) -> the cache directory built from it."""
-
-    def __init__(self, cache_root: Path) -> None:
-        self.path = cache_root / INDEX_NAME
-
-    def _read(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def get(self, key: str, etag: str, size: int) -> Path | None:
-        entry = self._read().get(key)
-        if not isinstance(entry, dict) or entry.get("etag") != etag or entry.get("size") != size:
-            return None
-        path = Path(str(entry.get("path")))
-        return path if _complete(path) else None
-
-    def put(self, key: str, etag: str, size: int, path: Path) -> None:
-        with _index_lock:
-            data = self._read()
-            data[key] = {"etag": etag, "size": size, "path": str(path)}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".s3-index-", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    json.dump(data, fh, indent=1, sort_keys=True)
-                os.replace(tmp, self.path)
-            except OSError:
-                Path(tmp).unlink(missing_ok=True)
 
 
 # -- S3 ------------------------------------------------------------------------------------------
@@ -304,21 +62,15 @@ class OwnStoreClient:
     """
 
     def __init__(self, root: Path) -> None:
-        from mainsail.aws.s3.store import S3Store
-
         self.store = S3Store(root, clean=False)
         self.meta = type("Meta", (), {"endpoint_url": f"file://{root}"})()
 
     def _missing(self, url: str, exc: Exception) -> ModelSourceError:
-        from mainsail.aws.s3.store import S3Error
-
         if isinstance(exc, S3Error) and exc.code == "NoSuchBucket":
             return ModelSourceError(f"Could not get model data {url}: bucket {_split_s3(url)[0]} does not exist.")
         return ModelSourceError(f"Could not get model data {url}: no such object.")
 
     def head(self, url: str, bucket: str, key: str) -> tuple[str, int]:
-        from mainsail.aws.s3.store import S3Error
-
         try:
             meta = self.store.head(bucket, key)
         except S3Error as exc:
@@ -326,8 +78,6 @@ class OwnStoreClient:
         return meta.etag, meta.size
 
     def download(self, url: str, bucket: str, key: str, dest: Path) -> None:
-        from mainsail.aws.s3.store import S3Error
-
         try:
             _, fh = self.store.open(bucket, key)
         except S3Error as exc:
@@ -336,8 +86,6 @@ class OwnStoreClient:
             shutil.copyfileobj(fh, out, 1 << 20)
 
     def list(self, url: str, bucket: str, prefix: str) -> list[tuple[str, str, int]]:
-        from mainsail.aws.s3.store import S3Error
-
         try:
             return [(m.key, m.etag, m.size) for m in self.store.list_objects(bucket, prefix)]
         except S3Error as exc:
@@ -355,7 +103,7 @@ def own_store(cache_root: Path) -> OwnStoreClient | None:
 def s3_client(url: str = "s3://") -> Any:
     """A boto3 S3 client. The endpoint comes from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``
     (read by botocore itself); dummy credentials are used only with such an endpoint and none set."""
-    try:
+    try:  # boto3 is an optional extra (mainsail[s3]): imported only when S3 is used
         import boto3
         from botocore.config import Config
     except ImportError:
@@ -384,6 +132,7 @@ def _s3_errors(url: str, client: Any) -> Iterator[None]:
     if isinstance(client, OwnStoreClient):  # raises ModelSourceError itself, and needs no boto3
         yield
         return
+    # boto3 is an optional extra (mainsail[s3]): imported only when S3 is used
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import (
         BotoCoreError,
@@ -411,7 +160,7 @@ def _s3_errors(url: str, client: Any) -> Iterator[None]:
             why = f"access denied ({code})"
         else:
             why = f"{code or status}: {error.get('Message', '')}".strip()
-        raise ModelSourceError(f"Could not get model data {url}: {_one_line(why)}.") from None
+        raise ModelSourceError(f"Could not get model data {url}: {one_line(why)}.") from None
     except NoCredentialsError:
         raise ModelSourceError(
             f"Could not get model data {url}: no AWS credentials are configured "
@@ -419,12 +168,12 @@ def _s3_errors(url: str, client: Any) -> Iterator[None]:
     except (EndpointConnectionError, ConnectTimeoutError):
         raise ModelSourceError(f"Could not get model data {url}: cannot reach the S3 endpoint {endpoint}.") from None
     except (BotoCoreError, Boto3Error) as exc:
-        raise ModelSourceError(f"Could not get model data {url}: {_one_line(str(exc))}") from None
+        raise ModelSourceError(f"Could not get model data {url}: {one_line(str(exc))}") from None
 
 
 def _head(client: Any, url: str, bucket: str, key: str) -> tuple[str, int]:
     """ETag and size of an object; a missing bucket is told apart from a missing key."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import ClientError  # boto3 is an optional extra: imported only when used
 
     try:
         head = client.head_object(Bucket=bucket, Key=key)
@@ -460,7 +209,7 @@ def _resolve_s3_object(source: ModelSource, cache_root: Path, cache_dir: Path, l
         raise ModelSourceError(f"Model data {url}: the URL names a bucket but no object.")
     own = own_store(cache_root)
     client: Any = own or s3_client(url)
-    index = _Index(cache_root)
+    index = S3Index(cache_root)
     index_key = f"{cache_dir.name}:{source.compression}:{url}"
     with _s3_errors(url, client):
         etag, size = own.head(url, bucket, key) if own else _head(client, url, bucket, key)
@@ -482,11 +231,11 @@ def _resolve_s3_object(source: ModelSource, cache_root: Path, cache_dir: Path, l
                     for block in iter(lambda: fh.read(1 << 20), b""):
                         digest.update(block)
                 target = cache_dir / digest.hexdigest()[:24]
-                if not _complete(target):
-                    staging = _staging(cache_dir)
+                if not is_complete(target):
+                    staging = new_staging(cache_dir)
                     try:
                         os.replace(local, staging / name)
-                        _publish(staging, target, url)
+                        publish(staging, target, url)
                     finally:
                         shutil.rmtree(staging, ignore_errors=True)
         finally:
@@ -526,9 +275,9 @@ def _resolve_s3_prefix(source: ModelSource, cache_dir: Path, limit: int) -> Path
         manifest = sorted((str(_relative_key(url, prefix, key)), etag, size) for key, etag, size in objects)
         digest = hashlib.sha256(json.dumps(["S3Prefix", manifest]).encode()).hexdigest()[:24]
         target = cache_dir / digest
-        if _complete(target):
+        if is_complete(target):
             return target
-        staging = _staging(cache_dir)
+        staging = new_staging(cache_dir)
         try:
             for key, _, _ in objects:
                 dest = staging.joinpath(*_relative_key(url, prefix, key).parts)
@@ -537,7 +286,7 @@ def _resolve_s3_prefix(source: ModelSource, cache_dir: Path, limit: int) -> Path
                     own.download(url, bucket, key, dest)
                 else:
                     client.download_file(bucket, key, str(dest))
-            return _publish(staging, target, url)
+            return publish(staging, target, url)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

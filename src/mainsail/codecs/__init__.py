@@ -11,7 +11,6 @@ from mainsail.codecs.base import (
     CodecRegistry,
     Encoded,
     MediaType,
-    default_registry,
     parse_accept,
     parse_media_type,
 )
@@ -35,3 +34,8 @@ __all__ = [
     "parse_accept",
     "parse_media_type",
 ]
+
+
+def default_registry() -> CodecRegistry:
+    """A fresh registry with the built-in codecs: CSV, JSON, JSON Lines, Parquet and NPY."""
+    return CodecRegistry([CsvCodec(), JsonCodec(), JsonLinesCodec(), ParquetCodec(), NpyCodec()])

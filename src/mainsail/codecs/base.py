@@ -194,7 +194,7 @@ def _without_charset(content_type: str | None) -> str | None:
 class CodecRegistry:
     """Maps media types to codecs, for decoding request bodies and encoding responses.
 
-    An instance (never a module global), built by :func:`default_registry` or by hand and passed
+    An instance (never a module global), built by :func:`mainsail.codecs.default_registry` or by hand and passed
     down to whoever serves requests. A later registration of a type replaces the earlier one.
     """
 
@@ -286,13 +286,3 @@ class CodecRegistry:
                 return candidate
         return None
 
-
-def default_registry() -> CodecRegistry:
-    """A fresh registry with the built-in codecs: CSV, JSON, JSON Lines, Parquet and NPY."""
-    from mainsail.codecs.csv import CsvCodec
-    from mainsail.codecs.json import JsonCodec
-    from mainsail.codecs.jsonlines import JsonLinesCodec
-    from mainsail.codecs.npy import NpyCodec
-    from mainsail.codecs.parquet import ParquetCodec
-
-    return CodecRegistry([CsvCodec(), JsonCodec(), JsonLinesCodec(), ParquetCodec(), NpyCodec()])

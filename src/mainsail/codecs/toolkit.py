@@ -129,7 +129,8 @@ def decode(data: str | bytes, content_type: str | None) -> Any:
     raise UnsupportedContentType(content_type, list(DECODE_TYPES))
 
 
-def _tolist(obj: Any) -> Any:
+def tolist(obj: Any) -> Any:
+    """``orjson``'s ``default``: numpy arrays and scalars through their ``tolist()``."""
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
@@ -138,7 +139,7 @@ def _tolist(obj: Any) -> Any:
 def encode_json(prediction: Any) -> bytes:
     # ``default=tolist`` (not orjson's native numpy support) keeps the toolkit's numbers: a float32
     # goes through Python's float, exactly as ``json.dumps(default=tolist)`` writes it.
-    return orjson.dumps(prediction, default=_tolist)
+    return orjson.dumps(prediction, default=tolist)
 
 
 def encode_csv(prediction: Any) -> bytes:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import pickle
 import re
 import types
 from collections.abc import Mapping, Sequence
@@ -349,65 +348,3 @@ def calibrate(scores: np.ndarray[Any, Any], calibrator: Calibrator | None) -> np
         logger.warning("calibration (%s) failed, serving raw scores: %s: %s", calibrator.source,
                        type(exc).__name__, exc)
         return _raw_copy(scores)
-
-
-def fit_percentile_table(scores: npt.ArrayLike, n_bins: int = 1000) -> list[tuple[float, float]]:
-    """Fit a raw score -> percentile rank table on ``scores`` (1-D, finite, within [0, 1]).
-
-    Construction: sort the scores (``N`` of them); for ``j = 1 .. n_bins - 1`` take the threshold
-    ``t_j = s[ceil(j * N / n_bins) - 1]`` (the ``j / n_bins`` quantile, an observed score: numpy's
-    ``inverted_cdf``) and its rank ``p_j = #{scores <= t_j} / N``; keep the distinct thresholds
-    strictly inside (0, 1); add ``(0.0, 0.0)`` first and ``(1.0, 1.0)`` last. The table is strictly
-    increasing in raw score, non-decreasing in rank, has at most ``n_bins + 1`` points and never
-    holds NaN (unlike the reference's ROC-curve construction under scikit-learn >= 1.3).
-    Raises ``ValueError`` for an empty, non-finite or out-of-range input, or ``n_bins < 1``.
-    """
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"n_bins must be an int >= 1, got {n_bins!r}")
-    values = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
-    if values.size == 0:
-        raise ValueError("fit_percentile_table needs at least one score")
-    if not np.all(np.isfinite(values)) or values[0] < 0.0 or values[-1] > 1.0:
-        raise ValueError("scores must be finite probabilities within [0, 1]")
-    n = values.size
-    j = np.arange(1, n_bins, dtype=np.int64)
-    thresholds = np.unique(values[(j * n + n_bins - 1) // n_bins - 1])
-    thresholds = thresholds[(thresholds > 0.0) & (thresholds < 1.0)]
-    ranks = np.searchsorted(values, thresholds, side="right") / n
-    inner = [(float(t), float(p)) for t, p in zip(thresholds.tolist(), ranks.tolist(), strict=True)]
-    return [(0.0, 0.0), *inner, (1.0, 1.0)]
-
-
-def fit_isotonic_table(
-    scores: npt.ArrayLike, labels: npt.ArrayLike, n_points: int = 1000
-) -> list[tuple[float, float]]:
-    """Fit isotonic calibration and sample it as the reference calibration step does.
-
-    ``IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1)`` is fitted on ``(scores,
-    labels)`` (1-D, same length) and evaluated at ``np.linspace(0, 1, n_points)``; returns those
-    ``(x, y)`` pairs, ready for ``write_table``. Needs scikit-learn (the ``tabular`` extra).
-    """
-    from sklearn.isotonic import IsotonicRegression
-
-    if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 2:
-        raise ValueError(f"n_points must be an int >= 2, got {n_points!r}")
-    x = np.asarray(scores, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels, dtype=np.float64).reshape(-1)
-    model = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(x, y)
-    grid = np.linspace(0.0, 1.0, n_points)
-    fitted = np.asarray(model.predict(grid), dtype=np.float64)
-    return [(float(a), float(b)) for a, b in zip(grid.tolist(), fitted.tolist(), strict=True)]
-
-
-def write_table(path: Path, points: Sequence[tuple[float, float]]) -> None:
-    """Write ``points`` as the reference step writes ``calibration_model.pkl``.
-
-    The file is a default-protocol pickle of a ``list`` of ``(numpy.float64, numpy.float64)``
-    tuples. Parent directories are created. The points are validated first (``ValueError`` as
-    in ``LookupTable.from_points``), so nothing unreadable is written.
-    """
-    table = LookupTable.from_points(points)
-    data = [(np.float64(a), np.float64(b)) for a, b in zip(table.x.tolist(), table.y.tolist(), strict=True)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:
-        pickle.dump(data, fh)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mainsail.errors import MissingColumns, ModelLoadError
+from mainsail.features.artifacts import IMPUTE_DICT, RISK_TABLES, load_mapping_artifact
 
 _NAN_WORDS = frozenset({"nan", "+nan", "-nan"})
 
@@ -145,8 +146,6 @@ class TabularPreprocessor:
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, feature_columns: Sequence[str]) -> TabularPreprocessor:
-        from mainsail.features.artifacts import IMPUTE_DICT, RISK_TABLES, load_mapping_artifact
-
         raw_tables = load_mapping_artifact(model_dir / RISK_TABLES, "table") or {}
         tables = {col: RiskTable.from_artifact(col, table) for col, table in raw_tables.items()}
         impute = load_mapping_artifact(model_dir / IMPUTE_DICT, "value") or {}

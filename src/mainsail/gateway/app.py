@@ -25,14 +25,15 @@ from mainsail.aws.errors import (
 from mainsail.aws.identity import region_of
 from mainsail.aws.logs import api as logs
 from mainsail.aws.protocol import respond
-from mainsail.aws.s3 import api as s3
+from mainsail.aws.s3 import routes as s3
 from mainsail.aws.s3 import store as s3store
+from mainsail.backends.local import default_home
 from mainsail.hosting import api as hosting_api
 from mainsail.hosting import endpoints
 from mainsail.hosting.calls import Call, Operation
 from mainsail.hosting.store import StateStore
 from mainsail.jobs.async_inference import AsyncInference
-from mainsail.jobs.transform import job as transform
+from mainsail.jobs.transform import api as transform
 from mainsail.routing.router import Router
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,6 @@ def create_control_app(store: StateStore, router: Router | None = None, *,
     (``router``, one over ``store`` by default) and ``/metrics``."""
     router = router or Router(store)
     if home is None:
-        from mainsail.backends.local import default_home
-
         home = default_home()
     logs_api = logs.LogsApi(home)
     async_api = AsyncInference(store, router, home)

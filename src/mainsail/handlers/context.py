@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mainsail._version import __version__
+
 
 class RequestProcessor:
     """Per-request headers and response settings, as MMS's ``RequestProcessor``."""
@@ -101,6 +103,4 @@ class Context:
 
 
 def _server_version() -> str:
-    from mainsail._version import __version__
-
     return __version__

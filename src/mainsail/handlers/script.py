@@ -27,7 +27,14 @@ from typing import Any
 import orjson
 
 from mainsail.codecs import toolkit
-from mainsail.errors import HandlerError, MainsailError, ModelError, ModelLoadError, UnsupportedContentType
+from mainsail.errors import (
+    BadRequest,
+    HandlerError,
+    MainsailError,
+    ModelError,
+    ModelLoadError,
+    UnsupportedContentType,
+)
 from mainsail.handlers import defaults as fw
 from mainsail.handlers.base import Invocation, Outcome, Reply, invoke_each
 from mainsail.handlers.context import Context
@@ -234,8 +241,6 @@ def _decode_text(body: bytes, content_type: str) -> str:
     except LookupError:
         raise UnsupportedContentType(content_type) from None
     except UnicodeDecodeError as exc:
-        from mainsail.errors import BadRequest
-
         raise BadRequest(f"body is not valid {charset}: byte offset {exc.start}: {exc.reason}") from None
 
 
@@ -265,7 +270,7 @@ def _reply(result: Any, accept: str, context: Context | None) -> Reply:
         body = bytes(result)
     else:
         # Multi Model Server JSON-encodes what is neither bytes nor str; so do we.
-        body = orjson.dumps(result, default=toolkit._tolist)
+        body = orjson.dumps(result, default=toolkit.tolist)
     reply = Reply(body, str(content_type))
     if context is not None and context.request_processor:
         status, _ = context.get_response_status(0)

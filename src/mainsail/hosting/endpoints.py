@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from enum import StrEnum
 from typing import Any
 
 from mainsail.aws.errors import ValidationException
@@ -20,14 +21,31 @@ from mainsail.hosting.calls import Call, list_summaries
 from mainsail.hosting.store import Record, StateStore
 
 ENDPOINT = "endpoint"
-CREATING, IN_SERVICE, UPDATING, FAILED, DELETING = "Creating", "InService", "Updating", "Failed", "Deleting"
+
+
+class EndpointStatus(StrEnum):
+    """An endpoint's ``EndpointStatus``; the values are SageMaker's, as stored and answered."""
+
+    CREATING = "Creating"
+    IN_SERVICE = "InService"
+    UPDATING = "Updating"
+    FAILED = "Failed"
+    DELETING = "Deleting"
+
+
+# The members under their former module-level names (routing.router and jobs.async_inference use these).
+CREATING, IN_SERVICE, UPDATING = EndpointStatus.CREATING, EndpointStatus.IN_SERVICE, EndpointStatus.UPDATING
+FAILED, DELETING = EndpointStatus.FAILED, EndpointStatus.DELETING
 #: Statuses DescribeEndpoint waits on (briefly) so that a client's first poll sees where it settles.
-SETTLING = (CREATING, UPDATING, DELETING)
+SETTLING = (EndpointStatus.CREATING, EndpointStatus.UPDATING, EndpointStatus.DELETING)
 INTERNAL_KEYS = ("Tags", "Instances", "PendingInstances", "Draining", "Pending", "Specs", "PendingSpecs",
                  "PendingConfig")
 #: How long DescribeEndpoint waits for a Creating/Updating/Deleting endpoint to settle.
 DESCRIBE_SETTLE_SECONDS = float(os.environ.get("MAINSAIL_DESCRIBE_SETTLE_SECONDS", "5"))
 RETAINABLE = ("DesiredInstanceCount", "DesiredWeight", "DataCaptureConfig")
+#: ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` of an async endpoint's instances (set by the reconciler): the
+#: largest async payload, ``mainsail.jobs.async_payloads.MAX_ASYNC_PAYLOAD`` (1 GiB), in MB.
+ASYNC_INSTANCE_MAX_PAYLOAD_MB = 1024
 
 
 def endpoint_arn(region: str, name: str) -> str:
@@ -112,7 +130,7 @@ def create_endpoint(call: Call) -> dict[str, Any]:
     record: Record = {"EndpointName": name, "EndpointArn": arn,
                       "EndpointConfigName": config["EndpointConfigName"],
                       "ProductionVariants": variant_summaries(call.store, config, now),
-                      "EndpointStatus": CREATING, "CreationTime": now, "LastModifiedTime": now,
+                      "EndpointStatus": EndpointStatus.CREATING, "CreationTime": now, "LastModifiedTime": now,
                       "Tags": list(tags or []), "Instances": []}
     for key in ("DataCaptureConfig", "AsyncInferenceConfig"):
         if config.get(key):
@@ -152,7 +170,7 @@ def _updatable(call: Call, name: str) -> Record:
     record = call.store.get(ENDPOINT, name)
     if record is None:
         raise not_found(endpoint_arn(call.region, name))
-    if record["EndpointStatus"] != IN_SERVICE:
+    if record["EndpointStatus"] != EndpointStatus.IN_SERVICE:
         raise ValidationException(
             f'Cannot update in-progress endpoint "{endpoint_arn(call.region, name)}".'
             if record["EndpointStatus"] in SETTLING else
@@ -165,9 +183,9 @@ def _start_update(call: Call, name: str, pending: dict[str, Any]) -> dict[str, A
     arn = endpoint_arn(call.region, name)
 
     def mark(record: Record) -> Record:
-        if record["EndpointStatus"] != IN_SERVICE:  # raced with another writer
+        if record["EndpointStatus"] != EndpointStatus.IN_SERVICE:  # raced with another writer
             raise ValidationException(f'Cannot update in-progress endpoint "{arn}".')
-        record["EndpointStatus"] = UPDATING
+        record["EndpointStatus"] = EndpointStatus.UPDATING
         record["Pending"] = pending
         record["PendingInstances"] = []
         record.pop("FailureReason", None)
@@ -272,7 +290,7 @@ def delete_endpoint(call: Call) -> dict[str, Any]:
     name = _name(call)
 
     def mark(record: Record) -> Record:
-        record["EndpointStatus"] = DELETING
+        record["EndpointStatus"] = EndpointStatus.DELETING
         record["LastModifiedTime"] = time.time()
         return record
 

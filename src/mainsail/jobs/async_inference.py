@@ -10,16 +10,20 @@ so weights, cold starts and metrics apply) and writes the answer; a request stil
 (default 4) requests per instance run at once; a request older than its ``RequestTTLSeconds`` fails
 with "expired"; one that takes longer than ``InvocationTimeoutSeconds`` fails with a timeout.
 
-Payloads (up to 1 GB, :data:`MAX_ASYNC_PAYLOAD`) are streamed, never held here
+Payloads (up to 1 GB, :data:`mainsail.jobs.async_payloads.MAX_ASYNC_PAYLOAD`) are streamed, never held here
 (:mod:`mainsail.jobs.async_payloads`): the input is read 1 MiB at a time from its location (a file
 of the own store or a local file, sent with its ``Content-Length``; real S3's ``get_object`` body,
-sent chunked) and written to the instance as it is read (:func:`mainsail.backends.loopback.stream`, a
+sent chunked) and written to the instance as it is read (:func:`mainsail.backends.streaming.stream`, a
 connection of its own, not the router's buffered hop); the instance's answer is written to the
 output location as it arrives (a temp file renamed into place, or a multipart upload), visible only
 once complete. The instance itself holds the whole body, as the model needs it: an async endpoint's
-instances run with ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` at 1024 (set by the reconciler) where real-time
+instances run with ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` at 1024 (set by the reconciler,
+:data:`mainsail.hosting.endpoints.ASYNC_INSTANCE_MAX_PAYLOAD_MB`) where real-time
 ones keep 6 MB. The request is routed as the router routes ``InvokeEndpoint`` (weights, cold
-starts, idle tracking, in-flight counts, metrics).
+starts, idle tracking, in-flight counts, metrics), through the router's public
+:class:`~mainsail.routing.traffic.Traffic` and :class:`~mainsail.routing.forwarding.Exchange`; a
+runtime error on the way (:class:`~mainsail.routing.responses.RuntimeApiError`) becomes the failure's
+text, and a throttled one stays queued.
 """
 
 from __future__ import annotations
@@ -39,17 +43,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mainsail.aws.identity import ACCOUNT, endpoint_log_group_arn, region_of
-from mainsail.backends.loopback import ForwardError, Upstream, stream
+from mainsail.backends.base import ForwardError, Upstream
+from mainsail.backends.streaming import stream
 from mainsail.hosting.endpoints import ENDPOINT, IN_SERVICE, UPDATING
 from mainsail.hosting.store import Record, StateStore
-from mainsail.jobs.async_payloads import MAX_ASYNC_PAYLOAD, InputError, PayloadInput, PayloadOutput
-from mainsail.routing.router import Router, Variant, model_error, runtime_error
+from mainsail.jobs.async_payloads import InputError, PayloadInput, PayloadOutput
+from mainsail.jobs.storage import Storage
+from mainsail.routing.forwarding import Exchange
+from mainsail.routing.responses import RuntimeApiError, Throttled, ValidationError, model_error, runtime_api
+from mainsail.routing.router import Router
+from mainsail.routing.table import Variant
 
 logger = logging.getLogger(__name__)
 
 ASYNC_REQUEST = "async-request"
-#: ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` of an async endpoint's instances (its reconciler sets it)
-ASYNC_INSTANCE_MAX_PAYLOAD_MB = MAX_ASYNC_PAYLOAD // (1024 * 1024)
 _ERROR_BODY = 64 * 1024  # bytes of an instance's error answer kept for the failure
 DEFAULT_TTL, DEFAULT_TIMEOUT, DEFAULT_CONCURRENCY = 6 * 3600, 900, 4
 COALESCE_S = 0.002
@@ -76,9 +83,11 @@ class AsyncInference:
     def __init__(self, store: StateStore, router: Router, home: Path, *, poll: float = 0.2) -> None:
         self.store = store
         self.router = router
+        self.traffic = router.traffic
         self.home = home
         self.poll = poll
-        self.route = Route("/endpoints/{name:path}/async-invocations", self.invoke_async, methods=["POST"])
+        self.route = Route("/endpoints/{name:path}/async-invocations", runtime_api(self.invoke_async),
+                           methods=["POST"])
         self._kick = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -87,38 +96,36 @@ class AsyncInference:
     @property
     def storage(self) -> Any:
         if self._storage is None:
-            from mainsail.jobs.transform.job import Storage
-
             self._storage = Storage(self.home)
         return self._storage
 
     # -- the route ------------------------------------------------------------------------------
 
     async def invoke_async(self, request: Request) -> Response:
+        """``InvokeEndpointAsync``: the request queued, answered 202; runtime errors are raised."""
         name = urllib.parse.unquote(request.path_params["name"])
         record = await run_in_threadpool(self.store.get, ENDPOINT, name)
         if record is None:
-            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {ACCOUNT} not found.")
+            raise ValidationError(f"Endpoint {name} of account {ACCOUNT} not found.")
         config = record.get("AsyncInferenceConfig")
         if not config:
-            return runtime_error(400, "ValidationError",
-                          f"Endpoint {name} of account {ACCOUNT} is not an asynchronous inference endpoint "
-                          "(its endpoint configuration has no AsyncInferenceConfig).")
+            raise ValidationError(f"Endpoint {name} of account {ACCOUNT} is not an asynchronous inference endpoint "
+                                  "(its endpoint configuration has no AsyncInferenceConfig).")
         if record["EndpointStatus"] not in (IN_SERVICE, UPDATING):
-            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {ACCOUNT} is not in service "
-                          f"(status {record['EndpointStatus']}).")
+            raise ValidationError(f"Endpoint {name} of account {ACCOUNT} is not in service "
+                                  f"(status {record['EndpointStatus']}).")
         h = request.headers
         location = h.get(_HEADER + "inputlocation")
         if not location:
-            return runtime_error(400, "ValidationError", "InputLocation (X-Amzn-SageMaker-InputLocation) is required.")
+            raise ValidationError("InputLocation (X-Amzn-SageMaker-InputLocation) is required.")
         if not location.startswith(("s3://", "file://", "/")):
-            return runtime_error(400, "ValidationError", f"InputLocation {location!r} is not an s3:// or file:// URL.")
+            raise ValidationError(f"InputLocation {location!r} is not an s3:// or file:// URL.")
         ttl = _bounded_int(h.get(_HEADER + "requestttlseconds"), DEFAULT_TTL, 60, 21600, "RequestTTLSeconds")
         timeout = _bounded_int(h.get(_HEADER + "invocationtimeoutseconds"), DEFAULT_TIMEOUT, 1, 3600,
                                "InvocationTimeoutSeconds")
         for problem in (ttl, timeout):
             if isinstance(problem, str):
-                return runtime_error(400, "ValidationError", problem)
+                raise ValidationError(problem)
         inference_id = h.get(_HEADER + "inference-id") or str(uuid.uuid4())
         output = config.get("OutputConfig") or {}
         extension = (h.get(_HEADER + "s3outputpathextension") or "").strip("/")
@@ -241,73 +248,35 @@ class AsyncInference:
         """Route the request as the router routes ``InvokeEndpoint`` (weights, cold starts, idle
         tracking, in-flight counts, metrics), then stream it: ``None`` once the result is written,
         else why it failed (or ``_THROTTLED``)."""
-        router, name = self.router, str(item["EndpointName"])
-        table = await router._table(name)
+        traffic, name = self.traffic, str(item["EndpointName"])
+        table = await traffic.tables.get(name)
         if table is None:
             return "The endpoint was deleted before the request ran."
-        if table.status not in (IN_SERVICE, UPDATING):
+        if not table.serving:
             return f"Endpoint {name} is not in service (status {table.status})."
-        choice = router.pick(table, None)
+        choice = traffic.pick(table, None)
         if isinstance(choice, str):
             return choice or f"Endpoint {name} has no instance ready to serve."
         variant, port = choice
         if variant.multi_model:
             return f"Endpoint {name} is a multi-model endpoint, which asynchronous inference does not serve."
-        if not variant.scales_to_zero:
-            assert port is not None
-            return await self._exchange(item, source, variant, port, timeout)
-        key = (name, variant.name)
-        router._last_used[key] = time.monotonic()
-        if variant.max_concurrency is not None and router.variant_in_flight(*key) >= variant.max_concurrency:
-            router.metrics.throttles.labels(*key).inc()
-            return _THROTTLED
-        router._variant_in_flight[key] = router.variant_in_flight(*key) + 1
         try:
-            if port is None:
-                cold = await router._cold_start(name, variant.name)
-                if isinstance(cold, Response):
-                    return _message(bytes(cold.body))
-                port = cold
-            return await self._exchange(item, source, variant, port, timeout)
-        finally:
-            router._variant_in_flight[key] -= 1
-            router._last_used[key] = time.monotonic()
+            async with traffic.lease(name, variant, port) as port:
+                return await self._exchange(item, source, variant, port, timeout)
+        except Throttled:  # serverless MaxConcurrency: stays queued
+            return _THROTTLED
+        except RuntimeApiError as exc:  # a cold start that failed, an instance that cannot be reached
+            return exc.message
 
     async def _exchange(self, item: Record, source: PayloadInput, variant: Variant, port: int,
                         timeout: float) -> str | None:
         """Stream the input to the instance on ``port`` (or its replacement when it is gone) and
         its answer to the output location."""
-        router, name = self.router, str(item["EndpointName"])
-        labels = (name, variant.name)
-        router.metrics.invocations.labels(*labels).inc()
-        router.metrics.per_instance.labels(*labels, str(port)).inc()
-        log_arn = endpoint_log_group_arn(region_of(None), name)
-        in_flight = router._in_flight
-        in_flight[port] = in_flight.get(port, 0) + 1
-        started = time.perf_counter()
-        try:
-            try:
-                status, failure = await self._stream(item, source, port, timeout, log_arn)
-            except ForwardError as exc:
-                if not exc.unsent:  # the input was never read: it can go to another instance
-                    raise
-                other = await router._replacement(name, variant, port)
-                if other is None:
-                    raise
-                in_flight[other] = in_flight.get(other, 0) + 1
-                try:
-                    status, failure = await self._stream(item, source, other, timeout, log_arn)
-                finally:
-                    in_flight[other] -= 1
-        except ForwardError as exc:
-            router.metrics.errors_5xx.labels(*labels).inc()
-            why = router._notes.get(port)
-            return f"{why} ({exc})" if why else f"Could not reach the instance of variant {variant.name}: {exc}"
-        finally:
-            in_flight[port] -= 1
-        router.metrics.model_latency.labels(*labels).observe((time.perf_counter() - started) * 1e6)
-        if not 200 <= status < 300:
-            (router.metrics.errors_4xx if status < 500 else router.metrics.errors_5xx).labels(*labels).inc()
+        name = str(item["EndpointName"])
+        exchange = Exchange(self.traffic, name, variant, endpoint_log_group_arn(region_of(None), name))
+        status, failure = await exchange.send(
+            port, lambda p: self._stream(item, source, p, timeout, exchange.log_arn))
+        exchange.check(status)
         return failure
 
     async def _stream(self, item: Record, source: PayloadInput, port: int, timeout: float,
@@ -321,8 +290,7 @@ class AsyncInference:
                           timeout=timeout + 5) as upstream:
             if not 200 <= upstream.status < 300:
                 text = await upstream.read(_ERROR_BODY)
-                return upstream.status, _message(bytes(model_error(
-                    Upstream(upstream.status, upstream.headers, text), log_arn).body))
+                return upstream.status, model_error(Upstream(upstream.status, upstream.headers, text), log_arn).message
             output = PayloadOutput(self.storage, str(item["OutputLocation"]), upstream.headers.get("content-type"))
             try:
                 await output.open()
@@ -365,10 +333,3 @@ class AsyncInference:
             sink.abort()
             raise
 
-
-def _message(body: bytes) -> str:
-    """The ``message`` of a runtime error answer (:func:`mainsail.routing.router.runtime_error`)."""
-    try:
-        return str(json.loads(body)["message"])
-    except (ValueError, KeyError, TypeError):
-        return body.decode("utf-8", "replace")

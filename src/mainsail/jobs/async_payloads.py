@@ -1,7 +1,7 @@
 """An asynchronous inference's payloads, streamed: the input read from its location and the result
 written to its own, a piece at a time (:mod:`mainsail.jobs.async_inference`).
 
-Locations are those of :class:`mainsail.jobs.transform.job.Storage`: mainsail's own S3 store, real S3
+Locations are those of :class:`mainsail.jobs.storage.Storage`: mainsail's own S3 store, real S3
 through boto3, or local files. Their reads and writes block, so each runs in a worker thread, one at
 a time per payload.
 """
@@ -14,6 +14,8 @@ import os
 import stat
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
+
+from mainsail.jobs.storage import InputObject, local_path, s3_parts
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +64,11 @@ class PayloadInput(_Blocking):
         self._fh: Any = None
 
     def _open(self) -> Any:
-        from mainsail.jobs.transform.job import InputObject, _local, _s3_parts
-
-        local = _local(self.location)
+        local = local_path(self.location)
         if local is not None:
             obj = InputObject(self.location, local.name, 0, path=str(local))
         else:
-            bucket, key = _s3_parts(self.location)
+            bucket, key = s3_parts(self.location)
             obj = InputObject(self.location, key, 0, bucket=bucket, key=key)
         try:
             return self.storage.open_raw(obj)
@@ -110,7 +110,7 @@ class PayloadInput(_Blocking):
 class PayloadOutput(_Blocking):
     """The result written to its location as it arrives, in pieces of about :data:`CHUNK`: a temp
     file renamed into place (own store, file://) or a multipart upload (real S3), see
-    :meth:`mainsail.jobs.transform.job.Storage.writer`. Nothing is visible there before :meth:`commit`."""
+    :meth:`mainsail.jobs.storage.Storage.writer`. Nothing is visible there before :meth:`commit`."""
 
     def __init__(self, storage: Any, location: str, content_type: str | None) -> None:
         super().__init__()

@@ -6,7 +6,7 @@ with no model loaded (:mod:`mainsail.backends.local`); its ``ModelDataUrl`` (or
 prefix (``s3://``, ``file://`` or a local directory), marked in the endpoint's specs by
 :func:`mainsail.backends.model_fetch.container_model_source`. For a request
 naming a target model the router picks a variant and an instance as usual, then
-:func:`invoke_target_model`:
+:meth:`TargetModelRouting.invoke`:
 
 1. sends ``POST /models/{model}/invoke`` to the instance (``model`` is the TargetModel, or a
    sanitised form of it with a hash when it has characters a path segment should not);
@@ -29,7 +29,10 @@ a single-model endpoint is the ``ValidationError`` SageMaker answers. Metrics:
 ``TargetModelInvocations`` (labelled ``TargetModel``), ``ModelCacheHit`` / ``ModelCacheMiss``,
 ``ModelLoadingWaitTime`` (what a request waited for download plus load) and ``ModelNotReady``
 (requests answered ``ModelNotReadyException``), in the router's registry next to its per-endpoint
-metrics.
+metrics (:class:`mainsail.routing.metrics.TargetModelMetrics`). The request is forwarded as the
+router forwards any (:class:`mainsail.routing.forwarding.Exchange`), counted in flight by
+:meth:`mainsail.routing.traffic.Traffic.busy`; runtime errors are raised
+(:mod:`mainsail.routing.responses`).
 """
 
 from __future__ import annotations
@@ -42,24 +45,26 @@ import re
 import threading
 import time
 import urllib.parse
-import weakref
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from prometheus_client import Counter, Histogram
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from mainsail.aws.identity import endpoint_log_group_arn, region_of
-from mainsail.backends.local import ModelSourceError, default_home
-from mainsail.backends.loopback import Forwarder, ForwardError, Upstream
+from mainsail.backends.base import ForwardError, ModelSourceError, Upstream
+from mainsail.backends.local import default_home
+from mainsail.backends.model_fetch import resolve_model_data
+from mainsail.backends.model_sources import multi_model_prefix, multi_model_target
 from mainsail.hosting.endpoints import ENDPOINT
-from mainsail.routing.router import FORWARDED_HEADERS, model_error, runtime_error
-from mainsail.serve.metrics import LATENCY_BUCKETS_US
-
-if TYPE_CHECKING:
-    from mainsail.routing.router import Router, Variant
+from mainsail.hosting.store import StateStore
+from mainsail.routing.forwarding import FORWARDED_HEADERS, Exchange, InstanceClient, forwarded
+from mainsail.routing.metrics import TargetModelMetrics
+from mainsail.routing.responses import RuntimeApiError, TargetModelNotReady, ValidationError, model_error
+from mainsail.routing.table import Variant
+from mainsail.routing.traffic import Traffic
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +90,6 @@ def model_name(target: str) -> str:
 def target_url(prefix: str, target: str) -> str:
     """``<prefix>/<TargetModel>`` for an ``s3://``/``file://`` prefix or a local directory (the
     folder ``<prefix>/<TargetModel>/`` for an uncompressed ``ModelDataSource`` prefix)."""
-    from mainsail.backends.model_fetch import multi_model_target
-
     return multi_model_target(prefix, target)
 
 
@@ -102,11 +105,10 @@ def download_failed(url: str, reason: str) -> str:
             f"({reason})")
 
 
-def not_ready(endpoint: str, target: str) -> Response:
+def not_ready(endpoint: str, target: str) -> TargetModelNotReady:
     """The runtime's ``ModelNotReadyException`` (429) for a target model that is still loading."""
-    return runtime_error(429, "ModelNotReadyException",
-                         f"Model {target} is not ready: the multi-model endpoint {endpoint} is still "
-                         "downloading or loading the target model. Wait and try your request again.")
+    return TargetModelNotReady(f"Model {target} is not ready: the multi-model endpoint {endpoint} is still "
+                               "downloading or loading the target model. Wait and try your request again.")
 
 
 def load_wait(environment: dict[str, Any]) -> float:
@@ -120,34 +122,36 @@ def load_wait(environment: dict[str, Any]) -> float:
     return value if value >= 0 else DEFAULT_LOAD_WAIT_S
 
 
-class MultiModelRouting:
-    """Per-router state: the endpoints' multi-model prefixes and load waits (cached until the
-    endpoint changes), the loads in flight, where model data is cached, the extra metrics and the
-    forwarder."""
+def home_of(store: StateStore) -> Path:
+    """``mainsail up`` and the tests keep ``state.db`` in the home; else ``$MAINSAIL_HOME``."""
+    path = getattr(store, "path", None)
+    if isinstance(path, str) and path != ":memory:":
+        return Path(path).resolve().parent
+    return default_home()
 
-    def __init__(self, router: Router, home: Path | None = None) -> None:
-        self.router = router
-        self.home = home or _home_of(router)
+
+Load = asyncio.Task[RuntimeApiError | None]
+
+
+class TargetModelRouting:
+    """A router's multi-model state: the endpoints' multi-model prefixes and load waits (cached until
+    the endpoint changes), the loads in flight, where model data is cached (``home``, by default the
+    directory of the store's ``state.db``) and the extra metrics."""
+
+    def __init__(self, store: StateStore, traffic: Traffic, client: InstanceClient,
+                 home: Path | None = None) -> None:
+        self.store = store
+        self.traffic = traffic
+        self.client = client
+        self.home = home or home_of(store)
         self._prefixes: dict[str, dict[str, str | None]] = {}
         self._waits: dict[str, dict[str, float]] = {}
-        self.loads: dict[tuple[int, str], asyncio.Task[Response | None]] = {}
+        self.loads: dict[tuple[int, str], Load] = {}
         """The loads in flight, by (instance port, container model name)."""
         self._generation: dict[str, int] = {}
         self._lock = threading.Lock()
-        registry = router.metrics.registry
-        labels = ("EndpointName", "VariantName")
-        self.invocations = Counter("TargetModelInvocations", "InvokeEndpoint requests per target model",
-                                   (*labels, "TargetModel"), registry=registry)
-        self.cache_hits = Counter("ModelCacheHit", "Target-model requests whose model was loaded on the instance",
-                                  labels, registry=registry)
-        self.cache_misses = Counter("ModelCacheMiss", "Target-model requests that had to load the model first",
-                                    labels, registry=registry)
-        self.loading_wait = Histogram(
-            "ModelLoadingWaitTime", "Time a request waited for its target model to be fetched and loaded, "
-            "in microseconds", labels, buckets=LATENCY_BUCKETS_US, registry=registry)
-        self.not_ready = Counter("ModelNotReady", "Target-model requests answered ModelNotReadyException "
-                                 "while their model loaded", labels, registry=registry)
-        router.store.subscribe(self._changed)
+        self.metrics = TargetModelMetrics(traffic.metrics.registry)
+        store.subscribe(self._changed)
 
     def _changed(self, kind: str, name: str) -> None:
         if kind == ENDPOINT:
@@ -161,10 +165,8 @@ class MultiModelRouting:
         cached = self._prefixes.get(endpoint)
         if cached is not None:
             return cached
-        from mainsail.backends.model_fetch import multi_model_prefix
-
         generation = self._generation.get(endpoint, 0)
-        record = await run_in_threadpool(self.router.store.get, ENDPOINT, endpoint)
+        record = await run_in_threadpool(self.store.get, ENDPOINT, endpoint)
         specs: dict[str, Any] = (record or {}).get("Specs") or {}
         out = {variant: multi_model_prefix(str(spec.get("model_data_url", "")), spec.get("environment") or {})
                for variant, spec in specs.items()}
@@ -179,12 +181,12 @@ class MultiModelRouting:
         """The variant's load wait (read with its prefix by :meth:`prefixes`)."""
         return self._waits.get(endpoint, {}).get(variant, DEFAULT_LOAD_WAIT_S)
 
-    def start_load(self, key: tuple[int, str], load: Any) -> asyncio.Task[Response | None]:
+    def start_load(self, key: tuple[int, str], load: Coroutine[Any, Any, RuntimeApiError | None]) -> Load:
         """Run the coroutine ``load`` as the load of ``key`` (forgotten when it ends, whoever waits)."""
-        task: asyncio.Task[Response | None] = asyncio.ensure_future(load)
+        task: Load = asyncio.ensure_future(load)
         self.loads[key] = task
 
-        def done(finished: asyncio.Task[Response | None]) -> None:
+        def done(finished: Load) -> None:
             if self.loads.get(key) is finished:
                 del self.loads[key]
             if not finished.cancelled() and finished.exception() is not None:
@@ -194,127 +196,98 @@ class MultiModelRouting:
         task.add_done_callback(done)
         return task
 
+    async def invoke(self, request: Request, name: str, variant: Variant, port: int | None, body: bytes,
+                     started: float) -> Response:
+        """Answer an ``InvokeEndpoint`` that names a target model (see the module docstring); runtime
+        errors are raised."""
+        target = request.headers.get(TARGET_MODEL, "")
+        prefix = (await self.prefixes(name)).get(variant.name)
+        if prefix is None:
+            raise ValidationError(
+                f"Endpoint {name} is not a multi-model endpoint and does not support target model header.")
+        if not target.strip() or len(target) > MAX_TARGET_MODEL or not target.isprintable():
+            raise ValidationError(
+                "1 validation error detected: Value at 'targetModel' failed to satisfy constraint: "
+                f"Member must have length less than or equal to {MAX_TARGET_MODEL} and match "
+                "the pattern \\A\\S[\\p{Print}]*\\z")
+        if port is None:
+            raise ValidationError(f"Endpoint {name} variant {variant.name} is serverless: multi-model endpoints "
+                                  "need instances.")
+        exchange = Exchange(self.traffic, name, variant,
+                            endpoint_log_group_arn(region_of(request.headers.get("authorization")), name))
+        exchange.count(port)
+        self.metrics.invocations.labels(*exchange.labels, target).inc()
+        headers = forwarded(request.headers, _FORWARDED)
+        with self.traffic.busy(port):
+            try:
+                upstream, model_us = await self._invoke(exchange, port, prefix, target, body, headers)
+            except ForwardError as exc:
+                raise exchange.unreachable(exc) from exc
+        exchange.observe(model_us)
+        return exchange.answer(upstream, started, "model")
 
-_states: weakref.WeakKeyDictionary[Router, MultiModelRouting] = weakref.WeakKeyDictionary()
-_states_lock = threading.Lock()
-
-
-def _home_of(router: Router) -> Path:
-    """``mainsail up`` and the tests keep ``state.db`` in the home; else ``$MAINSAIL_HOME``."""
-    path = getattr(router.store, "path", None)
-    if isinstance(path, str) and path != ":memory:":
-        return Path(path).resolve().parent
-    return default_home()
-
-
-def routing(router: Router, *, home: Path | None = None) -> MultiModelRouting:
-    """The multi-model state of ``router`` (made on first use; ``home`` overrides where model data
-    is cached, by default the directory of the store's ``state.db``)."""
-    with _states_lock:
-        state = _states.get(router)
-        if state is None:
-            state = _states[router] = MultiModelRouting(router, home)
-        elif home is not None:
-            state.home = home
-        return state
-
-
-def _resolve(url: str, home: Path) -> Path:
-    from mainsail.backends.model_fetch import resolve_model_data
-
-    return resolve_model_data(url, home)
-
-
-async def invoke_target_model(router: Router, request: Request, name: str, variant: Variant,
-                              port: int | None, body: bytes, started: float) -> Response:
-    """Answer an ``InvokeEndpoint`` that names a target model (see the module docstring)."""
-    state = routing(router)
-    target = request.headers.get(TARGET_MODEL, "")
-    prefix = (await state.prefixes(name)).get(variant.name)
-    if prefix is None:
-        return runtime_error(400, "ValidationError",
-                      f"Endpoint {name} is not a multi-model endpoint and does not support target model header.")
-    if not target.strip() or len(target) > MAX_TARGET_MODEL or not target.isprintable():
-        return runtime_error(400, "ValidationError",
-                      "1 validation error detected: Value at 'targetModel' failed to satisfy constraint: "
-                      f"Member must have length less than or equal to {MAX_TARGET_MODEL} and match "
-                      "the pattern \\A\\S[\\p{Print}]*\\z")
-    if port is None:
-        return runtime_error(400, "ValidationError",
-                      f"Endpoint {name} variant {variant.name} is serverless: multi-model endpoints "
-                      "need instances.")
-    labels = (name, variant.name)
-    metrics = router.metrics
-    metrics.invocations.labels(*labels).inc()
-    metrics.per_instance.labels(*labels, str(port)).inc()
-    state.invocations.labels(*labels, target).inc()
-    region = region_of(request.headers.get("authorization"))
-    log_arn = endpoint_log_group_arn(region, name)
-    headers = [(k, v) for k in _FORWARDED if (v := request.headers.get(k)) is not None]
-    model = model_name(target)
-    path = f"/models/{urllib.parse.quote(model, safe='')}/invoke"
-    if router._client is None:  # the router's keep-alive client (closed by Router.aclose)
-        router._client = Forwarder(max_idle=256)
-    client = router._client
-    in_flight = router._in_flight
-    in_flight[port] = in_flight.get(port, 0) + 1
-    model_us = 0.0
-    try:
+    async def _invoke(self, exchange: Exchange, port: int, prefix: str, target: str, body: bytes,
+                      headers: list[tuple[str, str]]) -> tuple[Upstream, float]:
+        """Invoke the target model on the instance, loading it first when the instance has not got it;
+        the instance's answer and its time in microseconds."""
+        name, variant = exchange.endpoint, exchange.variant.name
+        labels = exchange.labels
+        model = model_name(target)
+        path = f"/models/{urllib.parse.quote(model, safe='')}/invoke"
         upstream_started = time.perf_counter()
-        upstream = await client.post(port, path, body, headers, timeout=router.timeout)
+        upstream = await self.client.post(port, path, body, headers)
         missed = False
         for _ in range(LOAD_ATTEMPTS):
-            code = _upstream_error(upstream)
+            code = upstream_error(upstream)
             if code == "ModelNotReady":  # a load the instance runs
-                state.not_ready.labels(*labels).inc()
-                metrics.errors_4xx.labels(*labels).inc()
-                return not_ready(name, target)
+                raise self._refused(exchange, target)
             if code != "ModelNotFound":
                 break
             missed = True
             key = (port, model)
-            if key in state.loads:  # another request is loading it: SageMaker's answer, at once
-                state.not_ready.labels(*labels).inc()
-                metrics.errors_4xx.labels(*labels).inc()
-                return not_ready(name, target)
+            if key in self.loads:  # another request is loading it: SageMaker's answer, at once
+                raise self._refused(exchange, target)
             load_started = time.perf_counter()
-            task = state.start_load(key, _load(state, client, port, prefix, target, model, router.timeout,
-                                               log_arn))
+            task = self.start_load(key, self._load(port, prefix, target, model, exchange.log_arn))
             try:
-                failure = await asyncio.wait_for(asyncio.shield(task),
-                                                 state.load_wait(name, variant.name))
+                failure = await asyncio.wait_for(asyncio.shield(task), self.load_wait(name, variant))
             except TimeoutError:
                 failure = not_ready(name, target)
-                state.not_ready.labels(*labels).inc()
-            state.loading_wait.labels(*labels).observe((time.perf_counter() - load_started) * 1e6)
+                self.metrics.not_ready.labels(*labels).inc()
+            self.metrics.loading_wait.labels(*labels).observe((time.perf_counter() - load_started) * 1e6)
             if failure is not None:
-                (metrics.errors_4xx if failure.status_code < 500 else metrics.errors_5xx).labels(*labels).inc()
-                return failure
+                exchange.failed(failure.status)
+                raise failure
             upstream_started = time.perf_counter()
-            upstream = await client.post(port, path, body, headers, timeout=router.timeout)
-        (state.cache_misses if missed else state.cache_hits).labels(*labels).inc()
-        model_us = (time.perf_counter() - upstream_started) * 1e6
-    except ForwardError as exc:
-        metrics.errors_5xx.labels(*labels).inc()
-        return runtime_error(424, "ModelError", f"Could not reach the instance of variant {variant.name}: {exc}",
-                      OriginalStatusCode=502, OriginalMessage=str(exc), LogStreamArn=log_arn)
-    finally:
-        in_flight[port] -= 1
-    metrics.model_latency.labels(*labels).observe(model_us)
-    if not 200 <= upstream.status < 300:
-        client_error = upstream.status < 500
-        (metrics.errors_4xx if client_error else metrics.errors_5xx).labels(*labels).inc()
+            upstream = await self.client.post(port, path, body, headers)
+        (self.metrics.cache_misses if missed else self.metrics.cache_hits).labels(*labels).inc()
+        return upstream, (time.perf_counter() - upstream_started) * 1e6
+
+    def _refused(self, exchange: Exchange, target: str) -> TargetModelNotReady:
+        """``ModelNotReadyException`` for a model loading now, counted."""
+        self.metrics.not_ready.labels(*exchange.labels).inc()
+        exchange.failed(429)
+        return not_ready(exchange.endpoint, target)
+
+    async def _load(self, port: int, prefix: str, target: str, model: str, log_arn: str) -> RuntimeApiError | None:
+        """Fetch ``<prefix>/<target>`` and load it on the instance; the runtime error, or ``None``."""
+        url = target_url(prefix, target)
+        try:
+            local = await run_in_threadpool(resolve_model_data, url, self.home)
+        except ModelSourceError as exc:
+            reason = str(exc)
+            if "no such" in reason or "does not exist" in reason or "no objects under" in reason:
+                return ValidationError(download_failed(url, reason))
+            return ValidationError(reason)
+        payload = json.dumps({"model_name": model, "url": str(local)}).encode()
+        upstream = await self.client.post(port, "/models", payload, [("content-type", "application/json")])
+        if upstream.status in (200, 409):  # 409: a concurrent request loaded it first
+            logger.info("loaded target model %s on the instance on port %d", target, port)
+            return None
         return model_error(upstream, log_arn, "model")
-    out_headers = {"x-Amzn-Invoked-Production-Variant": variant.name}
-    custom = upstream.headers.get("x-amzn-sagemaker-custom-attributes")
-    if custom is not None:
-        out_headers["X-Amzn-SageMaker-Custom-Attributes"] = custom
-    metrics.overhead_latency.labels(*labels).observe(max((time.perf_counter() - started) * 1e6 - model_us, 0.0))
-    return Response(upstream.body, status_code=200, headers=out_headers,
-                    media_type=upstream.headers.get("content-type", "application/octet-stream"))
 
 
-def _upstream_error(upstream: Upstream) -> str | None:
+def upstream_error(upstream: Upstream) -> str | None:
     """The multi-model container's error code of a 404 or 429 answer (``ModelNotFound``,
     ``ModelNotReady``), else ``None``."""
     if upstream.status not in (404, 429):
@@ -324,23 +297,3 @@ def _upstream_error(upstream: Upstream) -> str | None:
     except (ValueError, AttributeError):
         return None
     return code if isinstance(code, str) else None
-
-
-async def _load(state: MultiModelRouting, client: Forwarder, port: int, prefix: str, target: str,
-                model: str, timeout: float, log_arn: str) -> Response | None:
-    """Fetch ``<prefix>/<target>`` and load it on the instance; an error response, or ``None``."""
-    url = target_url(prefix, target)
-    try:
-        local = await run_in_threadpool(_resolve, url, state.home)
-    except ModelSourceError as exc:
-        reason = str(exc)
-        if "no such" in reason or "does not exist" in reason or "no objects under" in reason:
-            return runtime_error(400, "ValidationError", download_failed(url, reason))
-        return runtime_error(400, "ValidationError", reason)
-    payload = json.dumps({"model_name": model, "url": str(local)}).encode()
-    upstream = await client.post(port, "/models", payload, [("content-type", "application/json")],
-                                 timeout=timeout)
-    if upstream.status in (200, 409):  # 409: a concurrent request loaded it first
-        logger.info("loaded target model %s on the instance on port %d", target, port)
-        return None
-    return model_error(upstream, log_arn, "model")

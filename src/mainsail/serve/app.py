@@ -1,4 +1,9 @@
-"""The data plane's ASGI app: the SageMaker container contract for one model."""
+"""The data plane's ASGI app: the SageMaker container contract for one model.
+
+``create_app`` wires the routes (``/ping``, ``/execution-parameters``, ``/metrics``), the
+``Invocations`` middleware that answers ``POST /invocations`` as plain ASGI, and ``AccessLog``; the
+HTTP plumbing (body limits, error bodies) is in ``mainsail.serve.http``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 import orjson
 from starlette.applications import Starlette
@@ -18,58 +22,24 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mainsail.errors import BadRequest, MainsailError, PayloadTooLarge
-from mainsail.handlers.base import Invocation
-from mainsail.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from mainsail.errors import MainsailError
+from mainsail.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from mainsail.serve.http import (
+    JSON_TYPE,
+    Disconnected,
+    http_error,
+    json_response,
+    make_invocation,
+    receive_body,
+    send_response,
+    unexpected,
+)
 from mainsail.serve.metrics import Metrics
 from mainsail.serve.runtime import ModelRuntime
 from mainsail.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("mainsail.access")
-
-REQUEST_ID_HEADERS = ("x-amzn-sagemaker-inference-id", "x-amzn-requestid", "x-request-id")
-JSON_TYPE = "application/json"
-
-
-def error_response(exc: MainsailError) -> Response:
-    """The one place an error becomes a response: ``{"error": code, "message": text}``."""
-    return Response(orjson.dumps(exc.to_dict()), status_code=exc.status_code, media_type=JSON_TYPE)
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type=JSON_TYPE)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise PayloadTooLarge(limit)
-        except ValueError:
-            raise BadRequest(f"invalid Content-Length header {declared!r}") from None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def make_invocation(body: bytes, headers: Mapping[str, str], default_accept: str) -> Invocation:
-    """The handler's view of a request (``headers`` with lowercased names): a missing or ``*/*``
-    Accept resolved to ``default_accept``, the request id from SageMaker's headers."""
-    accept = headers.get("accept") or default_accept
-    if accept.strip() == "*/*":
-        accept = default_accept
-    request_id = next((headers[h] for h in REQUEST_ID_HEADERS if h in headers), None)
-    # The toolkit accepts any header matching ^[Cc]ontent-?[Tt]ype.
-    content_type = headers.get("content-type") or headers.get("contenttype")
-    return Invocation(body, content_type, accept, headers, request_id)
 
 
 class Endpoints:
@@ -87,13 +57,13 @@ class Endpoints:
 
     async def ping(self, request: Request) -> Response:
         if self.runtime.ready:
-            return _json({"status": "Healthy"})
+            return json_response({"status": "Healthy"})
         reason = self.runtime.load_error or "the model is still loading"
-        return _json({"error": "ModelNotReady", "message": reason}, 503)
+        return json_response({"error": "ModelNotReady", "message": reason}, 503)
 
     async def execution_parameters(self, request: Request) -> Response:
         settings = self.settings
-        return _json({
+        return json_response({
             "MaxConcurrentTransforms": settings.max_concurrent_transforms or settings.workers,
             "BatchStrategy": settings.batch_strategy,
             "MaxPayloadInMB": max(1, int(settings.max_payload_mb)),
@@ -101,49 +71,6 @@ class Endpoints:
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
-
-
-class _Disconnected(Exception):
-    """The client went away before its request body arrived."""
-
-
-async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """A request body read from ASGI ``receive``, refused with 413 as soon as it exceeds ``limit``."""
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise BadRequest(f"invalid Content-Length header {declared!r}") from None
-        if size > limit:
-            raise PayloadTooLarge(limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def send_response(send: Send, status: int, media_type: str, body: bytes,
-                        headers: Mapping[str, str] | None = None) -> None:
-    """One complete response, with the headers Starlette's ``Response`` would give it."""
-    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()] if headers else []
-    names = {name for name, _ in raw}
-    if b"content-length" not in names:
-        raw.append((b"content-length", str(len(body)).encode()))
-    if b"content-type" not in names:
-        if media_type.startswith("text/") and "charset=" not in media_type.lower():
-            media_type += "; charset=utf-8"
-        raw.append((b"content-type", media_type.encode("latin-1")))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 class Invocations:
@@ -169,7 +96,7 @@ class Invocations:
             invocation = make_invocation(body, headers, endpoints.default_accept)
             reply, model_seconds = await endpoints.runtime.invoke(invocation)
             status, media_type, payload, extra = reply.status, reply.content_type, reply.body, reply.headers
-        except _Disconnected:
+        except Disconnected:
             return
         except MainsailError as exc:
             model_seconds = exc.model_seconds
@@ -211,17 +138,6 @@ class AccessLog:
                 )
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
-    return _json({"error": code, "message": f"{request.method} {request.url.path}: {exc.detail}"},
-                 exc.status_code)
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    return _json({"error": "InternalError", "message": f"{type(exc).__name__}: {exc}"}, 500)
-
-
 def create_app(runtime: ModelRuntime, settings: ServeSettings, metrics: Metrics | None = None,
                *, load_on_startup: bool = True) -> Starlette:
     """Build the app. With ``load_on_startup`` the model loads in a thread while /ping says 503."""
@@ -243,7 +159,7 @@ def create_app(runtime: ModelRuntime, settings: ServeSettings, metrics: Metrics 
             Route("/execution-parameters", endpoints.execution_parameters, methods=["GET"]),
             Route("/metrics", endpoints.metrics_endpoint, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={HTTPException: http_error, Exception: unexpected},
         lifespan=lifespan,
     )
     app.add_middleware(Invocations, endpoints=endpoints)

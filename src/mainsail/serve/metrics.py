@@ -13,14 +13,9 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
-
-LATENCY_BUCKETS_US = (
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
-)
+from mainsail.prometheus import BATCH_SIZE_BUCKETS as BATCH_SIZE_BUCKETS  # re-exported: the old home
+from mainsail.prometheus import CONTENT_TYPE as CONTENT_TYPE
+from mainsail.prometheus import LATENCY_BUCKETS_US as LATENCY_BUCKETS_US
 
 
 class Metrics:

@@ -12,19 +12,19 @@ import hashlib
 import logging
 import os
 import shutil
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mainsail.errors import InvalidModelArchive, ModelLoadError
+from mainsail.archives import MAX_ARCHIVE_BYTES as MAX_ARCHIVE_BYTES  # re-exported: the old home
+from mainsail.archives import MAX_ARCHIVE_MEMBERS as MAX_ARCHIVE_MEMBERS
+from mainsail.archives import safe_extract as safe_extract
+from mainsail.errors import ModelLoadError
 from mainsail.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENTRY_POINT = "inference.py"
-MAX_ARCHIVE_BYTES = 64 * 1024**3
-MAX_ARCHIVE_MEMBERS = 200_000
 
 
 @dataclass(frozen=True)
@@ -46,30 +46,6 @@ def _digest(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             sha.update(block)
     return sha.hexdigest()[:24]
-
-
-def safe_extract(archive: Path, dest: Path, *, max_bytes: int = MAX_ARCHIVE_BYTES,
-                 max_members: int = MAX_ARCHIVE_MEMBERS) -> None:
-    """Extract ``archive`` into ``dest``, refusing anything that could land outside it."""
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            total = 0
-            members = 0
-            for member in tar:
-                members += 1
-                total += max(member.size, 0)
-                if members > max_members:
-                    raise InvalidModelArchive(f"{archive.name} holds more than {max_members} members")
-                if total > max_bytes:
-                    raise InvalidModelArchive(
-                        f"{archive.name} would extract to more than {max_bytes} bytes"
-                    )
-            # The 'data' filter refuses absolute names, '..', links out of dest and device files.
-            tar.extractall(dest, filter="data")
-    except tarfile.FilterError as exc:
-        raise InvalidModelArchive(f"unsafe member in {archive.name}: {exc}") from exc
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise InvalidModelArchive(f"cannot read {archive.name}: {exc}") from exc
 
 
 def extract_cached(archive: Path, cache_root: Path) -> Path:

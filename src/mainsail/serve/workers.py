@@ -11,9 +11,9 @@ in-flight requests in every worker before the supervisor exits.
 With preload (the default where it is safe, ``MAINSAIL_PRELOAD`` / ``--preload/--no-preload``) the
 supervisor loads the model once, freezes the collector's view of it, and *forks* the workers, so
 they share the model's pages copy-on-write instead of each holding a copy; a replacement is forked
-from the same loaded model. ``preload_safe`` decides per handler and library (ONNX Runtime sessions,
-CUDA and reload mode fall back to loading in every worker, with one log line saying why); see
-docs/workers.md.
+from the same loaded model. ``mainsail.serve.preload`` decides per handler and library (ONNX Runtime
+sessions, CUDA and reload mode fall back to loading in every worker, with one log line saying why);
+see docs/workers.md. What runs inside a worker process is in ``mainsail.serve.worker_process``.
 """
 
 from __future__ import annotations
@@ -31,220 +31,38 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from mainsail.handlers.base import Handler
+from mainsail.errors import MainsailError
 from mainsail.serve.model_dir import PreparedModel
+from mainsail.serve.preload import (
+    AfterFork,
+    loaded_preload_hazards,
+    preload_safe,
+    torch_threads,
+    torch_threads_after_fork,
+)
+from mainsail.serve.runtime import ModelRuntime
+from mainsail.serve.worker_process import (
+    EXIT_LOAD_FAILED,
+    forked_worker_main,
+    listen_socket,
+    new_handler,
+    new_runtime,
+    worker_main,
+)
 from mainsail.settings import ServeSettings
-
-if TYPE_CHECKING:
-    from mainsail.serve.runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
 
-EXIT_LOAD_FAILED = 3
 _NOT_READY_BODY = orjson.dumps({"error": "ModelNotReady", "message": "no worker has loaded the model yet"})
-
-
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on ``(host, port)`` that other processes of this user can share."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _build_handler(settings: ServeSettings, prepared: PreparedModel) -> Handler:
-    from mainsail.handlers import build_handler
-
-    return build_handler(prepared.model_dir, prepared.script, framework=settings.framework,
-                         model_name=settings.model_name, settings=settings)
-
-
-def _new_runtime(handler: Handler, settings: ServeSettings) -> ModelRuntime:
-    from mainsail.serve.runtime import ModelRuntime
-
-    return ModelRuntime.from_settings(handler, settings)
-
-
-def worker_main(settings: ServeSettings, prepared: PreparedModel, extra_paths: list[str],
-                address: tuple[str, int], loaded: Event, go: Event) -> None:
-    """Entry point of one (spawned) worker process: load, listen, then serve until SIGTERM.
-
-    After loading it opens its listener (connections queue there), signals ``loaded`` and waits for
-    ``go``: the supervisor first stops answering 503 itself.
-    """
-    from mainsail.errors import MainsailError
-    from mainsail.log import configure_logging
-
-    configure_logging(settings.log_level)
-    sys.path.extend(p for p in extra_paths if p not in sys.path)
-    try:
-        runtime = _new_runtime(_build_handler(settings, prepared), settings)
-        runtime.load()
-    except MainsailError as exc:
-        logger.error("worker %d cannot serve: %s", os.getpid(), exc.message)
-        sys.exit(EXIT_LOAD_FAILED)
-    _serve(runtime, settings, address, loaded, go)
-
-
-def forked_worker_main(supervisor: Supervisor, loaded: Event, go: Event) -> None:
-    """Entry point of a worker forked from a supervisor that holds the loaded model (preload).
-
-    Only the forking thread lives on in the child: the supervisor's 503 responder is gone, so the
-    child drops the supervisor's listener and signal handlers before it serves the shared runtime.
-    """
-    # The parent held the listener lock across fork, so this copy of the listener is consistent.
-    listener, supervisor._listener = supervisor._listener, None
-    if listener is not None:
-        listener.close()  # only this process's descriptor: the supervisor's socket stays open
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    # prometheus-client picks its value class (multiprocess or not) when first imported: the
-    # supervisor may have imported it before it set PROMETHEUS_MULTIPROC_DIR, a spawned worker never.
-    if "prometheus_client.values" in sys.modules:
-        from prometheus_client import values
-
-        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
-    runtime = supervisor.preloaded
-    assert runtime is not None
-    for hook in _AFTER_FORK:
-        hook()
-    _serve(runtime, supervisor.settings, supervisor.address, loaded, go)
-
-
-def _serve(runtime: ModelRuntime, settings: ServeSettings, address: tuple[str, int],
-           loaded: Event, go: Event) -> None:
-    import uvicorn
-
-    from mainsail.serve.app import create_app
-
-    # What is alive now (modules, the model) lives as long as the worker: keep it out of the
-    # collector's generations, so full collections stay short and do not stall requests (and, after
-    # a fork, do not write to the shared pages).
-    gc.collect()
-    gc.freeze()
-    sock = listen_socket(*address)
-    loaded.set()
-    while not go.wait(1.0):
-        if os.getppid() == 1:  # the supervisor is gone
-            sys.exit(0)
-    app = create_app(runtime, settings, load_on_startup=False)
-    config = uvicorn.Config(
-        app, loop="uvloop", http="httptools", lifespan="on", access_log=False, log_config=None,
-        timeout_keep_alive=75, timeout_graceful_shutdown=int(settings.timeout) + 5,
-    )
-
-    uvicorn.Server(config).run(sockets=[sock])
-
-
-# -- preload: which models may be loaded once and forked -------------------------------------------
-# Why forking after a load is safe for the libraries that pass: every request runs in the worker's
-# predict threads, which are created after the fork. OpenMP (libgomp, used by torch's intra-op pool,
-# XGBoost and LightGBM) keeps its thread team per master thread, so a team the supervisor's main
-# thread might have started is never reused by those fresh threads; the supervisor itself runs no
-# request. OpenBLAS (numpy, scipy) shuts its pool down around fork on its own. What does not survive:
-# an ONNX Runtime InferenceSession (its thread pool is created with the session, and those threads
-# are gone in the child) and an initialised CUDA context.
-
-PreloadCheck = Callable[[Handler, ServeSettings], "tuple[bool, str]"]
-_PRELOAD_CHECKS: dict[str, PreloadCheck] = {}
-_AFTER_FORK: list[Callable[[], None]] = []
-"""Run in each forked worker before it serves (e.g. torch's thread count)."""
-
-_UNFORKABLE_MODULES = {
-    "onnxruntime": "ONNX Runtime's session thread pools do not survive fork",
-    "tensorflow": "TensorFlow's runtime threads do not survive fork",
-    "jax": "JAX's runtime threads do not survive fork",
-}
-
-
-def register_preload_check(handler_name: str, check: PreloadCheck) -> None:
-    """Say whether handlers named ``handler_name`` (``Handler.name``) may be loaded once and forked."""
-    _PRELOAD_CHECKS[handler_name] = check
-
-
-def preload_safe(handler: Handler, settings: ServeSettings) -> tuple[bool, str]:
-    """Whether ``handler`` (built, not loaded) may be loaded in the supervisor and forked; and why."""
-    if not settings.preload:
-        return False, "preload is turned off (MAINSAIL_PRELOAD=false / --no-preload)"
-    if settings.reload:
-        return False, "--reload restarts the workers to re-read changed files, so each loads its own copy"
-    if settings.workers < 2:
-        return False, "one worker: nothing to share"
-    check = _PRELOAD_CHECKS.get(getattr(handler, "name", ""))
-    if check is None:
-        return False, f"the {getattr(handler, 'name', type(handler).__name__)!r} handler is not known to be fork-safe"
-    return check(handler, settings)
-
-
-def loaded_preload_hazards() -> str | None:
-    """After the supervisor's load: a reason not to fork (a library the model pulled in), or None."""
-    for module, reason in _UNFORKABLE_MODULES.items():
-        if module in sys.modules:
-            return f"the model imported {module}: {reason}"
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        cuda = getattr(torch, "cuda", None)
-        if cuda is not None and cuda.is_initialized():
-            return "the model initialised CUDA, which cannot be used in a forked process"
-    return None
-
-
-def _always(reason: str) -> PreloadCheck:
-    def check(handler: Handler, settings: ServeSettings) -> tuple[bool, str]:
-        return True, reason
-    return check
-
-
-def _pytorch_check(handler: Handler, settings: ServeSettings) -> tuple[bool, str]:
-    model_dir: Path | None = getattr(handler, "model_dir", None)
-    use_onnx: bool | None = getattr(handler, "use_onnx", None)
-    if model_dir is None:
-        return False, "the handler does not say where its model is"
-    if (model_dir / "model.onnx").is_file() if use_onnx is None else use_onnx:
-        return False, ("it serves model.onnx, and an ONNX Runtime session's thread pool does not survive "
-                       "fork (MAINSAIL_USE_ONNX=false serves model.pth, preloaded)")
-    device = str(getattr(handler, "device", "auto"))
-    if device.startswith("cuda"):
-        return False, "the network runs on CUDA, which cannot be used in a forked process"
-    if device == "auto":
-        import torch
-
-        if torch.version.cuda is not None and torch.cuda.is_available():
-            return False, ("a GPU is available and the network would run there; CUDA cannot be used in "
-                           "a forked process (--device cpu / MAINSAIL_DEVICE=cpu preloads)")
-    return True, "a torch CPU network: weights are shared, inference runs in threads started after fork"
-
-
-register_preload_check("script", _always("a user script: checked again after model_fn for libraries that cannot fork"))
-register_preload_check("tabular", _always(
-    "XGBoost, LightGBM and scikit-learn models predict in threads started after fork"))
-register_preload_check("xgboost-algorithm", _always("an XGBoost booster predicts in threads started after fork"))
-register_preload_check("pytorch-multimodal", _pytorch_check)
-
-
-def _torch_threads_after_fork(threads: int) -> Callable[[], None]:
-    def hook() -> None:
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_num_threads(threads)
-    return hook
 
 
 @dataclass
@@ -275,6 +93,8 @@ class Supervisor:
         self._fork_ctx = multiprocessing.get_context("fork")
         self.preloaded: ModelRuntime | None = None
         """The model loaded once by this process (preload), which the workers are forked from."""
+        self.after_fork = AfterFork()
+        """What each forked worker runs before it serves."""
         self._workers: list[Worker] = []
         self._stop = threading.Event()
         self._generation = 0
@@ -330,8 +150,6 @@ class Supervisor:
 
     def _preload(self) -> int | None:
         """Load the model here when that is safe (then workers fork). An exit code if loading failed."""
-        from mainsail.errors import MainsailError
-
         if not self.settings.preload:
             logger.info("preload is off: each worker loads its own copy of the model")
             return None
@@ -340,12 +158,12 @@ class Supervisor:
             return None
         sys.path.extend(p for p in self.extra_paths if p not in sys.path)
         try:
-            handler = _build_handler(self.settings, self.prepared)
+            handler = new_handler(self.settings, self.prepared)
             safe, reason = preload_safe(handler, self.settings)
             if not safe:
                 logger.warning("not preloading the model, each worker loads its own copy: %s", reason)
                 return None
-            runtime = _new_runtime(handler, self.settings)
+            runtime = new_runtime(handler, self.settings)
             runtime.load()
         except Exception as exc:
             message = exc.message if isinstance(exc, MainsailError) else f"{type(exc).__name__}: {exc}"
@@ -359,9 +177,9 @@ class Supervisor:
             del runtime, handler
             gc.collect()
             return None
-        torch_threads = _torch_threads()
-        if torch_threads is not None:  # the count a fresh worker would have; set again in each child
-            _AFTER_FORK.append(_torch_threads_after_fork(torch_threads))
+        threads = torch_threads()
+        if threads is not None:  # the count a fresh worker would have; set again in each child
+            self.after_fork.add(torch_threads_after_fork(threads))
         # Objects alive now live as long as the workers: freezing them keeps the collector from
         # writing to their headers in the children (which would copy the shared pages).
         gc.collect()
@@ -497,6 +315,14 @@ class Supervisor:
                     logger.error("cannot listen on %s:%d: %s", *self.address, exc)
             return self._listener
 
+    def drop_listener_after_fork(self) -> None:
+        """In a forked worker: close this process's copy of the 503 listener (only this descriptor:
+        the supervisor's socket stays open). Takes no lock: the parent held the listener lock across
+        fork, so this copy of the listener is consistent, and its holder does not exist here."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
     def _close_listener(self) -> None:
         # All under the lock, which a fork also holds: a forked worker must never inherit a listener
         # that ``self._listener`` no longer names (it could not close it, and the kernel would keep
@@ -515,13 +341,6 @@ class Supervisor:
                 conn.setblocking(True)
                 threading.Thread(target=_answer_503, args=(conn,), daemon=True).start()
             listener.close()
-
-
-def _torch_threads() -> int | None:
-    """torch's intra-op thread count when torch is loaded (read before the model runs anything)."""
-    torch = sys.modules.get("torch")
-    return None if torch is None else int(torch.get_num_threads())
-
 
 def _answer_503(conn: socket.socket) -> None:
     try:

@@ -1,4 +1,4 @@
-"""Durable storage behind mainsail's S3 API (:mod:`mainsail.aws.s3.api`).
+"""Durable storage behind mainsail's S3 API (:mod:`mainsail.aws.s3.api`): the S3Store.
 
 Layout under the root (``$MAINSAIL_HOME/s3`` for ``mainsail up``)::
 
@@ -27,194 +27,39 @@ Bucket names are validated (S3's rules) before they name a directory.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import os
 import re
 import shutil
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-DEFAULT_REGION = "us-east-1"
+from mainsail.aws.identity import DEFAULT_REGION
+from mainsail.aws.s3.files import (
+    MIN_PART_SIZE,
+    Bucket,
+    ObjectMeta,
+    Part,
+    S3Error,
+    TempFile,
+    fsync_dir,
+    key_digest,
+    no_such_bucket,
+    no_such_key,
+    no_such_upload,
+    read_json,
+    valid_bucket_name,
+    write_json,
+)
+
 STALE_AFTER = 3600.0
 """Seconds after which an unreferenced temp or data file is taken for a crash's leftover."""
-MIN_PART_SIZE = 5 * 1024 * 1024
-MAX_PART_NUMBER = 10000
-_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_IP_RE = re.compile(r"\d+\.\d+\.\d+\.\d+")
 _PART_RE = re.compile(r"(\d{5})\.([0-9a-f]{32})")
-CHECKSUMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
-
-
-class S3Error(Exception):
-    """An S3 error answer: ``code`` (``NoSuchKey``...), HTTP status and extra XML fields."""
-
-    def __init__(self, code: str, status: int, message: str, **fields: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-        self.message = message
-        self.fields = fields
-
-
-def no_such_bucket(bucket: str) -> S3Error:
-    return S3Error("NoSuchBucket", 404, "The specified bucket does not exist", BucketName=bucket)
-
-
-def no_such_key(key: str) -> S3Error:
-    return S3Error("NoSuchKey", 404, "The specified key does not exist.", Key=key)
-
-
-def no_such_upload(upload_id: str) -> S3Error:
-    return S3Error("NoSuchUpload", 404, "The specified upload does not exist. The upload ID may be invalid, "
-                   "or the upload may have been aborted or completed.", UploadId=upload_id)
-
-
-def valid_bucket_name(name: str) -> bool:
-    return bool(_BUCKET_RE.fullmatch(name)) and ".." not in name and not _IP_RE.fullmatch(name)
-
-
-def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-@dataclass
-class Bucket:
-    name: str
-    created: float
-    region: str = DEFAULT_REGION
-
-
-@dataclass
-class ObjectMeta:
-    """What a sidecar holds about one object."""
-
-    key: str
-    size: int = 0
-    etag: str = ""  # with its quotes, as S3 sends it
-    last_modified: float = 0.0
-    content_type: str = "binary/octet-stream"
-    headers: dict[str, str] = field(default_factory=dict)  # Content-Encoding, Cache-Control...
-    metadata: dict[str, str] = field(default_factory=dict)  # x-amz-meta-* (names lower case)
-    checksum: dict[str, str] = field(default_factory=dict)  # {"algorithm": "crc32", "value": b64}
-    data: str = ""  # file name under data/
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> ObjectMeta:
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in raw.items() if k in names})
-
-
-@dataclass
-class Part:
-    number: int
-    etag: str
-    size: int
-    last_modified: float
-    path: Path
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, data: dict[str, Any], tmp_dir: Path) -> None:
-    """Atomically replace ``path`` with ``data`` (temp file in ``tmp_dir``, fsync, rename)."""
-    tmp = tmp_dir / f"{uuid.uuid4().hex}.json"
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-class _Crc32:
-    def __init__(self) -> None:
-        self.value = 0
-
-    def update(self, data: bytes) -> None:
-        self.value = zlib.crc32(data, self.value)
-
-    def digest(self) -> bytes:
-        return (self.value & 0xFFFFFFFF).to_bytes(4, "big")
-
-
-class TempFile:
-    """A body being written to ``tmp/``: MD5 (and the requested checksum, when it can be computed
-    here) are taken as it streams in. ``abort`` removes it; the store's commit renames it."""
-
-    def __init__(self, tmp_dir: Path, checksum: str | None = None) -> None:
-        self.path = tmp_dir / f"{uuid.uuid4().hex}.part"
-        self._fh: IO[bytes] | None = self.path.open("xb")
-        self.md5 = hashlib.md5()
-        self.size = 0
-        self.algorithm = checksum
-        self._checksum: Any = None
-        if checksum == "crc32":
-            self._checksum = _Crc32()
-        elif checksum in ("sha1", "sha256"):
-            self._checksum = hashlib.new(checksum)
-
-    def write(self, data: bytes) -> None:
-        assert self._fh is not None
-        self._fh.write(data)
-        self.md5.update(data)
-        if self._checksum is not None:
-            self._checksum.update(data)
-        self.size += len(data)
-
-    def checksum_b64(self) -> str | None:
-        """The base64 checksum of what was written, ``None`` when it is not computed here."""
-        if self._checksum is None:
-            return None
-        return base64.b64encode(self._checksum.digest()).decode()
-
-    def finish(self) -> None:
-        """Flush and fsync; the file is then ready to be committed."""
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
-
-    def abort(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self.path.unlink(missing_ok=True)
-
-    @property
-    def etag(self) -> str:
-        return f'"{self.md5.hexdigest()}"'
 
 
 class S3Store:
@@ -284,13 +129,13 @@ class S3Store:
     def list_buckets(self) -> list[Bucket]:
         out = []
         for path in self._bucket_dirs():
-            raw = _read_json(path / "bucket.json") or {}
+            raw = read_json(path / "bucket.json") or {}
             out.append(Bucket(path.name, float(raw.get("created", 0.0)), str(raw.get("region") or DEFAULT_REGION)))
         return out
 
     def bucket(self, name: str) -> Bucket:
         path = self._bucket_dir(name)
-        raw = _read_json(path / "bucket.json") or {}
+        raw = read_json(path / "bucket.json") or {}
         return Bucket(name, float(raw.get("created", 0.0)), str(raw.get("region") or DEFAULT_REGION))
 
     def create_bucket(self, name: str, region: str = DEFAULT_REGION) -> bool:
@@ -305,11 +150,11 @@ class S3Store:
             (staging / "meta").mkdir(parents=True)
             (staging / "data").mkdir()
             (staging / "uploads").mkdir()
-            _write_json(staging / "bucket.json", {"created": time.time(), "region": region}, self.tmp)
+            write_json(staging / "bucket.json", {"created": time.time(), "region": region}, self.tmp)
             if path.exists():  # a leftover without bucket.json
                 shutil.rmtree(path, ignore_errors=True)
             os.rename(staging, path)
-            _fsync_dir(self.buckets_dir)
+            fsync_dir(self.buckets_dir)
             return True
 
     def delete_bucket(self, name: str) -> None:
@@ -320,7 +165,7 @@ class S3Store:
                               BucketName=name)
             doomed = self.tmp / f"deleted-{uuid.uuid4().hex}"
             os.rename(path, doomed)
-            _fsync_dir(self.buckets_dir)
+            fsync_dir(self.buckets_dir)
             shutil.rmtree(doomed, ignore_errors=True)
 
     # -- objects --------------------------------------------------------------------------------
@@ -338,13 +183,13 @@ class S3Store:
             return
         for entry in meta_dir.iterdir():
             if entry.suffix == ".json":
-                raw = _read_json(entry)
+                raw = read_json(entry)
                 if raw is not None and "key" in raw:
                     yield ObjectMeta.from_json(raw)
 
     def head(self, bucket: str, key: str) -> ObjectMeta:
         bucket_dir = self._bucket_dir(bucket)
-        raw = _read_json(self._meta_path(bucket_dir, key))
+        raw = read_json(self._meta_path(bucket_dir, key))
         if raw is None:
             raise no_such_key(key)
         return ObjectMeta.from_json(raw)
@@ -374,10 +219,10 @@ class S3Store:
                 if not meta.etag:
                     meta.etag = temp.etag
                 os.rename(temp.path, bucket_dir / "data" / meta.data)
-                _fsync_dir(bucket_dir / "data")
+                fsync_dir(bucket_dir / "data")
                 meta_path = self._meta_path(bucket_dir, meta.key)
-                old = _read_json(meta_path)
-                _write_json(meta_path, asdict(meta), self.tmp)
+                old = read_json(meta_path)
+                write_json(meta_path, asdict(meta), self.tmp)
                 if old and old.get("data") and old.get("data") != meta.data:
                     (bucket_dir / "data" / str(old["data"])).unlink(missing_ok=True)
                 return meta
@@ -388,11 +233,11 @@ class S3Store:
         with self._lock:
             bucket_dir = self._bucket_dir(bucket)
             meta_path = self._meta_path(bucket_dir, key)
-            old = _read_json(meta_path)
+            old = read_json(meta_path)
             if old is None:
                 return
             meta_path.unlink(missing_ok=True)
-            _fsync_dir(meta_path.parent)
+            fsync_dir(meta_path.parent)
             if old.get("data"):
                 (bucket_dir / "data" / str(old["data"])).unlink(missing_ok=True)
 
@@ -430,7 +275,7 @@ class S3Store:
         if not re.fullmatch(r"[0-9a-f]{32}", upload_id or ""):
             raise no_such_upload(upload_id)
         path = bucket_dir / "uploads" / upload_id
-        raw = _read_json(path / "upload.json")
+        raw = read_json(path / "upload.json")
         if raw is None or (key is not None and raw.get("key") != key):
             raise no_such_upload(upload_id)
         return path
@@ -443,14 +288,14 @@ class S3Store:
             staging.mkdir(parents=True)
             record = asdict(meta)
             record["initiated"] = time.time()
-            _write_json(staging / "upload.json", record, self.tmp)
+            write_json(staging / "upload.json", record, self.tmp)
             os.rename(staging, bucket_dir / "uploads" / upload_id)
-            _fsync_dir(bucket_dir / "uploads")
+            fsync_dir(bucket_dir / "uploads")
             return upload_id
 
     def upload_meta(self, bucket: str, upload_id: str, key: str | None = None) -> ObjectMeta:
         path = self._upload_dir(bucket, upload_id, key)
-        return ObjectMeta.from_json(_read_json(path / "upload.json") or {"key": key or ""})
+        return ObjectMeta.from_json(read_json(path / "upload.json") or {"key": key or ""})
 
     def put_part(self, bucket: str, key: str, upload_id: str, number: int, temp: TempFile) -> str:
         temp.finish()
@@ -462,7 +307,7 @@ class S3Store:
                 for old in path.glob(f"{number:05d}.*"):
                     if old.name != name:
                         old.unlink(missing_ok=True)
-                _fsync_dir(path)
+                fsync_dir(path)
                 return temp.etag
         finally:
             temp.path.unlink(missing_ok=True)
@@ -546,7 +391,7 @@ class S3Store:
         bucket_dir = self._bucket_dir(bucket)
         out = []
         for path in sorted((bucket_dir / "uploads").iterdir()):
-            raw = _read_json(path / "upload.json")
+            raw = read_json(path / "upload.json")
             if raw is not None:
                 out.append((path.name, ObjectMeta.from_json(raw), float(raw.get("initiated", 0.0))))
         out.sort(key=lambda u: (u[1].key, u[2]))

@@ -1,8 +1,8 @@
 """The built-in PyTorch handler's networks and loader for reference (cursus bsm_pytorch) model directories.
 
-``models`` re-implements the reference networks in plain torch (strict-loadable from ``model.pth``),
-``registry`` maps ``model_class`` names to them, and ``loading`` reads a model directory safely
-(``weights_only``). Importing this package imports torch and transformers.
+``models`` (BERT-based) and ``cnn`` re-implement the reference networks in plain torch (strict-loadable
+from ``model.pth``), ``registry`` maps ``model_class`` names to them, and ``loading`` reads a model
+directory safely (``weights_only``). Importing this package imports torch and transformers.
 """
 
 from __future__ import annotations

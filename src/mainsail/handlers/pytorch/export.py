@@ -49,13 +49,9 @@ import torch
 from torch import Tensor, nn
 
 from mainsail.errors import ModelLoadError
+from mainsail.handlers.pytorch.cnn import TextCNNSubnetwork
 from mainsail.handlers.pytorch.loading import load_pytorch_model
-from mainsail.handlers.pytorch.models import (
-    TabularSubnetwork,
-    TextBertClassification,
-    TextBertSubnetwork,
-    TextCNNSubnetwork,
-)
+from mainsail.handlers.pytorch.models import TabularSubnetwork, TextBertClassification, TextBertSubnetwork
 from mainsail.handlers.pytorch.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)

@@ -37,6 +37,9 @@ from mainsail.features.output import encode_scores
 from mainsail.features.tabular import TabularPreprocessor
 from mainsail.features.text import TextPipeline, pipelines_from_hyperparameters, resolve_tokenizer
 from mainsail.handlers.base import Invocation, Outcome, Reply, invoke_each
+from mainsail.handlers.pytorch.loading import load_model_artifacts, load_pytorch_model
+from mainsail.handlers.pytorch.registry import default_model_registry
+from mainsail.handlers.script import import_script
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +100,6 @@ def model_registry(model_dir: Path) -> Any:
     callable (or a module with ``register``) taking the registry and calling ``registry.register``."""
     from importlib.metadata import entry_points
 
-    from mainsail.handlers.pytorch.registry import default_model_registry
-    from mainsail.handlers.script import import_script
-
     registry = default_model_registry()
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         try:
@@ -123,8 +123,6 @@ class TorchNetwork:
 
     def __init__(self, model_dir: Path, device: str) -> None:
         import torch
-
-        from mainsail.handlers.pytorch.loading import load_pytorch_model
 
         self.torch = torch
         self.device = torch.device(device)
@@ -171,8 +169,6 @@ class PyTorchHandler:
 
     # -- load ----------------------------------------------------------------------------------
     def load(self) -> None:
-        from mainsail.handlers.pytorch.loading import load_model_artifacts
-
         config = dict(load_model_artifacts(self.model_dir / ARTIFACTS_FILE)["config"])
         hp_path = self.model_dir / HYPERPARAMETERS
         if hp_path.is_file():

@@ -1,4 +1,6 @@
-"""Plain-torch versions of the reference pipeline's multimodal networks (cursus bsm_pytorch).
+"""Plain-torch versions of the reference pipeline's BERT-based networks (cursus bsm_pytorch), and the
+parts every network shares (config readers, the tab subnetwork, :class:`MultimodalBase`); the CNN
+networks built on them are in :mod:`mainsail.handlers.pytorch.cnn`.
 
 Each class here has the same ``state_dict`` keys and shapes as its Lightning counterpart, so the
 ``model.pth`` the reference training writes loads with ``load_state_dict(strict=True)``; nothing here
@@ -25,7 +27,7 @@ even run through BERT. For a record scored alone whose chunks are all real this 
 given its first chunk's pooled output, which is what the reference's mean gives it in any batch (all
 its chunks are identical padding), so it too is independent of its batch mates.
 
-The single-sequence networks (:class:`TextBertClassification`, ``bert``; :class:`BimodalCNN`,
+The single-sequence networks (:class:`TextBertClassification`, ``bert``; ``cnn.BimodalCNN``,
 ``bimodal_cnn``) read one (B, T) sequence per record, as their reference ``forward`` does. Given the
 chunked (B, C, T) batch they take each record's FIRST chunk (:func:`first_chunk`): the leading
 ``max_sen_len`` tokens of the processed text, which is what a (B, T) training loader feeds (see
@@ -72,14 +74,16 @@ def bert_config_of(config: ModelConfig) -> BertConfig:
     )
 
 
-def _require(config: ModelConfig, key: str) -> Any:
+def require(config: ModelConfig, key: str) -> Any:
+    """``config[key]``; ValueError when it is absent, null or empty."""
     value = config.get(key)
     if value is None or value == "":
         raise ValueError(f"config needs {key!r} for this model class")
     return value
 
 
-def _batch_tensor(batch: Mapping[str, Tensor], key: str) -> Tensor:
+def batch_tensor(batch: Mapping[str, Tensor], key: str) -> Tensor:
+    """``batch[key]``; a KeyError names the keys the batch has."""
     try:
         return batch[key]
     except KeyError:
@@ -106,7 +110,7 @@ class TabularSubnetwork(nn.Module):
         """The (B, n) float32 matrix of the batch's tab fields; a KeyError names a missing field."""
         columns = []
         for field in self.tab_field_list:
-            value = torch.as_tensor(_batch_tensor(batch, field), dtype=torch.float32)
+            value = torch.as_tensor(batch_tensor(batch, field), dtype=torch.float32)
             columns.append(value.unsqueeze(1) if value.dim() == 1 else value)
         return torch.cat(columns, dim=1)
 
@@ -162,12 +166,12 @@ class TextBertSubnetwork(nn.Module):
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """The batch's text field -> (B, hidden_common_dim)."""
         pooled = self.pooled_chunk_mean(
-            _batch_tensor(batch, self.input_ids_key), _batch_tensor(batch, self.attention_mask_key)
+            batch_tensor(batch, self.input_ids_key), batch_tensor(batch, self.attention_mask_key)
         )
         return cast(Tensor, self.head_layer(pooled))
 
 
-class _MultimodalBase(nn.Module):
+class MultimodalBase(nn.Module):
     """Shared parts: the optional tab subnetwork and the loss buffers strict loading needs."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -175,7 +179,7 @@ class _MultimodalBase(nn.Module):
         self.num_classes = num_classes_of(config)
         tab_fields = config.get("tab_field_list") or []
         self.tab_subnetwork: TabularSubnetwork | None = (
-            TabularSubnetwork(tab_fields, int(_require(config, "hidden_common_dim"))) if tab_fields else None
+            TabularSubnetwork(tab_fields, int(require(config, "hidden_common_dim"))) if tab_fields else None
         )
         self._class_weights = [float(w) for w in (config.get("class_weights") or [])]
 
@@ -195,7 +199,7 @@ class _MultimodalBase(nn.Module):
         return torch.cat(parts, dim=1)
 
 
-class BimodalBert(_MultimodalBase):
+class BimodalBert(MultimodalBase):
     """The reference BimodalBert (``bimodal_bert``): one text field through BERT plus the tab fields.
 
     Keys: ``text_subnetwork.*``, ``tab_subnetwork.*`` (when ``tab_field_list`` is non-empty),
@@ -205,9 +209,9 @@ class BimodalBert(_MultimodalBase):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        ids_key, mask_key = text_input_keys(config, str(_require(config, "text_name")))
+        ids_key, mask_key = text_input_keys(config, str(require(config, "text_name")))
         self.text_subnetwork = TextBertSubnetwork(
-            bert_config_of(config), int(_require(config, "hidden_common_dim")), ids_key, mask_key
+            bert_config_of(config), int(require(config, "hidden_common_dim")), ids_key, mask_key
         )
         self.final_merge_network = nn.Sequential(
             nn.ReLU(), nn.Linear(self.text_subnetwork.output_dim + self.tab_dim, self.num_classes)
@@ -219,7 +223,7 @@ class BimodalBert(_MultimodalBase):
         return cast(Tensor, self.final_merge_network(self._with_tab([self.text_subnetwork(batch)], batch)))
 
 
-class TrimodalBert(_MultimodalBase):
+class TrimodalBert(MultimodalBase):
     """The reference TrimodalBert (``trimodal_bert``): two text fields, two BERTs, plus the tab fields.
 
     Keys: ``primary_text_subnetwork.*``, ``secondary_text_subnetwork.*``, ``tab_subnetwork.*``,
@@ -233,10 +237,10 @@ class TrimodalBert(_MultimodalBase):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         bert_config = bert_config_of(config)
-        common = int(_require(config, "hidden_common_dim"))
+        common = int(require(config, "hidden_common_dim"))
         subnetworks = []
         for role in ("primary", "secondary"):
-            ids_key, mask_key = text_input_keys(config, str(_require(config, f"{role}_text_name")))
+            ids_key, mask_key = text_input_keys(config, str(require(config, f"{role}_text_name")))
             width = config.get(f"{role}_hidden_common_dim") or common
             subnetworks.append(TextBertSubnetwork(bert_config, int(width), ids_key, mask_key))
         self.primary_text_subnetwork, self.secondary_text_subnetwork = subnetworks
@@ -273,12 +277,6 @@ def first_chunk(tokens: Tensor, name: str) -> Tensor:
     return tokens[:, 0, :]
 
 
-def _setting(config: ModelConfig, key: str, default: Any) -> Any:
-    """``config[key]``, or the reference's default when the key is absent or null."""
-    value = config.get(key)
-    return default if value is None else value
-
-
 class TextBertClassification(nn.Module):
     """The reference TextBertClassification (``bert``): a text-only ``BertForSequenceClassification``.
 
@@ -292,7 +290,7 @@ class TextBertClassification(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.num_classes = num_classes_of(config)
-        text_name = str(_require(config, "text_name"))
+        text_name = str(require(config, "text_name"))
         self.input_ids_key, self.attention_mask_key = text_input_keys(config, text_name)
         self.reference_keys = (text_name, str(config.get("text_attention_mask_key") or "attention_mask"))
         head_config = copy.deepcopy(bert_config_of(config))
@@ -305,113 +303,6 @@ class TextBertClassification(nn.Module):
             ids_key, mask_key = self.input_ids_key, self.attention_mask_key
         else:
             ids_key, mask_key = self.reference_keys
-        input_ids = first_chunk(_batch_tensor(batch, ids_key), ids_key)
-        attention_mask = first_chunk(_batch_tensor(batch, mask_key), mask_key)
+        input_ids = first_chunk(batch_tensor(batch, ids_key), ids_key)
+        attention_mask = first_chunk(batch_tensor(batch, mask_key), mask_key)
         return cast(Tensor, self.bert(input_ids=input_ids, attention_mask=attention_mask).logits)
-
-
-def _conv_output_length(tokens: int, kernel: int, layers: int) -> int:
-    """The sequence length left after ``layers`` x (Conv1d(kernel), MaxPool1d(kernel)) but the last pool,
-    as the reference computes it (the last layer pools over all of it); ValueError when nothing is left."""
-    length = tokens
-    for layer in range(layers):
-        length = length - kernel + 1
-        if layer < layers - 1:
-            length = (length - kernel) // kernel + 1
-        if length < 1:
-            raise ValueError(f"max_sen_len {tokens} is too short for {layers} conv layers of kernel size {kernel}")
-    return length
-
-
-class TextCNNSubnetwork(nn.Module):
-    """The reference TextCNN: word embeddings, one Conv1d stack per kernel size, max pooling, a linear head.
-
-    Keys: ``embeddings.weight`` [vocab, E]; per kernel size k (in ``kernel_size`` order) ``convs.<i>``,
-    a Sequential of ``num_layers`` x (Conv1d, ReLU, MaxPool1d) whose convolutions sit at ``.0``, ``.3``,
-    ...: layer j maps ``[E, *num_channels][j]`` -> ``num_channels[j]`` channels, pools with window k
-    between layers and over the whole remaining length after the last one; ``network.1``
-    Linear(num_channels[-1] * len(kernel_size) -> hidden_common_dim) after Dropout; and the buffers
-    ``class_weights_tensor`` / ``loss_op.weight`` (the config's ``class_weights`` as given, unpadded).
-    Sequences must hold exactly ``max_sen_len`` tokens (the reference's pooling window depends on it).
-    """
-
-    def __init__(self, config: ModelConfig, embedding: Tensor, input_ids_key: str, num_classes: int) -> None:
-        super().__init__()
-        self.input_ids_key = input_ids_key
-        if embedding.dim() != 2:
-            raise ValueError(f"the embedding matrix must be [vocab, embed]; got {tuple(embedding.shape)}")
-        vocab_size, embed_size = (int(n) for n in embedding.shape)
-        self.max_sen_len = int(_setting(config, "max_sen_len", 512))
-        kernel_sizes = [int(k) for k in _setting(config, "kernel_size", [3, 5, 7])]
-        num_layers = int(_setting(config, "num_layers", 2))
-        channels = [int(c) for c in _setting(config, "num_channels", [100, 100])]
-        if not kernel_sizes or num_layers < 1 or len(channels) < num_layers:
-            raise ValueError(f"kernel_size {kernel_sizes}, num_layers {num_layers} and num_channels {channels} "
-                             "need at least one kernel and one channel count per layer")
-        self.embeddings = nn.Embedding(vocab_size, embed_size)
-        with torch.no_grad():
-            self.embeddings.weight.copy_(embedding)
-        inputs = [embed_size, *channels[:-1]]
-        stacks = []
-        for kernel in kernel_sizes:
-            final_length = _conv_output_length(self.max_sen_len, kernel, num_layers)
-            layers: list[nn.Module] = []
-            for layer in range(num_layers):
-                last = layer == num_layers - 1
-                layers += [nn.Conv1d(inputs[layer], channels[layer], kernel), nn.ReLU(),
-                           nn.MaxPool1d(final_length if last else kernel)]
-            stacks.append(nn.Sequential(*layers))
-        self.convs = nn.ModuleList(stacks)
-        self.output_dim = int(_setting(config, "hidden_common_dim", 100))
-        self.network = nn.Sequential(nn.Dropout(float(_setting(config, "dropout_keep", 0.5))),
-                                     nn.Linear(channels[num_layers - 1] * len(kernel_sizes), self.output_dim))
-        weights = [float(w) for w in _setting(config, "class_weights", [1.0] * num_classes)]
-        self.register_buffer("class_weights_tensor", torch.tensor(weights, dtype=torch.float32))
-        self.loss_op = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
-
-    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """The batch's text field (first chunks, ``max_sen_len`` tokens) -> (B, hidden_common_dim)."""
-        input_ids = first_chunk(_batch_tensor(batch, self.input_ids_key), self.input_ids_key)
-        if input_ids.shape[1] != self.max_sen_len:
-            raise ValueError(f"{self.input_ids_key} has {input_ids.shape[1]} tokens a chunk; this CNN was built "
-                             f"for max_sen_len {self.max_sen_len}")
-        x = self.embeddings(input_ids).permute(0, 2, 1)  # (B, E, T)
-        features = torch.cat([conv(x).squeeze(2) for conv in self.convs], dim=1)
-        return cast(Tensor, self.network(features))
-
-
-def embedding_of(config: ModelConfig) -> Tensor:
-    """The CNN's initial word embeddings: ``config["embedding_mat"]`` (``model_artifacts.pth``'s matrix),
-    else zeros shaped [vocab_size, hidden_size] of ``bert_config`` (the encoder that matrix is taken from)."""
-    matrix = config.get("embedding_mat")
-    if isinstance(matrix, Tensor):
-        return matrix.detach()
-    if config.get("bert_config") is None:
-        raise ValueError("config needs 'embedding_mat' (from model_artifacts.pth) or 'bert_config' for the "
-                         "CNN's word embeddings")
-    encoder = bert_config_of(config)
-    return torch.zeros(int(encoder.vocab_size), int(encoder.hidden_size))
-
-
-class BimodalCNN(_MultimodalBase):
-    """The reference BimodalCNN (``bimodal_cnn``): one text field through a TextCNN plus the tab fields.
-
-    Keys: ``text_subnetwork.*`` (:class:`TextCNNSubnetwork`, its own loss buffers included),
-    ``tab_subnetwork.*`` (when ``tab_field_list`` is non-empty), ``final_merge_network.1``
-    Linear(hidden_common_dim + tab width -> classes) after a ReLU, and the two loss buffers. Needs
-    ``text_name`` and an embedding matrix (:func:`embedding_of`); chunked input is cut to each record's
-    first chunk (module docstring).
-    """
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        ids_key, _ = text_input_keys(config, str(_require(config, "text_name")))
-        self.text_subnetwork = TextCNNSubnetwork(config, embedding_of(config), ids_key, self.num_classes)
-        self.final_merge_network = nn.Sequential(
-            nn.ReLU(), nn.Linear(self.text_subnetwork.output_dim + self.tab_dim, self.num_classes)
-        )
-        self._register_loss_buffers()
-
-    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """The reference batch -> logits (B, classes); concat order text, tab."""
-        return cast(Tensor, self.final_merge_network(self._with_tab([self.text_subnetwork(batch)], batch)))

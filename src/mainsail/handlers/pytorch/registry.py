@@ -16,7 +16,8 @@ from typing import Any
 from torch import nn
 
 from mainsail.errors import ModelLoadError
-from mainsail.handlers.pytorch.models import BimodalBert, BimodalCNN, TextBertClassification, TrimodalBert
+from mainsail.handlers.pytorch.cnn import BimodalCNN
+from mainsail.handlers.pytorch.models import BimodalBert, TextBertClassification, TrimodalBert
 
 ModelFactory = Callable[[Mapping[str, Any]], nn.Module]
 """Builds an untrained network from a model config (see ``models.ModelConfig``)."""

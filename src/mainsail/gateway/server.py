@@ -1,0 +1,50 @@
+"""``mainsail up``'s server: assembles the control plane over one state directory and runs it.
+
+``run_up`` builds the store, the local backend, the runtime router, the reconciler (driven by the
+router's traffic), the batch transform runner and the control app, serves it with uvicorn on one
+port, and on the way out stops them in order: transform jobs, then the reconciler and every
+instance it started, then the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import uvicorn
+
+from mainsail.backends.local import LocalBackend, default_home
+from mainsail.gateway.app import create_control_app
+from mainsail.hosting.reconciler import Reconciler
+from mainsail.hosting.store import SQLiteStore
+from mainsail.jobs.transform.runner import TransformRunner
+from mainsail.routing.router import Router
+
+logger = logging.getLogger(__name__)
+
+
+def run_up(*, host: str = "127.0.0.1", port: int = 8700, home: Path | None = None) -> None:
+    """Serve the SageMaker hosting, runtime, S3, Logs and STS APIs on ``host:port`` until stopped,
+    with state, models and logs under ``home`` (default ``$MAINSAIL_HOME`` or ``~/.mainsail``)."""
+    root = home.expanduser() if home is not None else default_home()
+    root.mkdir(parents=True, exist_ok=True)
+    store = SQLiteStore(root / "state.db")
+    router = Router(store)
+    reconciler = Reconciler(store, LocalBackend(root), traffic=router.traffic)
+    reconciler.start()
+    transforms = TransformRunner(store, reconciler.backend, root)
+    transforms.start()
+    logger.info("mainsail up: http://%s:%d (state in %s)", host, port, root)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with this handler in place
+    # that re-raise returns here, so the instances are stopped and the exit code is 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.run(create_control_app(store, router, home=root, s3_root=root / "s3"), host=host, port=port,
+                    log_config=None, access_log=False)
+    finally:
+        # Instances do not outlive the control plane that owns them; the next `mainsail up` starts
+        # them again (and adopts the ones a killed control plane left running).
+        transforms.stop()
+        reconciler.stop(stop_instances=True)
+        store.close()

@@ -1,0 +1,138 @@
+"""Forwarding one request to an instance, the same way for the router, target-model routing and the
+asynchronous inference worker.
+
+:class:`InstanceClient` is the router's keep-alive client to its instances (made on first use,
+closed with the router). :class:`Exchange` is one request's trip to an instance of a variant:
+``Invocations`` / ``InvocationsPerInstance``, the in-flight count (:meth:`Traffic.busy`), a second
+try on a replacement when the instance was gone before the request reached it, ``ModelLatency``,
+an unreachable instance as the runtime's 424 ``ModelError`` (``Invocation5XXErrors``), and the
+instance's answer as the runtime's answer (a 4xx/5xx as ``ModelError``, counted; a 2xx with the
+invoked variant, ``OverheadLatency`` observed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from starlette.datastructures import Headers
+from starlette.responses import Response
+
+from mainsail.backends.base import ForwardError, Upstream
+from mainsail.backends.loopback import Forwarder
+from mainsail.routing.responses import ModelError, model_error
+from mainsail.routing.table import Variant
+from mainsail.routing.traffic import Traffic
+
+#: the request headers an instance sees
+FORWARDED_HEADERS = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes",
+                     "x-amzn-sagemaker-inference-id")
+#: idle keep-alive connections kept per instance
+MAX_IDLE = 256
+
+T = TypeVar("T")
+
+
+def forwarded(headers: Headers, names: tuple[str, ...] = FORWARDED_HEADERS) -> list[tuple[str, str]]:
+    """The headers of a request that go on to the instance."""
+    return [(k, v) for k in names if (v := headers.get(k)) is not None]
+
+
+class InstanceClient:
+    """The keep-alive client to the instances: ``POST`` within :attr:`timeout` seconds."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._client: Forwarder | None = None
+
+    async def post(self, port: int, path: str, body: bytes, headers: list[tuple[str, str]]) -> Upstream:
+        if self._client is None:
+            self._client = Forwarder(max_idle=MAX_IDLE)
+        return await self._client.post(port, path, body, headers, timeout=self.timeout)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+class Exchange:
+    """One request's trip to an instance of ``variant`` of ``endpoint`` (see the module docstring)."""
+
+    def __init__(self, traffic: Traffic, endpoint: str, variant: Variant, log_arn: str) -> None:
+        self.traffic = traffic
+        self.metrics = traffic.metrics
+        self.endpoint = endpoint
+        self.variant = variant
+        self.log_arn = log_arn
+        self.labels = (endpoint, variant.name)
+        #: the instance's time, in microseconds (set by :meth:`send` or :meth:`observe`)
+        self.model_us = 0.0
+
+    def count(self, port: int) -> None:
+        """Count the request (``Invocations``, ``InvocationsPerInstance``)."""
+        self.metrics.invocations.labels(*self.labels).inc()
+        self.metrics.per_instance.labels(*self.labels, str(port)).inc()
+
+    async def send(self, port: int, attempt: Callable[[int], Awaitable[T]]) -> T:
+        """Counted, ``attempt(port)`` with the request in flight to the instance; when the instance is
+        gone and the request never reached it, ``attempt`` again on its replacement. Observes
+        ``ModelLatency``; an instance that cannot be reached raises the 424 :class:`ModelError`."""
+        self.count(port)
+        with self.traffic.busy(port):
+            started = time.perf_counter()
+            try:
+                try:
+                    result = await attempt(port)
+                except ForwardError as exc:
+                    if not exc.unsent:
+                        raise
+                    # the instance is gone (crashed, or stopped over its memory) and the request never
+                    # reached it: send it to another instance, or to the replacement once it answers
+                    other = await self.traffic.replacement(self.endpoint, self.variant, port)
+                    if other is None:
+                        raise
+                    with self.traffic.busy(other):
+                        result = await attempt(other)
+            except ForwardError as exc:
+                raise self.unreachable(exc, self.traffic.noted(port)) from exc
+        self.observe((time.perf_counter() - started) * 1e6)
+        return result
+
+    def unreachable(self, exc: ForwardError, why: str | None = None) -> ModelError:
+        """The 424 for an instance that could not be reached (``why``: what the reconciler noted of
+        it), counted as a 5xx."""
+        self.metrics.errors_5xx.labels(*self.labels).inc()
+        message = f"{why} ({exc})" if why else f"Could not reach the instance of variant {self.variant.name}: {exc}"
+        return ModelError(message, OriginalStatusCode=502, OriginalMessage=why or str(exc), LogStreamArn=self.log_arn)
+
+    def observe(self, model_us: float) -> None:
+        """Record the instance's time (``ModelLatency``)."""
+        self.model_us = model_us
+        self.metrics.model_latency.labels(*self.labels).observe(model_us)
+
+    def failed(self, status: int) -> None:
+        """Count an error answer (``Invocation4XXErrors`` / ``Invocation5XXErrors``)."""
+        (self.metrics.errors_4xx if status < 500 else self.metrics.errors_5xx).labels(*self.labels).inc()
+
+    def check(self, status: int) -> bool:
+        """Whether the instance's status is a success (an error is counted)."""
+        if 200 <= status < 300:
+            return True
+        self.failed(status)
+        return False
+
+    def answer(self, upstream: Upstream, started: float, source: str = "primary") -> Response:
+        """The instance's answer as the runtime's (``started``: when the request came, by
+        ``time.perf_counter()``); a 4xx/5xx raises the 424 :class:`ModelError`."""
+        if not self.check(upstream.status):
+            raise model_error(upstream, self.log_arn, source)
+        out_headers = {"x-Amzn-Invoked-Production-Variant": self.variant.name}
+        custom = upstream.headers.get("x-amzn-sagemaker-custom-attributes")
+        if custom is not None:
+            out_headers["X-Amzn-SageMaker-Custom-Attributes"] = custom
+        self.metrics.overhead_latency.labels(*self.labels).observe(
+            max((time.perf_counter() - started) * 1e6 - self.model_us, 0.0))
+        return Response(upstream.body, status_code=200, headers=out_headers,
+                        media_type=upstream.headers.get("content-type", "application/octet-stream"))

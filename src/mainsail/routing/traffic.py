@@ -1,0 +1,183 @@
+"""Traffic: the one object that knows what is in flight to which instance, and when each variant was
+last used.
+
+The router, the asynchronous inference worker and target-model routing all go through it:
+
+- :meth:`Traffic.pick` draws a variant by ``CurrentWeight`` (``X-Amzn-SageMaker-Target-Variant``
+  overrides), then an instance at random, or the one with the fewest requests in flight when the
+  variant's ``RoutingConfig`` says ``LEAST_OUTSTANDING_REQUESTS``;
+- ``async with traffic.lease(endpoint, variant, port) as port:`` reserves the request's place: for a
+  variant that scales to zero (serverless, or an idle async endpoint) it tracks use (the idle clock),
+  throttles over a serverless ``MaxConcurrency`` (:class:`~mainsail.routing.responses.Throttled`) and
+  starts an instance when there is none (:meth:`Traffic.cold_start`);
+- ``with traffic.busy(port):`` counts a request in flight to an instance, and
+  :meth:`Traffic.replacement` finds another instance when one is gone.
+
+The reconciler reads the counts (:meth:`in_flight`, :meth:`last_used`, :meth:`variant_in_flight`)
+so that it stops a draining instance only once it is idle and scales idle variants to zero; it sets
+:attr:`wake` so that a cold start wakes it at once, and tells :meth:`note` why it stopped an instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+from mainsail.routing.metrics import RouterMetrics
+from mainsail.routing.responses import ModelError, ServiceUnavailable, Throttled
+from mainsail.routing.table import Table, TableCache, Variant
+
+logger = logging.getLogger(__name__)
+
+MAX_NOTES = 1024
+
+
+class Traffic:
+    """In-flight counts, idle clocks, cold starts, replacement and throttling of the runtime API."""
+
+    def __init__(self, tables: TableCache, metrics: RouterMetrics, *, rng: random.Random | None = None,
+                 cold_start_timeout: float = 120.0) -> None:
+        self.tables = tables
+        self.metrics = metrics
+        self.rng = rng or random.Random()
+        self.cold_start_timeout = cold_start_timeout
+        #: set by whoever runs the reconciler: wakes it at once (a serverless cold start is waiting)
+        self.wake: Callable[[], None] = lambda: None
+        self._in_flight: dict[int, int] = {}
+        self._last_used: dict[tuple[str, str], float] = {}
+        self._variant_in_flight: dict[tuple[str, str], int] = {}
+        self._notes: dict[int, str] = {}
+
+    # -- what the reconciler reads ---------------------------------------------------------------
+
+    def in_flight(self, port: int) -> int:
+        """Requests now being forwarded to the instance on ``port``."""
+        return self._in_flight.get(port, 0)
+
+    def last_used(self, endpoint: str, variant: str) -> float | None:
+        """When (``time.monotonic()``) a request last came for a variant, ``None`` if never."""
+        return self._last_used.get((endpoint, variant))
+
+    def variant_in_flight(self, endpoint: str, variant: str) -> int:
+        """Requests in flight for a variant (cold starts included)."""
+        return self._variant_in_flight.get((endpoint, variant), 0)
+
+    def note(self, port: int, reason: str) -> None:
+        """Why the instance on ``port`` was stopped (e.g. over its memory): told to its requests."""
+        self._notes[port] = reason
+        while len(self._notes) > MAX_NOTES:
+            self._notes.pop(next(iter(self._notes)))
+
+    def noted(self, port: int) -> str | None:
+        """What :meth:`note` said of the instance on ``port``, if anything."""
+        return self._notes.get(port)
+
+    # -- choosing and reserving --------------------------------------------------------------------
+
+    def pick(self, table: Table, target: str | None) -> tuple[Variant, int | None] | str:
+        """The variant and instance port for a request (``None``: a variant scaled to zero with no
+        instance running, to start), or why there is none (``""``: no instance is ready)."""
+        if target is not None:
+            variants = [v for v in table.variants if v.name == target]
+            if not variants:
+                return f"The variant {target} is not present in the endpoint."
+        else:
+            variants = [v for v in table.variants if v.ports or v.scales_to_zero]
+        variants = [v for v in variants if v.ports or v.scales_to_zero]
+        if not variants:
+            return ""
+        if len(variants) == 1:
+            variant = variants[0]
+        else:
+            weights = [v.weight for v in variants]
+            variant = self.rng.choices(variants, weights=weights if sum(weights) > 0 else None)[0]
+        if not variant.ports:
+            return variant, None
+        if len(variant.ports) == 1:
+            return variant, variant.ports[0]
+        if variant.least_outstanding:
+            fewest = min(self._in_flight.get(p, 0) for p in variant.ports)
+            return variant, self.rng.choice([p for p in variant.ports if self._in_flight.get(p, 0) == fewest])
+        return variant, self.rng.choice(variant.ports)
+
+    @asynccontextmanager
+    async def lease(self, endpoint: str, variant: Variant, port: int | None) -> AsyncIterator[int]:
+        """The instance port a picked request goes to, held for the request. A variant that scales to
+        zero (serverless, or an async endpoint that does) tracks use, throttles over its
+        MaxConcurrency (raises :class:`Throttled`) and, with no instance (``port`` ``None``), waits
+        for a cold start (raises what :meth:`cold_start` raises)."""
+        if not variant.scales_to_zero:
+            assert port is not None
+            yield port
+            return
+        key = (endpoint, variant.name)
+        self._last_used[key] = time.monotonic()
+        if variant.max_concurrency is not None and self._variant_in_flight.get(key, 0) >= variant.max_concurrency:
+            self.metrics.throttles.labels(*key).inc()
+            raise Throttled(f"Rate exceeded: endpoint {endpoint} variant {variant.name} already has "
+                            f"{variant.max_concurrency} concurrent requests (its MaxConcurrency).")
+        self._variant_in_flight[key] = self._variant_in_flight.get(key, 0) + 1
+        try:
+            if port is None:
+                port = await self.cold_start(endpoint, variant.name)
+            yield port
+        finally:
+            self._variant_in_flight[key] -= 1
+            self._last_used[key] = time.monotonic()
+
+    @contextmanager
+    def busy(self, port: int) -> Iterator[None]:
+        """Count a request in flight to the instance on ``port`` while the block runs."""
+        self._in_flight[port] = self._in_flight.get(port, 0) + 1
+        try:
+            yield
+        finally:
+            self._in_flight[port] -= 1
+
+    # -- instances that are not there (yet) --------------------------------------------------------
+
+    async def cold_start(self, endpoint: str, variant: str) -> int:
+        """Wait until the reconciler has an instance of a variant scaled to zero ready; its port.
+        Raises :class:`ModelError` (424) when the endpoint stops serving meanwhile and
+        :class:`ServiceUnavailable` (503) after :attr:`cold_start_timeout`."""
+        began = time.perf_counter()
+        deadline = time.monotonic() + self.cold_start_timeout
+        logger.info("endpoint %s variant %s: cold start", endpoint, variant)
+        while True:
+            self.wake()
+            table = await self.tables.get(endpoint)
+            if table is None or not table.serving:
+                raise ModelError(f"Endpoint {endpoint} could not start an instance of variant {variant}: "
+                                 f"it is {table.status if table else 'gone'}.", OriginalStatusCode=503,
+                                 OriginalMessage="cold start failed", LogStreamArn="")
+            ports = next((v.ports for v in table.variants if v.name == variant), ())
+            if ports:
+                setup_us = (time.perf_counter() - began) * 1e6
+                self.metrics.model_setup_time.labels(endpoint, variant).observe(setup_us)
+                logger.info("endpoint %s variant %s: cold start took %.0f ms", endpoint, variant, setup_us / 1000)
+                return self.rng.choice(ports)
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"Endpoint {endpoint} variant {variant}: no instance started within "
+                                         f"{self.cold_start_timeout:g} s (cold start).")
+            await asyncio.sleep(0.02)
+
+    async def replacement(self, endpoint: str, variant: Variant, dead: int, wait: float = 10.0) -> int | None:
+        """Another ready instance of the variant than ``dead``, waiting (bounded) for the reconciler to
+        replace it; ``None`` if none comes."""
+        self.tables.drop(endpoint)
+        deadline = time.monotonic() + (self.cold_start_timeout if variant.serverless else wait)
+        while time.monotonic() < deadline:
+            table = await self.tables.get(endpoint)
+            if table is None or not table.serving:
+                return None
+            ports = [p for v in table.variants if v.name == variant.name for p in v.ports if p != dead]
+            if ports:
+                return self.rng.choice(ports)
+            self.wake()
+            await asyncio.sleep(0.05)
+        return None
+

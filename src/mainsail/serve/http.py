@@ -1,0 +1,121 @@
+"""HTTP plumbing shared by the data plane's apps (one model, and the multi-model container).
+
+Request bodies read with a limit (413 as soon as it is exceeded), the handler's view of a request
+(``make_invocation``), a complete response sent over raw ASGI, and the one place errors become JSON
+bodies ``{"error": code, "message": text}``: ``error_response`` for ``MainsailError``, and the
+Starlette exception handlers ``http_error`` (404/405 ...) and ``unexpected`` (500).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Send
+
+from mainsail.errors import BadRequest, MainsailError, PayloadTooLarge
+from mainsail.handlers.base import Invocation
+
+REQUEST_ID_HEADERS = ("x-amzn-sagemaker-inference-id", "x-amzn-requestid", "x-request-id")
+JSON_TYPE = "application/json"
+
+
+def error_response(exc: MainsailError) -> Response:
+    """The one place an error becomes a response: ``{"error": code, "message": text}``."""
+    return Response(orjson.dumps(exc.to_dict()), status_code=exc.status_code, media_type=JSON_TYPE)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    """``payload`` as a JSON response."""
+    return Response(orjson.dumps(payload), status_code=status, media_type=JSON_TYPE)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(limit)
+        except ValueError:
+            raise BadRequest(f"invalid Content-Length header {declared!r}") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def make_invocation(body: bytes, headers: Mapping[str, str], default_accept: str) -> Invocation:
+    """The handler's view of a request (``headers`` with lowercased names): a missing or ``*/*``
+    Accept resolved to ``default_accept``, the request id from SageMaker's headers."""
+    accept = headers.get("accept") or default_accept
+    if accept.strip() == "*/*":
+        accept = default_accept
+    request_id = next((headers[h] for h in REQUEST_ID_HEADERS if h in headers), None)
+    # The toolkit accepts any header matching ^[Cc]ontent-?[Tt]ype.
+    content_type = headers.get("content-type") or headers.get("contenttype")
+    return Invocation(body, content_type, accept, headers, request_id)
+
+
+class Disconnected(Exception):
+    """The client went away before its request body arrived."""
+
+
+async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """A request body read from ASGI ``receive``, refused with 413 as soon as it exceeds ``limit``."""
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest(f"invalid Content-Length header {declared!r}") from None
+        if size > limit:
+            raise PayloadTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Disconnected
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_response(send: Send, status: int, media_type: str, body: bytes,
+                        headers: Mapping[str, str] | None = None) -> None:
+    """One complete response, with the headers Starlette's ``Response`` would give it."""
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()] if headers else []
+    names = {name for name, _ in raw}
+    if b"content-length" not in names:
+        raw.append((b"content-length", str(len(body)).encode()))
+    if b"content-type" not in names:
+        if media_type.startswith("text/") and "charset=" not in media_type.lower():
+            media_type += "; charset=utf-8"
+        raw.append((b"content-type", media_type.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's handler for ``HTTPException`` (unknown route 404, wrong method 405 ...)."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+    return json_response({"error": code, "message": f"{request.method} {request.url.path}: {exc.detail}"},
+                         exc.status_code)
+
+
+async def unexpected(request: Request, exc: Exception) -> Response:
+    """Starlette's handler for any other exception: 500 ``InternalError``."""
+    return json_response({"error": "InternalError", "message": f"{type(exc).__name__}: {exc}"}, 500)
