@@ -1,5 +1,6 @@
 """What the control-plane tests share: a control plane in a thread (app + router + reconciler +
-local backend) with real boto3 clients, and small scikit-learn model directories."""
+local backend, or another backend such as :class:`tests.fakes.FakeBackend`) with real boto3 clients,
+and small scikit-learn model directories."""
 
 from __future__ import annotations
 
@@ -45,13 +46,15 @@ def model_fn(model_dir):
 
 
 class Plane(ThreadedServer):
-    """Control app + reconciler + local backend, with boto3 clients."""
+    """Control app + reconciler + a backend (the local one by default), with boto3 clients. The
+    router, async inference and the reconciler get the backend's transport as ``mainsail up`` gives it."""
 
-    def __init__(self, home: Path, *, serverless_idle: float | None = None) -> None:
+    def __init__(self, home: Path, *, serverless_idle: float | None = None, backend: Any = None,
+                 interval: float = 0.1) -> None:
         self.store = SQLiteStore(home / "state.db")
-        self.backend = LocalBackend(home)
-        self.router = Router(self.store)
-        self.reconciler = Reconciler(self.store, self.backend, interval=0.1, traffic=self.router.traffic,
+        self.backend = backend if backend is not None else LocalBackend(home)
+        self.router = Router(self.store, self.backend.transport())
+        self.reconciler = Reconciler(self.store, self.backend, interval=interval, traffic=self.router.traffic,
                                      serverless_idle=serverless_idle)
         super().__init__(create_control_app(self.store, self.router), lifespan="on")
 

@@ -140,11 +140,15 @@ def test_local_backend_extracts_model_archive(tmp_path: Path) -> None:
 def test_router_picks_by_weight_target_and_outstanding_requests(tmp_path: Path) -> None:
     import random
 
+    from mainsail.backends.base import Address
     from mainsail.routing.router import Router
     from mainsail.routing.table import Table
 
+    def at(port: int) -> Address:
+        return Address("127.0.0.1", port)
+
     store = SQLiteStore(tmp_path / "s.db")
-    router = Router(store, rng=random.Random(0))
+    router = Router(store, LocalBackend(tmp_path).transport(), rng=random.Random(0))
     record = {"EndpointStatus": "InService",
               "ProductionVariants": [{"VariantName": "a", "CurrentWeight": 0.0},
                                      {"VariantName": "b", "CurrentWeight": 1.0,
@@ -154,13 +158,13 @@ def test_router_picks_by_weight_target_and_outstanding_requests(tmp_path: Path) 
     table = Table.of(record)
     traffic = router.traffic
     picks = [traffic.pick(table, None) for _ in range(30)]
-    assert {(v.name, port) for v, port in picks} <= {("b", 2), ("b", 3)}  # type: ignore[misc]
-    assert traffic.pick(table, "a")[1] == 1  # TargetVariant overrides a zero weight
+    assert {(v.name, address) for v, address in picks} <= {("b", at(2)), ("b", at(3))}  # type: ignore[misc]
+    assert traffic.pick(table, "a")[1] == at(1)  # TargetVariant overrides a zero weight
     assert traffic.pick(table, "zzz") == "The variant zzz is not present in the endpoint."
-    with traffic.busy(2), traffic.busy(2):  # least outstanding requests: port 3 is idle
-        assert traffic.in_flight(2) == 2
-        assert {traffic.pick(table, "b")[1] for _ in range(10)} == {3}  # type: ignore[index]
-    assert traffic.in_flight(2) == 0
+    with traffic.busy(at(2)), traffic.busy(at(2)):  # least outstanding requests: port 3 is idle
+        assert traffic.in_flight(at(2)) == 2
+        assert {traffic.pick(table, "b")[1] for _ in range(10)} == {at(3)}  # type: ignore[index]
+    assert traffic.in_flight(at(2)) == 0
     empty = Table.of({"EndpointStatus": "InService", "ProductionVariants": [{"VariantName": "a"}],
                       "Instances": [{"variant": "a", "port": 1, "ready": False}]})
     assert traffic.pick(empty, None) == ""

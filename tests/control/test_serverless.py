@@ -1,12 +1,16 @@
-"""Serverless variants through boto3: the model is checked at creation, the instance stops when idle
-(scale to zero), the next request starts one (a cold start, timed as ModelSetupTime), requests over
-MaxConcurrency are throttled (429, never a hang), and an instance over MemorySizeInMB fails the
-request in flight with a clear error and is replaced."""
+"""Serverless variants end to end, through boto3 against real instances: the model is checked at
+creation, the instance stops when idle (scale to zero), and the next request starts one (a cold
+start, timed as ModelSetupTime) which then serves warm.
+
+The rest is tested without processes on the in-memory backend: scaling to zero and back again, a
+second cold start, throttling over MaxConcurrency (429, never a hang) and an instance over
+MemorySizeInMB failing the request in flight and being replaced (tests/hosting/test_reconciler.py,
+test_fake_backend_routing.py); how the local backend measures an instance's memory is in
+tests/control/test_local_backend.py."""
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,34 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
-from botocore.exceptions import ClientError
 
 from mainsail.hosting import endpoints as ep
-from tests.control.helpers import IMAGE, ROLE, WAIT, Plane, make_model_dir
+from tests.control.helpers import IMAGE, INFERENCE_OK, ROLE, WAIT, Plane, make_model_dir
 
 pytestmark = pytest.mark.slow
-
-SLOW_OR_GREEDY = """
-import os, time
-import joblib
-
-def model_fn(model_dir):
-    return joblib.load(os.path.join(model_dir, "model.joblib"))
-
-def input_fn(body, content_type):
-    return body
-
-def predict_fn(data, model):
-    rows = [[float(x) for x in line.split(",")] for line in data.strip().splitlines()]
-    if rows[0][0] == 99:      # hold ~1.4 GB for a while: over a 1024 MB MemorySizeInMB
-        hog = bytearray(1400 * 2**20)
-        for i in range(0, len(hog), 4096):
-            hog[i] = 1
-        time.sleep(10)
-    if rows[0][0] == 77:      # a slow request
-        time.sleep(1.5)
-    return model.predict(rows)
-"""
 
 
 @pytest.fixture
@@ -83,7 +64,7 @@ def _invoke(plane: Plane, name: str, body: str = "1,0") -> list[float]:
 
 
 def test_cold_start_warm_reuse_and_scale_to_zero(plane: Plane, tmp_path: Path) -> None:
-    sm = _serverless(plane, "sls", make_model_dir(tmp_path / "m", SLOW_OR_GREEDY))
+    sm = _serverless(plane, "sls", make_model_dir(tmp_path / "m", INFERENCE_OK))
     desc = sm.describe_endpoint(EndpointName="sls")
     assert desc["ProductionVariants"][0]["CurrentServerlessConfig"] == {"MemorySizeInMB": 2048, "MaxConcurrency": 2}
     _wait_scaled_to_zero(plane, "sls")  # the instance that checked the model stops once idle
@@ -95,42 +76,3 @@ def test_cold_start_warm_reuse_and_scale_to_zero(plane: Plane, tmp_path: Path) -
     assert _pids(plane, "sls") == [pid]
     metrics = httpx.get(plane.url + "/metrics").text
     assert 'ModelSetupTime_count{EndpointName="sls",VariantName="AllTraffic"} 1.0' in metrics
-    _wait_scaled_to_zero(plane, "sls")
-    assert _invoke(plane, "sls") == pytest.approx([2.0])  # and back again
-    assert 'ModelSetupTime_count{EndpointName="sls",VariantName="AllTraffic"} 2.0' in httpx.get(
-        plane.url + "/metrics").text
-
-
-def test_requests_over_max_concurrency_are_throttled(plane: Plane, tmp_path: Path) -> None:
-    _serverless(plane, "narrow", make_model_dir(tmp_path / "m", SLOW_OR_GREEDY), concurrency=1)
-    _invoke(plane, "narrow")  # warm
-    outcomes: list[str] = []
-
-    def call() -> None:
-        try:
-            outcomes.append(str(_invoke(plane, "narrow", "77,0")))
-        except ClientError as exc:
-            outcomes.append(f"{exc.response['ResponseMetadata']['HTTPStatusCode']} {exc.response['Error']['Code']}")
-
-    threads = [threading.Thread(target=call) for _ in range(3)]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert time.monotonic() - started < 20  # no hang
-    assert sorted(outcomes).count("429 ThrottlingException") >= 1, outcomes
-    assert any(o.startswith("[") for o in outcomes), outcomes
-    assert _invoke(plane, "narrow") == pytest.approx([2.0])  # and it serves on
-
-
-def test_instance_over_memory_size_fails_the_request_and_is_replaced(plane: Plane, tmp_path: Path) -> None:
-    _serverless(plane, "tight", make_model_dir(tmp_path / "m", SLOW_OR_GREEDY), memory=1024)
-    _invoke(plane, "tight")
-    (pid,) = _pids(plane, "tight")
-    with pytest.raises(ClientError) as exc:
-        _invoke(plane, "tight", "99,0")
-    assert exc.value.response["Error"]["Code"] == "ModelError"
-    assert "MemorySizeInMB (1024 MB)" in exc.value.response["Error"]["Message"]
-    assert _invoke(plane, "tight") == pytest.approx([2.0])  # a new instance
-    assert _pids(plane, "tight") != [pid]

@@ -1,13 +1,16 @@
-"""Traffic and change: two variants with weights, TargetVariant, blue/green UpdateEndpoint (with no
-failed request under load, and a rollback when the new model cannot load),
-UpdateEndpointWeightsAndCapacities, a crashed instance replaced, per-endpoint metrics, the payload
-limit, tags on endpoints; all through the real boto3 clients against real instances."""
+"""Traffic and change end to end, through the real boto3 clients against real instances: seed 003's
+flow (two variants with weights, TargetVariant, UpdateEndpointWeightsAndCapacities, per-endpoint
+metrics) and a blue/green UpdateEndpoint with no failed request under load.
+
+The state machine behind them (blue/green, rollback when the new model cannot start, capacity updates,
+a crashed instance replaced) is tested without processes on the in-memory backend
+(tests/hosting/test_rollout.py, test_reconciler.py), and so are least outstanding requests, the
+payload limit and endpoint tags (tests/hosting/test_fake_backend_routing.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import time
 from collections import Counter
@@ -19,7 +22,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from mainsail.hosting import endpoints as ep
-from tests.control.helpers import IMAGE, INFERENCE_BAD, INFERENCE_OK, ROLE, WAIT, Plane, deploy, make_model_dir
+from tests.control.helpers import IMAGE, INFERENCE_OK, ROLE, WAIT, Plane, deploy, make_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +36,6 @@ def _invoke(rt: Any, name: str, **kw: Any) -> tuple[str, list[float]]:
     out = rt.invoke_endpoint(EndpointName=name, ContentType="application/json", Accept="application/json",
                              Body=json.dumps([[1, 0]]), **kw)
     return out["InvokedProductionVariant"], json.loads(out["Body"].read())
-
-
-def _wait_status(sm: Any, name: str, *statuses: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (desc := sm.describe_endpoint(EndpointName=name))["EndpointStatus"] not in statuses:
-        assert time.monotonic() < deadline, desc
-        time.sleep(0.2)
-    result: dict[str, Any] = desc
-    return result
 
 
 def test_seed_003_lifecycle_with_a_second_variant(plane: Plane, tmp_path: Path) -> None:
@@ -154,86 +148,6 @@ def test_update_endpoint_loses_no_request_under_load(plane: Plane, tmp_path: Pat
     assert desc["EndpointConfigName"] == "live-v2"
     assert desc["ProductionVariants"][0]["CurrentInstanceCount"] == 2
     assert _invoke(rt, "live")[1] == pytest.approx([20.0])
-
-
-def test_failed_update_rolls_back_to_the_serving_config(plane: Plane, tmp_path: Path) -> None:
-    sm, rt = plane.client("sagemaker"), plane.client("sagemaker-runtime")
-    deploy(sm, "steady", make_model_dir(tmp_path / "good", INFERENCE_OK))
-    sm.get_waiter("endpoint_in_service").wait(EndpointName="steady", WaiterConfig=WAIT)
-    _model(sm, "steady-bad", make_model_dir(tmp_path / "bad", INFERENCE_BAD))
-    sm.create_endpoint_config(EndpointConfigName="steady-bad", ProductionVariants=[
-        {"VariantName": "AllTraffic", "ModelName": "steady-bad", "InitialInstanceCount": 1,
-         "InstanceType": "ml.m5.large"}])
-    sm.update_endpoint(EndpointName="steady", EndpointConfigName="steady-bad")
-    desc = sm.describe_endpoint(EndpointName="steady")
-    if desc["EndpointStatus"] == "Updating":
-        assert desc["PendingDeploymentSummary"]["EndpointConfigName"] == "steady-bad"
-        assert _invoke(rt, "steady")[1] == pytest.approx([2.0])  # the old config serves meanwhile
-    desc = _wait_status(sm, "steady", "InService", "Failed")
-    assert desc["EndpointStatus"] == "InService"
-    assert desc["EndpointConfigName"] == "steady"
-    assert "boom: the weights are corrupt" in desc["FailureReason"]
-    assert _invoke(rt, "steady")[1] == pytest.approx([2.0])
-
-
-def test_crashed_instance_is_replaced(plane: Plane, tmp_path: Path) -> None:
-    sm, rt = plane.client("sagemaker"), plane.client("sagemaker-runtime")
-    deploy(sm, "phoenix", make_model_dir(tmp_path / "m", INFERENCE_OK))
-    sm.get_waiter("endpoint_in_service").wait(EndpointName="phoenix", WaiterConfig=WAIT)
-    (instance,) = plane.store.get(ep.ENDPOINT, "phoenix")["Instances"]  # type: ignore[index]
-    os.killpg(instance["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while True:
-        record = plane.store.get(ep.ENDPOINT, "phoenix")
-        assert record is not None and record["EndpointStatus"] == "InService", record
-        fresh = [i for i in record["Instances"] if i["pid"] != instance["pid"] and i["ready"]]
-        if fresh:
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert _invoke(rt, "phoenix") == ("AllTraffic", pytest.approx([2.0]))
-    assert sm.describe_endpoint(EndpointName="phoenix")["ProductionVariants"][0]["CurrentInstanceCount"] == 1
-
-
-def test_least_outstanding_requests_spreads_over_instances(plane: Plane, tmp_path: Path) -> None:
-    sm, rt = plane.client("sagemaker"), plane.client("sagemaker-runtime")
-    _model(sm, "lor", make_model_dir(tmp_path / "m", INFERENCE_OK))
-    sm.create_endpoint_config(EndpointConfigName="lor", ProductionVariants=[
-        {"VariantName": "AllTraffic", "ModelName": "lor", "InitialInstanceCount": 2, "InstanceType": "ml.m5.large",
-         "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}}])
-    sm.create_endpoint(EndpointName="lor", EndpointConfigName="lor")
-    sm.get_waiter("endpoint_in_service").wait(EndpointName="lor", WaiterConfig=WAIT)
-    desc = sm.describe_endpoint(EndpointName="lor")
-    assert desc["ProductionVariants"][0]["RoutingConfig"] == {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}
-    assert desc["ProductionVariants"][0]["CurrentInstanceCount"] == 2
-    for _ in range(20):
-        _invoke(rt, "lor")
-    ports = {str(i["port"]) for i in plane.store.get(ep.ENDPOINT, "lor")["Instances"]}  # type: ignore[index]
-    metrics = httpx.get(plane.url + "/metrics").text
-    used = {port for port in ports if f'Instance="{port}",VariantName="AllTraffic"' in metrics
-            or f'EndpointName="lor",Instance="{port}"' in metrics}
-    assert used == ports  # ties break at random: both instances took requests
-
-
-def test_runtime_limits_and_endpoint_tags(plane: Plane, tmp_path: Path) -> None:
-    sm, rt = plane.client("sagemaker"), plane.client("sagemaker-runtime")
-    arn = deploy(sm, "tagged", make_model_dir(tmp_path / "m", INFERENCE_OK))
-    sm.get_waiter("endpoint_in_service").wait(EndpointName="tagged", WaiterConfig=WAIT)
-    with pytest.raises(ClientError) as exc:
-        rt.invoke_endpoint(EndpointName="tagged", ContentType="text/csv", Body=b"1," * (3 * 1024 * 1024 + 1))
-    assert exc.value.response["Error"]["Code"] == "ValidationError"
-    assert "6291456 bytes" in exc.value.response["Error"]["Message"]
-    assert _invoke(rt, "tagged")[1] == pytest.approx([2.0])  # and the next request is served
-    sm.add_tags(ResourceArn=arn, Tags=[{"Key": "team", "Value": "risk"}])
-    assert sm.list_tags(ResourceArn=arn)["Tags"] == [{"Key": "team", "Value": "risk"}]
-    sm.delete_tags(ResourceArn=arn, TagKeys=["team"])
-    assert sm.list_tags(ResourceArn=arn)["Tags"] == []
-    with pytest.raises(ClientError) as exc:
-        sm.update_endpoint(EndpointName="ghost", EndpointConfigName="tagged")
-    assert exc.value.response["Error"]["Message"].startswith('Could not find endpoint "')
-    with pytest.raises(ClientError) as exc:
-        sm.update_endpoint(EndpointName="tagged", EndpointConfigName="ghost")
-    assert "Could not find endpoint configuration" in exc.value.response["Error"]["Message"]
 
 
 def _alive(pid: int) -> bool:

@@ -1,15 +1,24 @@
-"""What every backend shares: the ``Backend`` protocol, the instances it starts, and their failures.
+"""What every backend shares: the ``Backend`` and ``Transport`` protocols, the instances a backend
+starts, and their failures.
 
-A backend gives the control plane its instances (``InstanceSpec`` in, ``Instance`` out); an instance
-answers HTTP, and a failed exchange with it is a :class:`ForwardError`, a response an
-:class:`Upstream`. ``ModelSourceError`` says that an instance's model data cannot be had.
+A backend gives the control plane its instances (``InstanceSpec`` in, ``Instance`` out, each reached
+at an :class:`Address`) and the :class:`Transport` to reach them: the router, target-model routing,
+asynchronous inference and batch transform talk to instances only through it. A failed exchange with
+an instance is a :class:`ForwardError`, a response an :class:`Upstream` (or a
+:class:`StreamedResponse`). ``ModelSourceError`` says that an instance's model data cannot be had.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
+
+#: Where the local backend's instances listen (and the host of records written before hosts were).
+LOOPBACK = "127.0.0.1"
+Headers = Sequence[tuple[str, str]]
 
 
 class ModelSourceError(Exception):
@@ -27,26 +36,48 @@ class InstanceSpec:
     environment: dict[str, str] = field(default_factory=dict)
 
 
+class Address(NamedTuple):
+    """Where an instance answers HTTP: a host and a port (the local backend's: 127.0.0.1 and its own
+    port; another backend's instances may share a port on different hosts)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def address_of(record: Mapping[str, Any]) -> Address:
+    """The address of an instance as recorded in the store (records without a host are local)."""
+    return Address(str(record.get("host") or LOOPBACK), int(record["port"]))
+
+
 @dataclass(frozen=True)
 class Instance:
-    """A started instance, as recorded in the store."""
+    """A started instance, as recorded in the store (``host`` defaults to loopback, so that records
+    written before it existed read the same)."""
 
     variant: str
     pid: int
     port: int
     log_path: str
+    host: str = LOOPBACK
+
+    @property
+    def address(self) -> Address:
+        return Address(self.host, self.port)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Instance:
+    def from_record(cls, record: Mapping[str, Any]) -> Instance:
         return cls(variant=str(record["variant"]), pid=int(record["pid"]), port=int(record["port"]),
-                   log_path=str(record["log_path"]))
+                   log_path=str(record["log_path"]), host=str(record.get("host") or LOOPBACK))
 
 
 class Backend(Protocol):
@@ -81,6 +112,10 @@ class Backend(Protocol):
         """Stop instances this backend started earlier that are not in ``known``; their pids."""
         ...
 
+    def transport(self) -> Transport:
+        """How the control plane talks to this backend's instances (one object, the same each call)."""
+        ...
+
 
 class ForwardError(Exception):
     """The instance could not be reached or did not answer with a usable HTTP response.
@@ -104,6 +139,67 @@ class Upstream:
     @property
     def text(self) -> str:
         return self.body.decode("utf-8", errors="replace")
+
+
+class StreamedResponse(Protocol):
+    """An instance's answer to :meth:`Transport.stream`: status and head at once, the body on demand."""
+
+    status: int
+    headers: dict[str, str]
+
+    def body(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive, read only as fast as they are taken."""
+        ...
+
+    async def read(self, limit: int) -> bytes:
+        """At most ``limit`` bytes of the body (the rest left unread): for error answers."""
+        ...
+
+
+class BlockingClient(Protocol):
+    """A blocking client for threads (batch transform's): connections kept until :meth:`close`."""
+
+    def post(self, address: Address, path: str, body: bytes, headers: Headers) -> Upstream:
+        """``POST path`` to the instance at ``address``; a failure raises (its type and text are
+        reported by the caller as they are)."""
+        ...
+
+    def close(self) -> None:
+        """Close every connection this client opened."""
+        ...
+
+
+class Transport(Protocol):
+    """How the control plane reaches instances: every request to an instance goes through one.
+
+    ``post`` holds the whole exchange (the runtime API's requests, up to 6 MB); ``stream`` sends and
+    receives bodies as they come (asynchronous inference, up to 1 GB); ``blocking`` gives threads a
+    client of their own; ``ping`` is the health check. Failures raise :class:`ForwardError`, with
+    ``unsent`` when nothing reached the instance (the request may go to another one)."""
+
+    async def post(self, address: Address, path: str, body: bytes, headers: Headers, *,
+                   timeout: float) -> Upstream:
+        """``POST path`` with ``body`` to the instance at ``address``, within ``timeout`` seconds in all."""
+        ...
+
+    def stream(self, address: Address, path: str, body: AsyncIterable[bytes], headers: Headers, *,
+               length: int | None, timeout: float) -> AbstractAsyncContextManager[StreamedResponse]:
+        """``POST path`` with a body streamed from ``body`` (``length`` bytes; ``None``: unknown);
+        the response once its head arrived, its body read inside the ``async with``. ``timeout``
+        bounds the whole exchange, reading included."""
+        ...
+
+    def ping(self, address: Address, *, timeout: float = 1.0) -> bool:
+        """Whether the instance answers ``GET /ping`` with 200 (blocking: for the reconciler's thread)."""
+        ...
+
+    def blocking(self, timeout: float) -> BlockingClient:
+        """A blocking client whose requests time out after ``timeout`` seconds; the caller closes it."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the pooled connections (of the event loop that runs the runtime API)."""
+        ...
 
 
 def tail(path: str | Path, lines: int = 10, max_chars: int = 900) -> str:

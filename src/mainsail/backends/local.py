@@ -2,7 +2,9 @@
 
 Each instance is ``python -m mainsail.cli serve`` in its own session, its model data resolved first
 (:mod:`mainsail.backends.model_fetch`), its log under ``$MAINSAIL_HOME/logs/<endpoint>/``, its pid
-recorded under ``$MAINSAIL_HOME/instances/`` so that a later control plane can adopt or reap it.
+recorded under ``$MAINSAIL_HOME/instances/`` so that a later control plane can adopt or reap it. The
+control plane reaches them through :meth:`LocalBackend.transport`, an
+:class:`~mainsail.backends.http_transport.HttpTransport` (pooled keep-alive HTTP/1.1 on loopback).
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-
 # The shared types, importable from here as before (their home is mainsail.backends.base).
 from mainsail.backends.base import Backend as Backend
 from mainsail.backends.base import Instance as Instance
 from mainsail.backends.base import InstanceSpec as InstanceSpec
 from mainsail.backends.base import ModelSourceError as ModelSourceError
+from mainsail.backends.base import Transport
 from mainsail.backends.base import tail as tail
+from mainsail.backends.http_transport import HttpTransport
 from mainsail.backends.model_fetch import resolve_environment, resolve_model_data
 from mainsail.backends.model_sources import multi_model_prefix
 
@@ -71,6 +73,11 @@ class LocalBackend:
         self.stop_timeout = stop_timeout
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
+        self._transport = HttpTransport()
+
+    def transport(self) -> Transport:
+        """The pooled loopback HTTP/1.1 client to the instances."""
+        return self._transport
 
     def _model_dir(self, spec: InstanceSpec) -> Path:
         if multi_model_prefix(spec.model_data_url, spec.environment) is not None:
@@ -116,10 +123,7 @@ class LocalBackend:
         return None
 
     def healthy(self, instance: Instance) -> bool:
-        try:
-            return httpx.get(instance.url + "/ping", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return self._transport.ping(instance.address, timeout=1.0)
 
     def failure(self, instance: Instance) -> str | None:
         code = self._exit_code(instance.pid)

@@ -27,7 +27,7 @@ from mainsail.aws.logs import api as logs
 from mainsail.aws.protocol import respond
 from mainsail.aws.s3 import routes as s3
 from mainsail.aws.s3 import store as s3store
-from mainsail.backends.local import default_home
+from mainsail.backends.local import LocalBackend, default_home
 from mainsail.hosting import api as hosting_api
 from mainsail.hosting import endpoints
 from mainsail.hosting.calls import Call, Operation
@@ -46,10 +46,11 @@ OPERATIONS: dict[str, Operation] = {**hosting_api.OPERATIONS, **transform.OPERAT
 def create_control_app(store: StateStore, router: Router | None = None, *,
                        home: Path | None = None, s3_root: Path | None = None) -> Starlette:
     """The control-plane ASGI app: SageMaker JSON 1.1 operations over ``store``, the runtime API
-    (``router``, one over ``store`` by default) and ``/metrics``."""
-    router = router or Router(store)
+    (``router``; by default one over ``store`` reaching instances as the local backend does) and
+    ``/metrics``."""
     if home is None:
         home = default_home()
+    router = router or Router(store, LocalBackend(home).transport())
     logs_api = logs.LogsApi(home)
     async_api = AsyncInference(store, router, home)
 

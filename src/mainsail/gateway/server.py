@@ -1,9 +1,9 @@
 """``mainsail up``'s server: assembles the control plane over one state directory and runs it.
 
-``run_up`` builds the store, the local backend, the runtime router, the reconciler (driven by the
-router's traffic), the batch transform runner and the control app, serves it with uvicorn on one
-port, and on the way out stops them in order: transform jobs, then the reconciler and every
-instance it started, then the store.
+``run_up`` builds the store, the local backend, the runtime router (over the backend's transport),
+the reconciler (driven by the router's traffic), the batch transform runner and the control app,
+serves it with uvicorn on one port, and on the way out stops them in order: transform jobs, then the
+reconciler and every instance it started, then the store.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ def run_up(*, host: str = "127.0.0.1", port: int = 8700, home: Path | None = Non
     root = home.expanduser() if home is not None else default_home()
     root.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(root / "state.db")
-    router = Router(store)
-    reconciler = Reconciler(store, LocalBackend(root), traffic=router.traffic)
+    backend = LocalBackend(root)
+    router = Router(store, backend.transport())
+    reconciler = Reconciler(store, backend, traffic=router.traffic)
     reconciler.start()
-    transforms = TransformRunner(store, reconciler.backend, root)
+    transforms = TransformRunner(store, backend, root)
     transforms.start()
     logger.info("mainsail up: http://%s:%d (state in %s)", host, port, root)
     # uvicorn re-raises the signal that stopped it once it has shut down; with this handler in place

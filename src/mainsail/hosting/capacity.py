@@ -4,7 +4,8 @@
 ``Capacity.desired`` is a variant's instance count at this moment: its DesiredInstanceCount, except
 that a serverless variant (and an async one with ``MAINSAIL_ASYNC_IDLE_SECONDS`` set) scales to zero
 once idle and back to one on use. Application Auto Scaling's desired counts will land here.
-``ready_counts`` / ``all_ready`` tell whether a serving set has reached those counts.
+``ready_counts`` / ``all_ready`` tell whether a serving set has reached those counts. ``Clock`` is
+the time the reconciler reads (the system's, or a test's).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from mainsail.backends.base import Address
 from mainsail.hosting.endpoints import EndpointStatus
 from mainsail.hosting.store import Record
 
@@ -26,13 +28,33 @@ class Traffic(Protocol):
 
     wake: Callable[[], None]
 
-    def in_flight(self, port: int) -> int: ...
+    def in_flight(self, address: Address) -> int: ...
 
     def last_used(self, endpoint: str, variant: str) -> float | None: ...
 
     def variant_in_flight(self, endpoint: str, variant: str) -> int: ...
 
-    def note(self, port: int, reason: str) -> None: ...
+    def note(self, address: Address, reason: str) -> None: ...
+
+
+class Clock(Protocol):
+    """The time the reconciler reads: ``time()`` for what it records (instances' start, drain, a
+    record's LastModifiedTime) and the startup deadlines; ``monotonic()`` for idle clocks (the
+    router's ``last_used`` is on the same clock)."""
+
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    """The system's clocks (``time.time``, ``time.monotonic``)."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 def async_idle_seconds() -> float | None:
@@ -48,11 +70,13 @@ def serverless_idle_seconds() -> float:
 
 class Capacity:
     """Instances each variant should run now, from its config and the router's idle clocks
-    (``last_used``, ``variant_in_flight``: a ``Traffic``'s, or none in use without a router)."""
+    (``last_used``, ``variant_in_flight``: a ``Traffic``'s, or none in use without a router), read on
+    ``clock``'s monotonic time."""
 
     def __init__(self, *, serverless_idle: float, async_idle: float | None,
                  last_used: Callable[[str, str], float | None],
-                 variant_in_flight: Callable[[str, str], int]) -> None:
+                 variant_in_flight: Callable[[str, str], int], clock: Clock | None = None) -> None:
+        self.clock = clock or SystemClock()
         self.serverless_idle = serverless_idle
         self.async_idle = async_idle
         self.last_used = last_used
@@ -75,7 +99,7 @@ class Capacity:
         if record["EndpointStatus"] == EndpointStatus.CREATING or (serverless or {}).get("ProvisionedConcurrency"):
             return count
         key = (record["EndpointName"], pv["VariantName"])
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self.variant_in_flight(*key) > 0:
             return count
         last = self.last_used(*key)

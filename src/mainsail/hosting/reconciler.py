@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from mainsail.backends.base import Backend, Instance, ModelSourceError, tail
+from mainsail.backends.base import Address, Backend, Instance, ModelSourceError, address_of, tail
 from mainsail.hosting.capacity import (
     Capacity,
+    Clock,
+    SystemClock,
     Traffic,
     all_ready,
     async_idle_seconds,
@@ -44,32 +45,36 @@ logger = logging.getLogger(__name__)
 class Reconciler:
     """Drives endpoints in ``store`` through ``backend``; ``start()`` runs ``step`` in a thread.
 
-    ``in_flight(port)`` tells how many requests the router is forwarding to an instance, so that a
-    draining instance is stopped only when idle (or after ``drain_timeout`` seconds).
+    ``in_flight(address)`` tells how many requests the router is forwarding to an instance, so that a
+    draining instance is stopped only when idle (or after ``drain_timeout`` seconds); ``traffic`` (the
+    router's) gives it and the idle clocks at once. ``clock``: the time it reads (a test's, or the system's).
     """
 
     def __init__(self, store: StateStore, backend: Backend, *, interval: float = 0.2,
-                 in_flight: Callable[[int], int] | None = None, drain_grace: float = 0.5,
+                 in_flight: Callable[[Address], int] | None = None, drain_grace: float = 0.5,
                  drain_timeout: float = 60.0, max_restarts: int = 3,
                  last_used: Callable[[str, str], float | None] | None = None,
                  variant_in_flight: Callable[[str, str], int] | None = None,
-                 note: Callable[[int, str], None] | None = None,
-                 serverless_idle: float | None = None, traffic: Traffic | None = None) -> None:
+                 note: Callable[[Address, str], None] | None = None,
+                 serverless_idle: float | None = None, traffic: Traffic | None = None,
+                 clock: Clock | None = None) -> None:
         self.store = store
         self.backend = backend
         self.interval = interval
-        self.in_flight = in_flight or (lambda port: 0)
+        self.clock = clock or SystemClock()
+        self.in_flight = in_flight or (lambda address: 0)
         self.last_used = last_used or (lambda endpoint, variant: None)
         self.variant_in_flight = variant_in_flight or (lambda endpoint, variant: 0)
-        self.note = note or (lambda port, reason: None)
+        self.note = note or (lambda address, reason: None)
         if traffic is not None:  # the router of the same process: its counts, and a way to wake us
             self.in_flight, self.last_used = traffic.in_flight, traffic.last_used
             self.variant_in_flight, self.note = traffic.variant_in_flight, traffic.note
             traffic.wake = self.wake
         self.capacity = Capacity(
             serverless_idle=serverless_idle if serverless_idle is not None else serverless_idle_seconds(),
-            async_idle=async_idle_seconds(), last_used=self.last_used, variant_in_flight=self.variant_in_flight)
-        self.rollout = Rollout(store, backend, self.write)
+            async_idle=async_idle_seconds(), last_used=self.last_used, variant_in_flight=self.variant_in_flight,
+            clock=self.clock)
+        self.rollout = Rollout(store, backend, self.write, self.clock)
         self._wake = threading.Event()
         self.drain_grace = drain_grace
         self.drain_timeout = drain_timeout
@@ -195,7 +200,7 @@ class Reconciler:
                 return record
             mutate(record)
             if status_change:
-                record["LastModifiedTime"] = time.time()
+                record["LastModifiedTime"] = self.clock.time()
             return record
 
         return self.store.update(ENDPOINT, name, apply)
@@ -261,17 +266,17 @@ class Reconciler:
                     reason = (f"The instance of serverless variant {item['variant']} used {used / 2**20:.0f} MB, "
                               f"over the variant's MemorySizeInMB ({limit // 2**20} MB); it was stopped and "
                               "is replaced.")
-                    self.note(instance.port, reason)
-            if reason is None and not item.get("ready") and time.time() - float(item.get("started", 0)) > timeout \
-                    and not self.backend.healthy(instance):
+                    self.note(instance.address, reason)
+            late = self.clock.time() - float(item.get("started", 0)) > timeout
+            if reason is None and not item.get("ready") and late and not self.backend.healthy(instance):
                 reason = (f"The instance of variant {item['variant']} did not pass the ping health check "
                           f"within {timeout:g} seconds: {tail(instance.log_path)}")
             if reason is not None:
                 changed = True
-                gone = int(item["port"])
+                gone = instance.address
 
-                def drop(current: Record, gone: int = gone) -> None:  # stop routing to it first
-                    current["Instances"] = [i for i in current.get("Instances", []) if int(i["port"]) != gone]
+                def drop(current: Record, gone: Address = gone) -> None:  # stop routing to it first
+                    current["Instances"] = [i for i in current.get("Instances", []) if address_of(i) != gone]
 
                 self.write(name, drop)
                 self.backend.stop(instance)
@@ -297,14 +302,14 @@ class Reconciler:
             indexes = {int(i.get("index", 0)) for i in alive if i["variant"] == variant}
             for index in sorted(set(range(desired)) - indexes):
                 try:
-                    alive.append(start_instance(self.backend, name, specs, variant, index))
+                    alive.append(start_instance(self.backend, name, specs, variant, index, now=self.clock.time()))
                 except ModelSourceError as exc:
                     self._fail({**record, "Instances": alive}, str(exc))
                     return False
                 changed = True
             for item in [i for i in alive if i["variant"] == variant and int(i.get("index", 0)) >= desired]:
                 alive.remove(item)
-                draining.append({**item, "since": time.time()})
+                draining.append({**item, "since": self.clock.time()})
                 changed = True
         if changed:
             def save(current: Record) -> None:
@@ -339,19 +344,19 @@ class Reconciler:
             self.write(record["EndpointName"], in_service, status_change=True)
 
     def _drain(self, record: Record) -> None:
-        now = time.time()
+        now = self.clock.time()
         done = []
         for item in record.get("Draining", []):
-            idle = self.in_flight(int(item["port"])) == 0
+            idle = self.in_flight(address_of(item)) == 0
             age = now - float(item.get("since", 0))
             if (idle and age >= self.drain_grace) or age >= self.drain_timeout:
                 done.append(item)
         if not done:
             return
-        ports = {int(item["port"]) for item in done}
+        gone = {address_of(item) for item in done}
 
         def drop(current: Record) -> None:
-            current["Draining"] = [i for i in current.get("Draining", []) if int(i["port"]) not in ports]
+            current["Draining"] = [i for i in current.get("Draining", []) if address_of(i) not in gone]
 
         self.write(record["EndpointName"], drop)
         for item in done:

@@ -13,12 +13,11 @@ The reconciler calls ``Rollout.step`` for an Updating endpoint after it has main
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from mainsail.backends.base import Backend, Instance, ModelSourceError
-from mainsail.hosting.capacity import all_ready, ready_counts
+from mainsail.hosting.capacity import Clock, SystemClock, all_ready, ready_counts
 from mainsail.hosting.endpoints import EndpointStatus
 from mainsail.hosting.specs import snapshot, start_instance, startup_timeout
 from mainsail.hosting.store import Record, StateStore
@@ -36,10 +35,11 @@ class Write(Protocol):
 class Rollout:
     """Moves an Updating endpoint to its ``Pending`` target, or back to where it was."""
 
-    def __init__(self, store: StateStore, backend: Backend, write: Write) -> None:
+    def __init__(self, store: StateStore, backend: Backend, write: Write, clock: Clock | None = None) -> None:
         self.store = store
         self.backend = backend
         self.write = write
+        self.clock = clock or SystemClock()
 
     def step(self, record: Record) -> None:
         pending = record.get("Pending")
@@ -97,8 +97,8 @@ class Rollout:
             instance = Instance.from_record(item)
             reason = self.backend.failure(instance)
             timeout = startup_timeout(specs, item["variant"])
-            if reason is None and not item.get("ready") and time.time() - float(item.get("started", 0)) > timeout \
-                    and not self.backend.healthy(instance):
+            late = self.clock.time() - float(item.get("started", 0)) > timeout
+            if reason is None and not item.get("ready") and late and not self.backend.healthy(instance):
                 reason = (f"The instance of variant {item['variant']} did not pass the ping health check "
                           f"within {timeout:g} seconds.")
             if reason is not None:
@@ -108,7 +108,7 @@ class Rollout:
             return
         green = [{**item, "ready": True} for item in green]
         counts = ready_counts(green)
-        now = time.time()
+        now = self.clock.time()
 
         def swap(current: Record) -> None:
             if current.get("Pending") != pending:
@@ -145,7 +145,8 @@ class Rollout:
             try:
                 for pv in pending["Variants"]:
                     for index in range(int(pv.get("DesiredInstanceCount", 1))):
-                        started.append(start_instance(self.backend, name, specs, pv["VariantName"], index))
+                        started.append(start_instance(self.backend, name, specs, pv["VariantName"], index,
+                                                      now=self.clock.time()))
             except BaseException:
                 for item in started:
                     self.backend.stop(Instance.from_record(item))

@@ -7,7 +7,6 @@ as on SageMaker. Shared by the reconciler (create, replace, scale) and rollouts 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from mainsail.backends.base import Backend, InstanceSpec, ModelSourceError
@@ -54,10 +53,12 @@ def startup_timeout(specs: Specs, variant: str) -> float:
     return float(specs.get(variant, {}).get("startup_timeout", DEFAULT_STARTUP_TIMEOUT))
 
 
-def start_instance(backend: Backend, name: str, specs: Specs, variant: str, index: int) -> dict[str, Any]:
-    """Start instance ``index`` of ``variant`` of endpoint ``name``; its record entry (not ready yet)."""
+def start_instance(backend: Backend, name: str, specs: Specs, variant: str, index: int, *,
+                   now: float) -> dict[str, Any]:
+    """Start instance ``index`` of ``variant`` of endpoint ``name`` at ``now`` (``time.time()``, or the
+    reconciler's clock); its record entry (not ready yet)."""
     spec = specs[variant]
     instance = backend.start(InstanceSpec(endpoint=name, variant=variant, index=index,
                                           model_data_url=spec["model_data_url"],
                                           environment=dict(spec["environment"])))
-    return {**instance.to_record(), "index": index, "ready": False, "started": time.time()}
+    return {**instance.to_record(), "index": index, "ready": False, "started": now}

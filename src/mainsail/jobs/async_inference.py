@@ -13,8 +13,9 @@ with "expired"; one that takes longer than ``InvocationTimeoutSeconds`` fails wi
 Payloads (up to 1 GB, :data:`mainsail.jobs.async_payloads.MAX_ASYNC_PAYLOAD`) are streamed, never held here
 (:mod:`mainsail.jobs.async_payloads`): the input is read 1 MiB at a time from its location (a file
 of the own store or a local file, sent with its ``Content-Length``; real S3's ``get_object`` body,
-sent chunked) and written to the instance as it is read (:func:`mainsail.backends.streaming.stream`, a
-connection of its own, not the router's buffered hop); the instance's answer is written to the
+sent chunked) and written to the instance as it is read (:meth:`mainsail.backends.base.Transport.stream` of the
+router's transport, the backend's: for the local backend a connection of its own, not the buffered
+hop); the instance's answer is written to the
 output location as it arrives (a temp file renamed into place, or a multipart upload), visible only
 once complete. The instance itself holds the whole body, as the model needs it: an async endpoint's
 instances run with ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` at 1024 (set by the reconciler,
@@ -43,8 +44,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mainsail.aws.identity import ACCOUNT, endpoint_log_group_arn, region_of
-from mainsail.backends.base import ForwardError, Upstream
-from mainsail.backends.streaming import stream
+from mainsail.backends.base import Address, ForwardError, Upstream
 from mainsail.hosting.endpoints import ENDPOINT, IN_SERVICE, UPDATING
 from mainsail.hosting.store import Record, StateStore
 from mainsail.jobs.async_payloads import InputError, PayloadInput, PayloadOutput
@@ -84,6 +84,8 @@ class AsyncInference:
         self.store = store
         self.router = router
         self.traffic = router.traffic
+        #: the backend's transport, as the router has it
+        self.transport = router.transport
         self.home = home
         self.poll = poll
         self.route = Route("/endpoints/{name:path}/async-invocations", runtime_api(self.invoke_async),
@@ -257,37 +259,37 @@ class AsyncInference:
         choice = traffic.pick(table, None)
         if isinstance(choice, str):
             return choice or f"Endpoint {name} has no instance ready to serve."
-        variant, port = choice
+        variant, address = choice
         if variant.multi_model:
             return f"Endpoint {name} is a multi-model endpoint, which asynchronous inference does not serve."
         try:
-            async with traffic.lease(name, variant, port) as port:
-                return await self._exchange(item, source, variant, port, timeout)
+            async with traffic.lease(name, variant, address) as address:
+                return await self._exchange(item, source, variant, address, timeout)
         except Throttled:  # serverless MaxConcurrency: stays queued
             return _THROTTLED
         except RuntimeApiError as exc:  # a cold start that failed, an instance that cannot be reached
             return exc.message
 
-    async def _exchange(self, item: Record, source: PayloadInput, variant: Variant, port: int,
+    async def _exchange(self, item: Record, source: PayloadInput, variant: Variant, address: Address,
                         timeout: float) -> str | None:
-        """Stream the input to the instance on ``port`` (or its replacement when it is gone) and
+        """Stream the input to the instance at ``address`` (or its replacement when it is gone) and
         its answer to the output location."""
         name = str(item["EndpointName"])
         exchange = Exchange(self.traffic, name, variant, endpoint_log_group_arn(region_of(None), name))
         status, failure = await exchange.send(
-            port, lambda p: self._stream(item, source, p, timeout, exchange.log_arn))
+            address, lambda a: self._stream(item, source, a, timeout, exchange.log_arn))
         exchange.check(status)
         return failure
 
-    async def _stream(self, item: Record, source: PayloadInput, port: int, timeout: float,
+    async def _stream(self, item: Record, source: PayloadInput, address: Address, timeout: float,
                       log_arn: str) -> tuple[int, str | None]:
         """One exchange with an instance: its status, and why it failed (``None``: written)."""
         headers = [(k, v) for k, v in (("content-type", item.get("ContentType")), ("accept", item.get("Accept")),
                                        ("x-amzn-sagemaker-custom-attributes", item.get("CustomAttributes")),
                                        ("x-amzn-sagemaker-inference-id", item["InferenceId"])) if v]
         # the outer deadline (InvocationTimeoutSeconds) fires first, with its own message
-        async with stream(port, "/invocations", source.chunks(), headers, length=source.size,
-                          timeout=timeout + 5) as upstream:
+        async with self.transport.stream(address, "/invocations", source.chunks(), headers, length=source.size,
+                                         timeout=timeout + 5) as upstream:
             if not 200 <= upstream.status < 300:
                 text = await upstream.read(_ERROR_BODY)
                 return upstream.status, model_error(Upstream(upstream.status, upstream.headers, text), log_arn).message

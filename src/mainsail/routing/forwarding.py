@@ -1,8 +1,7 @@
 """Forwarding one request to an instance, the same way for the router, target-model routing and the
-asynchronous inference worker.
+asynchronous inference worker (each over the backend's :class:`~mainsail.backends.base.Transport`).
 
-:class:`InstanceClient` is the router's keep-alive client to its instances (made on first use,
-closed with the router). :class:`Exchange` is one request's trip to an instance of a variant:
+:class:`Exchange` is one request's trip to an instance of a variant:
 ``Invocations`` / ``InvocationsPerInstance``, the in-flight count (:meth:`Traffic.busy`), a second
 try on a replacement when the instance was gone before the request reached it, ``ModelLatency``,
 an unreachable instance as the runtime's 424 ``ModelError`` (``Invocation5XXErrors``), and the
@@ -19,8 +18,7 @@ from typing import TypeVar
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
-from mainsail.backends.base import ForwardError, Upstream
-from mainsail.backends.loopback import Forwarder
+from mainsail.backends.base import LOOPBACK, Address, ForwardError, Upstream
 from mainsail.routing.responses import ModelError, model_error
 from mainsail.routing.table import Variant
 from mainsail.routing.traffic import Traffic
@@ -28,9 +26,6 @@ from mainsail.routing.traffic import Traffic
 #: the request headers an instance sees
 FORWARDED_HEADERS = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes",
                      "x-amzn-sagemaker-inference-id")
-#: idle keep-alive connections kept per instance
-MAX_IDLE = 256
-
 T = TypeVar("T")
 
 
@@ -39,22 +34,10 @@ def forwarded(headers: Headers, names: tuple[str, ...] = FORWARDED_HEADERS) -> l
     return [(k, v) for k in names if (v := headers.get(k)) is not None]
 
 
-class InstanceClient:
-    """The keep-alive client to the instances: ``POST`` within :attr:`timeout` seconds."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self._client: Forwarder | None = None
-
-    async def post(self, port: int, path: str, body: bytes, headers: list[tuple[str, str]]) -> Upstream:
-        if self._client is None:
-            self._client = Forwarder(max_idle=MAX_IDLE)
-        return await self._client.post(port, path, body, headers, timeout=self.timeout)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+def instance_label(address: Address) -> str:
+    """The ``Instance`` label of ``InvocationsPerInstance``: the port of an instance on this machine,
+    else ``host:port``."""
+    return str(address.port) if address.host == LOOPBACK else str(address)
 
 
 class Exchange:
@@ -70,33 +53,33 @@ class Exchange:
         #: the instance's time, in microseconds (set by :meth:`send` or :meth:`observe`)
         self.model_us = 0.0
 
-    def count(self, port: int) -> None:
+    def count(self, address: Address) -> None:
         """Count the request (``Invocations``, ``InvocationsPerInstance``)."""
         self.metrics.invocations.labels(*self.labels).inc()
-        self.metrics.per_instance.labels(*self.labels, str(port)).inc()
+        self.metrics.per_instance.labels(*self.labels, instance_label(address)).inc()
 
-    async def send(self, port: int, attempt: Callable[[int], Awaitable[T]]) -> T:
-        """Counted, ``attempt(port)`` with the request in flight to the instance; when the instance is
-        gone and the request never reached it, ``attempt`` again on its replacement. Observes
+    async def send(self, address: Address, attempt: Callable[[Address], Awaitable[T]]) -> T:
+        """Counted, ``attempt(address)`` with the request in flight to the instance; when the instance
+        is gone and the request never reached it, ``attempt`` again on its replacement. Observes
         ``ModelLatency``; an instance that cannot be reached raises the 424 :class:`ModelError`."""
-        self.count(port)
-        with self.traffic.busy(port):
+        self.count(address)
+        with self.traffic.busy(address):
             started = time.perf_counter()
             try:
                 try:
-                    result = await attempt(port)
+                    result = await attempt(address)
                 except ForwardError as exc:
                     if not exc.unsent:
                         raise
                     # the instance is gone (crashed, or stopped over its memory) and the request never
                     # reached it: send it to another instance, or to the replacement once it answers
-                    other = await self.traffic.replacement(self.endpoint, self.variant, port)
+                    other = await self.traffic.replacement(self.endpoint, self.variant, address)
                     if other is None:
                         raise
                     with self.traffic.busy(other):
                         result = await attempt(other)
             except ForwardError as exc:
-                raise self.unreachable(exc, self.traffic.noted(port)) from exc
+                raise self.unreachable(exc, self.traffic.noted(address)) from exc
         self.observe((time.perf_counter() - started) * 1e6)
         return result
 

@@ -4,7 +4,9 @@ One request: validate (the endpoint exists and serves, the body is within 6 MB) 
 an instance (:meth:`mainsail.routing.traffic.Traffic.pick`; a request naming a ``TargetModel`` goes
 to :mod:`mainsail.routing.target_model`) → hold its place (:meth:`~mainsail.routing.traffic.Traffic.lease`:
 idle clocks, throttling, cold starts of variants scaled to zero) → forward
-(:class:`mainsail.routing.forwarding.Exchange`). Each endpoint's routing table is cached in memory
+(:class:`mainsail.routing.forwarding.Exchange`) over the backend's
+:class:`~mainsail.backends.base.Transport`, which the router is given and never chooses: a new
+backend needs no change here. Each endpoint's routing table is cached in memory
 (:class:`mainsail.routing.table.TableCache`); runtime errors are raised and answered in one place
 (:func:`mainsail.routing.responses.runtime_api`).
 """
@@ -20,9 +22,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mainsail.aws.identity import ACCOUNT, endpoint_log_group_arn, region_of
+from mainsail.backends.base import Address, Transport
 from mainsail.hosting.capacity import async_idle_seconds
 from mainsail.hosting.store import StateStore
-from mainsail.routing.forwarding import Exchange, InstanceClient, forwarded
+from mainsail.routing.forwarding import Exchange, forwarded
 from mainsail.routing.metrics import RouterMetrics
 from mainsail.routing.responses import (
     MAX_PAYLOAD,
@@ -37,11 +40,13 @@ from mainsail.routing.traffic import Traffic
 
 
 class Router:
-    """The runtime route, its table cache, traffic, metrics and keep-alive client."""
+    """The runtime route, its table cache, traffic and metrics, over the backend's ``transport``
+    (requests to an instance time out after ``timeout`` seconds)."""
 
-    def __init__(self, store: StateStore, *, timeout: float = 60.0, rng: random.Random | None = None,
-                 cold_start_timeout: float = 120.0) -> None:
+    def __init__(self, store: StateStore, transport: Transport, *, timeout: float = 60.0,
+                 rng: random.Random | None = None, cold_start_timeout: float = 120.0) -> None:
         self.store = store
+        self.transport = transport
         self.timeout = timeout
         #: seconds after which an idle async endpoint stops its instances (``None``: never), from
         #: MAINSAIL_ASYNC_IDLE_SECONDS: SageMaker's scale-to-zero auto-scaling policy for async endpoints
@@ -51,7 +56,6 @@ class Router:
         #: in-flight counts, idle clocks, cold starts: what the reconciler reads (``traffic=``)
         self.traffic = Traffic(self.tables, self.metrics, rng=rng or random.Random(),
                                cold_start_timeout=cold_start_timeout)
-        self.client = InstanceClient(timeout)
         self._target_models: TargetModelRouting | None = None
         self.route = Route("/endpoints/{name:path}/invocations", runtime_api(self.invoke), methods=["POST"])
 
@@ -59,7 +63,7 @@ class Router:
     def target_models(self) -> TargetModelRouting:
         """The multi-model state (made on the first request naming a target model)."""
         if self._target_models is None:
-            self._target_models = TargetModelRouting(self.store, self.traffic, self.client)
+            self._target_models = TargetModelRouting(self.store, self.traffic, self.transport, self.timeout)
         return self._target_models
 
     async def invoke(self, request: Request) -> Response:
@@ -86,26 +90,28 @@ class Router:
                 raise ValidationError(choice)
             raise ServiceUnavailable(f"Endpoint {name} has no instance ready to serve"
                                      + (f" in variant {target}." if target else "."))
-        variant, port = choice
+        variant, address = choice
         if TARGET_MODEL in request.headers:  # multi-model endpoints
-            return await self.target_models.invoke(request, name, variant, port, body, started)
+            return await self.target_models.invoke(request, name, variant, address, body, started)
         if variant.multi_model:
             raise ValidationError(f"Endpoint {name} is a multi-model endpoint: name the model to use with "
                                   "TargetModel (X-Amzn-SageMaker-Target-Model).")
-        async with self.traffic.lease(name, variant, port) as port:
-            return await self.forward(request, name, variant, port, body, started)
+        async with self.traffic.lease(name, variant, address) as address:
+            return await self.forward(request, name, variant, address, body, started)
 
-    async def forward(self, request: Request, name: str, variant: Variant, port: int, body: bytes,
+    async def forward(self, request: Request, name: str, variant: Variant, address: Address, body: bytes,
                       started: float) -> Response:
-        """Send the request to the instance on ``port`` (or its replacement) and answer with its answer."""
+        """Send the request to the instance at ``address`` (or its replacement) and answer with its answer."""
         exchange = Exchange(self.traffic, name, variant,
                             endpoint_log_group_arn(region_of(request.headers.get("authorization")), name))
         headers = forwarded(request.headers)
-        upstream = await exchange.send(port, lambda p: self.client.post(p, "/invocations", body, headers))
+        upstream = await exchange.send(address, lambda a: self.transport.post(
+            a, "/invocations", body, headers, timeout=self.timeout))
         return exchange.answer(upstream, started)
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return self.metrics.response()
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        """Close the transport's pooled connections (they belong to this app's event loop)."""
+        await self.transport.aclose()

@@ -1,7 +1,7 @@
 """Routing tables: what the runtime API needs of one endpoint, cached until the store changes it.
 
-A :class:`Table` holds the endpoint's status and its :class:`Variant` s (weights, ready instance
-ports, routing strategy, serverless MaxConcurrency, multi-model, scale-to-zero). :class:`TableCache`
+A :class:`Table` holds the endpoint's status and its :class:`Variant` s (weights, the addresses of
+ready instances, routing strategy, serverless MaxConcurrency, multi-model, scale-to-zero). :class:`TableCache`
 keeps one per endpoint in memory and drops it whenever the store commits a change to that endpoint,
 so a request costs no SQLite read.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
+from mainsail.backends.base import Address, address_of
 from mainsail.backends.model_sources import multi_model_prefix
 from mainsail.hosting.endpoints import ENDPOINT, IN_SERVICE, UPDATING
 from mainsail.hosting.store import Record, StateStore
@@ -27,7 +28,8 @@ class Variant:
     name: str
     weight: float
     least_outstanding: bool
-    ports: tuple[int, ...]
+    #: where the variant's ready instances answer
+    addresses: tuple[Address, ...]
     #: MaxConcurrency of a serverless variant (``None``: an instance-based variant)
     max_concurrency: int | None = None
     #: a multi-model variant (``Mode: MultiModel``): every request names its ``TargetModel``
@@ -54,10 +56,10 @@ class Table:
 
     @classmethod
     def of(cls, record: Record, *, async_to_zero: bool = False) -> Table:
-        ready: dict[str, list[int]] = {}
+        ready: dict[str, list[Address]] = {}
         for instance in record.get("Instances", []):
             if instance.get("ready", True):
-                ready.setdefault(str(instance["variant"]), []).append(int(instance["port"]))
+                ready.setdefault(str(instance["variant"]), []).append(address_of(instance))
         specs = record.get("Specs") or {}
         variants = []
         for pv in record.get("ProductionVariants", []):
@@ -66,7 +68,7 @@ class Table:
             serverless = pv.get("CurrentServerlessConfig")
             variants.append(Variant(name=pv["VariantName"], weight=float(pv.get("CurrentWeight", 1.0)),
                                     least_outstanding=strategy == LEAST_OUTSTANDING,
-                                    ports=tuple(ready.get(pv["VariantName"], ())),
+                                    addresses=tuple(ready.get(pv["VariantName"], ())),
                                     max_concurrency=int(serverless.get("MaxConcurrency") or 1)
                                     if serverless else None,
                                     multi_model=multi_model_prefix(str(spec.get("model_data_url", "")),

@@ -30,7 +30,8 @@ a single-model endpoint is the ``ValidationError`` SageMaker answers. Metrics:
 ``ModelLoadingWaitTime`` (what a request waited for download plus load) and ``ModelNotReady``
 (requests answered ``ModelNotReadyException``), in the router's registry next to its per-endpoint
 metrics (:class:`mainsail.routing.metrics.TargetModelMetrics`). The request is forwarded as the
-router forwards any (:class:`mainsail.routing.forwarding.Exchange`), counted in flight by
+router forwards any (:class:`mainsail.routing.forwarding.Exchange`, over the backend's
+:class:`~mainsail.backends.base.Transport`), counted in flight by
 :meth:`mainsail.routing.traffic.Traffic.busy`; runtime errors are raised
 (:mod:`mainsail.routing.responses`).
 """
@@ -54,13 +55,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mainsail.aws.identity import endpoint_log_group_arn, region_of
-from mainsail.backends.base import ForwardError, ModelSourceError, Upstream
+from mainsail.backends.base import Address, ForwardError, Headers, ModelSourceError, Transport, Upstream
 from mainsail.backends.local import default_home
 from mainsail.backends.model_fetch import resolve_model_data
 from mainsail.backends.model_sources import multi_model_prefix, multi_model_target
 from mainsail.hosting.endpoints import ENDPOINT
 from mainsail.hosting.store import StateStore
-from mainsail.routing.forwarding import FORWARDED_HEADERS, Exchange, InstanceClient, forwarded
+from mainsail.routing.forwarding import FORWARDED_HEADERS, Exchange, forwarded
 from mainsail.routing.metrics import TargetModelMetrics
 from mainsail.routing.responses import RuntimeApiError, TargetModelNotReady, ValidationError, model_error
 from mainsail.routing.table import Variant
@@ -136,18 +137,20 @@ Load = asyncio.Task[RuntimeApiError | None]
 class TargetModelRouting:
     """A router's multi-model state: the endpoints' multi-model prefixes and load waits (cached until
     the endpoint changes), the loads in flight, where model data is cached (``home``, by default the
-    directory of the store's ``state.db``) and the extra metrics."""
+    directory of the store's ``state.db``) and the extra metrics. Instances are reached over
+    ``transport``, each request within ``timeout`` seconds."""
 
-    def __init__(self, store: StateStore, traffic: Traffic, client: InstanceClient,
+    def __init__(self, store: StateStore, traffic: Traffic, transport: Transport, timeout: float,
                  home: Path | None = None) -> None:
         self.store = store
         self.traffic = traffic
-        self.client = client
+        self.transport = transport
+        self.timeout = timeout
         self.home = home or home_of(store)
         self._prefixes: dict[str, dict[str, str | None]] = {}
         self._waits: dict[str, dict[str, float]] = {}
-        self.loads: dict[tuple[int, str], Load] = {}
-        """The loads in flight, by (instance port, container model name)."""
+        self.loads: dict[tuple[Address, str], Load] = {}
+        """The loads in flight, by (instance address, container model name)."""
         self._generation: dict[str, int] = {}
         self._lock = threading.Lock()
         self.metrics = TargetModelMetrics(traffic.metrics.registry)
@@ -181,7 +184,7 @@ class TargetModelRouting:
         """The variant's load wait (read with its prefix by :meth:`prefixes`)."""
         return self._waits.get(endpoint, {}).get(variant, DEFAULT_LOAD_WAIT_S)
 
-    def start_load(self, key: tuple[int, str], load: Coroutine[Any, Any, RuntimeApiError | None]) -> Load:
+    def start_load(self, key: tuple[Address, str], load: Coroutine[Any, Any, RuntimeApiError | None]) -> Load:
         """Run the coroutine ``load`` as the load of ``key`` (forgotten when it ends, whoever waits)."""
         task: Load = asyncio.ensure_future(load)
         self.loads[key] = task
@@ -190,13 +193,13 @@ class TargetModelRouting:
             if self.loads.get(key) is finished:
                 del self.loads[key]
             if not finished.cancelled() and finished.exception() is not None:
-                logger.warning("loading target model %s on the instance on port %d failed: %s",
+                logger.warning("loading target model %s on the instance at %s failed: %s",
                                key[1], key[0], finished.exception())
 
         task.add_done_callback(done)
         return task
 
-    async def invoke(self, request: Request, name: str, variant: Variant, port: int | None, body: bytes,
+    async def invoke(self, request: Request, name: str, variant: Variant, address: Address | None, body: bytes,
                      started: float) -> Response:
         """Answer an ``InvokeEndpoint`` that names a target model (see the module docstring); runtime
         errors are raised."""
@@ -210,24 +213,24 @@ class TargetModelRouting:
                 "1 validation error detected: Value at 'targetModel' failed to satisfy constraint: "
                 f"Member must have length less than or equal to {MAX_TARGET_MODEL} and match "
                 "the pattern \\A\\S[\\p{Print}]*\\z")
-        if port is None:
+        if address is None:
             raise ValidationError(f"Endpoint {name} variant {variant.name} is serverless: multi-model endpoints "
                                   "need instances.")
         exchange = Exchange(self.traffic, name, variant,
                             endpoint_log_group_arn(region_of(request.headers.get("authorization")), name))
-        exchange.count(port)
+        exchange.count(address)
         self.metrics.invocations.labels(*exchange.labels, target).inc()
         headers = forwarded(request.headers, _FORWARDED)
-        with self.traffic.busy(port):
+        with self.traffic.busy(address):
             try:
-                upstream, model_us = await self._invoke(exchange, port, prefix, target, body, headers)
+                upstream, model_us = await self._invoke(exchange, address, prefix, target, body, headers)
             except ForwardError as exc:
                 raise exchange.unreachable(exc) from exc
         exchange.observe(model_us)
         return exchange.answer(upstream, started, "model")
 
-    async def _invoke(self, exchange: Exchange, port: int, prefix: str, target: str, body: bytes,
-                      headers: list[tuple[str, str]]) -> tuple[Upstream, float]:
+    async def _invoke(self, exchange: Exchange, address: Address, prefix: str, target: str, body: bytes,
+                      headers: Headers) -> tuple[Upstream, float]:
         """Invoke the target model on the instance, loading it first when the instance has not got it;
         the instance's answer and its time in microseconds."""
         name, variant = exchange.endpoint, exchange.variant.name
@@ -235,7 +238,7 @@ class TargetModelRouting:
         model = model_name(target)
         path = f"/models/{urllib.parse.quote(model, safe='')}/invoke"
         upstream_started = time.perf_counter()
-        upstream = await self.client.post(port, path, body, headers)
+        upstream = await self.post(address, path, body, headers)
         missed = False
         for _ in range(LOAD_ATTEMPTS):
             code = upstream_error(upstream)
@@ -244,11 +247,11 @@ class TargetModelRouting:
             if code != "ModelNotFound":
                 break
             missed = True
-            key = (port, model)
+            key = (address, model)
             if key in self.loads:  # another request is loading it: SageMaker's answer, at once
                 raise self._refused(exchange, target)
             load_started = time.perf_counter()
-            task = self.start_load(key, self._load(port, prefix, target, model, exchange.log_arn))
+            task = self.start_load(key, self._load(address, prefix, target, model, exchange.log_arn))
             try:
                 failure = await asyncio.wait_for(asyncio.shield(task), self.load_wait(name, variant))
             except TimeoutError:
@@ -259,7 +262,7 @@ class TargetModelRouting:
                 exchange.failed(failure.status)
                 raise failure
             upstream_started = time.perf_counter()
-            upstream = await self.client.post(port, path, body, headers)
+            upstream = await self.post(address, path, body, headers)
         (self.metrics.cache_misses if missed else self.metrics.cache_hits).labels(*labels).inc()
         return upstream, (time.perf_counter() - upstream_started) * 1e6
 
@@ -269,7 +272,12 @@ class TargetModelRouting:
         exchange.failed(429)
         return not_ready(exchange.endpoint, target)
 
-    async def _load(self, port: int, prefix: str, target: str, model: str, log_arn: str) -> RuntimeApiError | None:
+    async def post(self, address: Address, path: str, body: bytes, headers: Headers) -> Upstream:
+        """``POST`` to the instance over the transport, within :attr:`timeout`."""
+        return await self.transport.post(address, path, body, headers, timeout=self.timeout)
+
+    async def _load(self, address: Address, prefix: str, target: str, model: str,
+                    log_arn: str) -> RuntimeApiError | None:
         """Fetch ``<prefix>/<target>`` and load it on the instance; the runtime error, or ``None``."""
         url = target_url(prefix, target)
         try:
@@ -280,9 +288,9 @@ class TargetModelRouting:
                 return ValidationError(download_failed(url, reason))
             return ValidationError(reason)
         payload = json.dumps({"model_name": model, "url": str(local)}).encode()
-        upstream = await self.client.post(port, "/models", payload, [("content-type", "application/json")])
+        upstream = await self.post(address, "/models", payload, [("content-type", "application/json")])
         if upstream.status in (200, 409):  # 409: a concurrent request loaded it first
-            logger.info("loaded target model %s on the instance on port %d", target, port)
+            logger.info("loaded target model %s on the instance at %s", target, address)
             return None
         return model_error(upstream, log_arn, "model")
 

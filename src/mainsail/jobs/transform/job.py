@@ -1,12 +1,13 @@
 """One transform job's run, in its own thread: its instances started through the ``Backend`` (with
 the batch variables SageMaker sets) and stopped, always; its input objects transformed
 ``MaxConcurrentTransforms`` requests per instance at a time (:mod:`.objects`), each request retried
-``InvocationsMaxRetries`` times; its progress and final status written to its record.
+``InvocationsMaxRetries`` times; its progress and final status written to its record. Requests go
+through the backend's transport (:meth:`~mainsail.backends.base.Transport.blocking`: a blocking
+client of the job's own, closed when it ends).
 """
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import logging
 import threading
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
-from mainsail.backends.local import Instance, InstanceSpec, ModelSourceError
+from mainsail.backends.base import BlockingClient, Instance, InstanceSpec, ModelSourceError
 from mainsail.backends.model_fetch import container_model_source
 from mainsail.hosting import resources as res
 from mainsail.hosting.store import Record
@@ -33,44 +34,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_RETRIES = 3
-
-
-class Connections:
-    """Keep-alive HTTP/1.1 connections to the instances, one per (thread, port). The standard
-    library's client, not httpx: its request/response objects form reference cycles that hold the
-    megabyte bodies until the cyclic GC runs, which multiplied the control plane's memory."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-
-    def post(self, port: int, payload: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        conns: dict[int, http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
-        conn = conns.get(port)
-        if conn is None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=self.timeout)
-            conns[port] = conn
-            with self._lock:
-                self._all.append(conn)
-        try:
-            conn.request("POST", "/invocations", body=payload, headers=headers)
-            response = conn.getresponse()
-            body = response.read()
-            if response.will_close:
-                conn.close()
-            return response.status, body
-        except BaseException:
-            conn.close()
-            conns.pop(port, None)
-            raise
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
 
 
 class Job:
@@ -270,7 +233,7 @@ class Job:
         if not todo:
             return
         self._start_instances()
-        http = Connections(self.timeout)
+        http = self.runner.backend.transport().blocking(self.timeout)
         slots = threading.Semaphore(self.slots)
         picker = itertools.count()
         try:
@@ -305,7 +268,7 @@ class Job:
         """``<S3OutputPath>/<input name>.out``."""
         return str(self.record["TransformOutput"]["S3OutputPath"]).rstrip("/") + "/" + obj.relative + ".out"
 
-    def _transform_file(self, obj: InputObject, http: Connections, pool: ThreadPoolExecutor,
+    def _transform_file(self, obj: InputObject, http: BlockingClient, pool: ThreadPoolExecutor,
                         slots: threading.Semaphore, picker: Iterator[int]) -> None:
         self.check()
         transform_object(self, obj, http, pool, slots, picker)
@@ -324,24 +287,24 @@ class Job:
         return bool(processing.get("InputFilter") or processing.get("OutputFilter")
                     or processing.get("JoinSource") == "Input")
 
-    def invoke(self, http: Connections, instance: Instance, payload: bytes) -> bytes:
+    def invoke(self, http: BlockingClient, instance: Instance, payload: bytes) -> bytes:
         """POST ``payload`` to ``instance``'s /invocations, retried InvocationsMaxRetries times."""
         tin, tout = self.record["TransformInput"], self.record["TransformOutput"]
-        headers = {"Content-Type": tin.get("ContentType") or "application/octet-stream"}
+        headers = [("Content-Type", tin.get("ContentType") or "application/octet-stream")]
         if tout.get("Accept"):
-            headers["Accept"] = tout["Accept"]
+            headers.append(("Accept", tout["Accept"]))
         problem = ""
         for attempt in range(self.retries + 1):
             self.check()
             try:
-                status, body = http.post(instance.port, payload, headers)
+                upstream = http.post(instance.address, "/invocations", payload, headers)
             except Exception as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
-                if status == 200:
-                    return body
-                problem = (f"Bad HTTP status received from algorithm: {status}: "
-                           f"{body[:300].decode('utf-8', 'replace')}")
+                if upstream.status == 200:
+                    return upstream.body
+                problem = (f"Bad HTTP status received from algorithm: {upstream.status}: "
+                           f"{upstream.body[:300].decode('utf-8', 'replace')}")
             if attempt < self.retries:
                 self.cancel.wait(min(0.1 * 2 ** attempt, 2.0))
         self.check()  # a request cut short by a stop is no failure of the job

@@ -14,15 +14,16 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from mainsail.backends.base import BlockingClient
 from mainsail.jobs.storage import CountingReader, InputObject, JobFailure
 from mainsail.jobs.transform.errors import Cancelled
 from mainsail.jobs.transform.records import CHUNK, Batch, filter_record, join_record, parse_path, split_output
 
 if TYPE_CHECKING:
-    from mainsail.jobs.transform.job import Connections, Job
+    from mainsail.jobs.transform.job import Job
 
 
-def transform_object(job: Job, obj: InputObject, http: Connections, pool: ThreadPoolExecutor,
+def transform_object(job: Job, obj: InputObject, http: BlockingClient, pool: ThreadPoolExecutor,
                      slots: threading.Semaphore, picker: Iterator[int]) -> None:
     """Transform ``obj``: its requests run in ``pool`` on a slot of ``slots`` each (held until the
     answer is written), on the instance ``picker`` points at."""

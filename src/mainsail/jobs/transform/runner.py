@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from mainsail.backends.local import Backend, Instance
+from mainsail.backends.base import Backend, Instance
 from mainsail.hosting.store import Record, StateStore
 from mainsail.jobs.storage import Storage
 from mainsail.jobs.transform.api import TRANSFORM_JOB
