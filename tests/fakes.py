@@ -164,6 +164,12 @@ class FakeBackend:
     def transport(self) -> FakeTransport:
         return self._transport
 
+    def model_data(self, url: str) -> str:
+        """Model data needs no placing here: ``url`` as it is (or ``ModelSourceError`` for a missing one)."""
+        if self.models.get(url, FakeModel()).missing:
+            raise ModelSourceError(f"no such model data: {url}")
+        return url
+
     def stop_all(self) -> None:
         for fake in self.instances:
             fake.stopped = True

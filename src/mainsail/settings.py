@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -102,3 +103,66 @@ class ServeSettings(BaseSettings):
     @property
     def max_payload_bytes(self) -> int:
         return int(self.max_payload_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class S3Access:
+    """How the control plane reaches S3 for model data and job payloads.
+
+    ``endpoint_url``: an S3 stand-in (moto, MinIO, ...) from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``;
+    with none, mainsail's own store is used when it holds buckets, else AWS. ``region``: the client's
+    region (else the AWS configuration's, else us-east-1). botocore reads the endpoint variables itself too."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+DEFAULT_MODEL_DATA_MAX_BYTES = 20 * 1024**3
+
+
+class ControlSettings(BaseSettings):
+    """Everything ``mainsail up`` needs, read once at its start (``mainsail up``'s options win over the
+    environment) and passed to the parts it assembles: nothing below ``gateway`` reads the environment."""
+
+    # the variables named below are read; the prefix keeps a field's bare name (HOME, PORT) from being one
+    model_config = SettingsConfigDict(populate_by_name=True, extra="forbid", frozen=True, env_prefix="MAINSAIL_UP_")
+
+    home: Path = Field(default_factory=default_home, validation_alias=_env("MAINSAIL_HOME"))
+    """State (``state.db``), model data cache, instance logs and the S3 store."""
+    host: str = Field("127.0.0.1", validation_alias=_env("MAINSAIL_UP_HOST"))
+    port: int = Field(8700, ge=0, le=65535, validation_alias=_env("MAINSAIL_UP_PORT"))
+    serverless_idle_seconds: float = Field(
+        300.0, ge=0, validation_alias=_env("MAINSAIL_SERVERLESS_IDLE_SECONDS"))
+    """After how long without a request a serverless variant scales to zero."""
+    async_idle_seconds: float | None = Field(
+        None, ge=0, validation_alias=_env("MAINSAIL_ASYNC_IDLE_SECONDS"))
+    """After how long with an empty queue an async endpoint scales to zero (unset: never)."""
+    describe_settle_seconds: float = Field(
+        5.0, ge=0, validation_alias=_env("MAINSAIL_DESCRIBE_SETTLE_SECONDS"))
+    """How long DescribeEndpoint waits for a Creating / Updating / Deleting endpoint to settle."""
+    model_data_max_bytes: int = Field(
+        DEFAULT_MODEL_DATA_MAX_BYTES, gt=0,
+        validation_alias=_env("MAINSAIL_MODEL_DATA_MAX_BYTES"))
+    """The largest model data (archive or prefix) the control plane downloads or extracts."""
+    s3_endpoint_url: str | None = Field(
+        None, validation_alias=_env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"))
+    region: str | None = Field(None, validation_alias=_env("AWS_REGION", "AWS_DEFAULT_REGION"))
+    instance_client: Literal["loopback", "aiohttp"] = Field(
+        "loopback", validation_alias=_env("MAINSAIL_INSTANCE_CLIENT"))
+    """The HTTP client of the runtime's hop to instances: mainsail's own keep-alive client, or aiohttp's
+    (docs/benchmarks.md compares them)."""
+
+    @field_validator("async_idle_seconds", "s3_endpoint_url", "region", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expanded(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def s3(self) -> S3Access:
+        """What the model-data fetch and the jobs' storage need of S3."""
+        return S3Access(self.s3_endpoint_url, self.region)

@@ -24,6 +24,7 @@ from mainsail.gateway.app import create_control_app
 from mainsail.hosting.reconciler import Reconciler
 from mainsail.hosting.store import SQLiteStore
 from mainsail.routing.router import Router
+from mainsail.settings import ControlSettings
 from tests.conftest import ThreadedServer, free_port
 
 REGION = "us-east-1"
@@ -46,17 +47,24 @@ def model_fn(model_dir):
 
 
 class Plane(ThreadedServer):
-    """Control app + reconciler + a backend (the local one by default), with boto3 clients. The
-    router, async inference and the reconciler get the backend's transport as ``mainsail up`` gives it."""
+    """Control app + reconciler + a backend (the local one by default), with boto3 clients, assembled
+    as ``mainsail up`` assembles them (``gateway.server.run_up``): the settings read once (the test's
+    environment, ``home`` and ``serverless_idle`` winning) and passed to each part; the router, async
+    inference and the reconciler get the backend's transport."""
 
     def __init__(self, home: Path, *, serverless_idle: float | None = None, backend: Any = None,
                  interval: float = 0.1) -> None:
+        given = {"home": home, "serverless_idle_seconds": serverless_idle}
+        self.settings = ControlSettings(**{k: v for k, v in given.items() if v is not None})
         self.store = SQLiteStore(home / "state.db")
-        self.backend = backend if backend is not None else LocalBackend(home)
-        self.router = Router(self.store, self.backend.transport())
+        self.backend = backend if backend is not None else LocalBackend(
+            home, max_model_bytes=self.settings.model_data_max_bytes, s3=self.settings.s3)
+        self.router = Router(self.store, self.backend.transport(), async_idle=self.settings.async_idle_seconds,
+                             model_data=self.backend.model_data)
         self.reconciler = Reconciler(self.store, self.backend, interval=interval, traffic=self.router.traffic,
-                                     serverless_idle=serverless_idle)
-        super().__init__(create_control_app(self.store, self.router), lifespan="on")
+                                     serverless_idle=self.settings.serverless_idle_seconds,
+                                     async_idle=self.settings.async_idle_seconds)
+        super().__init__(create_control_app(self.store, self.router, settings=self.settings), lifespan="on")
 
     def __enter__(self) -> Plane:
         self.start()

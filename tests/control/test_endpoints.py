@@ -120,8 +120,7 @@ def test_list_endpoints_pagination(plane: Plane, tmp_path: Path) -> None:
 def test_local_backend_extracts_model_archive(tmp_path: Path) -> None:
     import tarfile
 
-    from mainsail.backends.local import InstanceSpec, ModelSourceError
-
+    from mainsail.backends.base import InstanceSpec, ModelSourceError
     src = _model_dir(tmp_path / "src", INFERENCE_OK)
     archive = tmp_path / "model.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

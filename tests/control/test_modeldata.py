@@ -19,7 +19,9 @@ import pytest
 from sklearn.linear_model import LinearRegression
 
 from mainsail.backends import model_fetch as md
+from mainsail.backends import model_sources as sources
 from mainsail.backends.base import ModelSourceError
+from mainsail.settings import ControlSettings
 from tests.conftest import free_port
 from tests.control.helpers import Plane
 
@@ -211,21 +213,21 @@ def test_extracted_size_is_bounded(tmp_path: Path) -> None:
 
 
 def test_container_model_source() -> None:
-    assert md.container_model_source({"ModelDataUrl": "s3://b/m.tar.gz"}) == "s3://b/m.tar.gz"
-    assert md.container_model_source({"Image": "x"}) is None
+    assert sources.container_model_source({"ModelDataUrl": "s3://b/m.tar.gz"}) == "s3://b/m.tar.gz"
+    assert sources.container_model_source({"Image": "x"}) is None
     prefix = {"ModelDataSource": {"S3DataSource": {"S3Uri": "s3://b/p", "S3DataType": "S3Prefix",
                                                    "CompressionType": "None"}}}
-    assert md.container_model_source(prefix) == "s3://b/p/"
+    assert sources.container_model_source(prefix) == "s3://b/p/"
     gz = {"ModelDataSource": {"S3DataSource": {"S3Uri": "s3://b/m.tar.gz", "S3DataType": "S3Object",
                                                "CompressionType": "Gzip"}}}
-    assert md.container_model_source(gz) == "s3://b/m.tar.gz"
+    assert sources.container_model_source(gz) == "s3://b/m.tar.gz"
     raw = {"ModelDataSource": {"S3DataSource": {"S3Uri": "s3://b/m.bin", "S3DataType": "S3Object",
                                                 "CompressionType": "None"}}}
-    assert md.parse_source(md.container_model_source(raw) or "") == md.ModelSource("s3://b/m.bin", "S3Object", "None")
+    assert sources.parse_source(sources.container_model_source(raw) or "") == sources.ModelSource("s3://b/m.bin", "S3Object", "None")
     bad = {"ModelDataSource": {"S3DataSource": {"S3Uri": "s3://b/p/", "S3DataType": "S3Prefix",
                                                 "CompressionType": "Gzip"}}}
     with pytest.raises(ModelSourceError, match="s3://b/p/"):
-        md.container_model_source(bad)
+        sources.container_model_source(bad)
 
 
 # -- S3 ------------------------------------------------------------------------------------------
@@ -364,14 +366,15 @@ def test_s3_endpoint_from_environment_and_dummy_credentials(s3: Any, tmp_path: P
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    client = md.s3_client()
+    access = ControlSettings().s3  # as mainsail up reads the environment at its start
+    client = md.s3_client(s3=access)
     assert client.meta.endpoint_url == os.environ["AWS_ENDPOINT_URL_S3"]
     assert client.meta.region_name == "eu-west-1"
-    target = md.resolve_model_data(f"s3://{BUCKET}/raw/w.bin#uncompressed", tmp_path / "home")
+    target = md.resolve_model_data(f"s3://{BUCKET}/raw/w.bin#uncompressed", tmp_path / "home", s3=access)
     assert (target / "w.bin").read_bytes() == b"w"
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.meta.endpoint_url)
-    assert md.s3_client().meta.endpoint_url == s3.meta.endpoint_url
+    assert md.s3_client(s3=ControlSettings().s3).meta.endpoint_url == s3.meta.endpoint_url
 
 
 def test_missing_boto3_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

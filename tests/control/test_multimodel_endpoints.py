@@ -21,7 +21,7 @@ import pytest
 from botocore.exceptions import ClientError, WaiterError
 from sklearn.linear_model import LinearRegression
 
-from mainsail.backends.model_fetch import container_model_source, multi_model_prefix
+from mainsail.backends.model_sources import container_model_source, multi_model_prefix
 from mainsail.hosting.endpoints import ENDPOINT
 from mainsail.routing.target_model import download_failed, model_name, target_url
 from tests.control.helpers import IMAGE, ROLE, WAIT, Plane, deploy, make_model_dir

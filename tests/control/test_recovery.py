@@ -103,8 +103,8 @@ def test_restart_adopts_running_instances_restarts_dead_ones_and_reaps_orphans(
 
 def test_recover_never_signals_a_reused_pid(tmp_path: Path) -> None:
     """A recorded pid that now belongs to some other process is forgotten, not killed."""
-    from mainsail.backends.local import Instance, LocalBackend
-
+    from mainsail.backends.base import Instance
+    from mainsail.backends.local import LocalBackend
     backend = LocalBackend(tmp_path)
     me = Instance(variant="v", pid=os.getpid(), port=1, log_path="")
     assert not backend.adopt(me)

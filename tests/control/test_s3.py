@@ -27,9 +27,10 @@ from mainsail.aws.s3.files import ObjectMeta
 from mainsail.aws.s3.store import S3Store
 from mainsail.aws.s3.wire import AwsChunkedDecoder
 from mainsail.backends import model_fetch as md
-from mainsail.backends.local import ModelSourceError
+from mainsail.backends.base import ModelSourceError
 from mainsail.gateway.app import create_control_app
 from mainsail.hosting.store import SQLiteStore
+from mainsail.settings import S3Access
 from tests.conftest import ThreadedServer
 from tests.control.helpers import INFERENCE_OK, WAIT, Plane, deploy, make_model_dir
 
@@ -633,8 +634,7 @@ def test_model_data_read_from_own_store(ms: S3Plane, tmp_path: Path, no_endpoint
         md.resolve_model_data("s3://nobucket/model.tar.gz", ms.home)
     with pytest.raises(ModelSourceError, match="does not exist"):
         md.resolve_model_data("s3://nobucket/prefix/", ms.home)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")  # an endpoint wins over the store
-    assert md.own_store(ms.home) is None
+    assert md.own_store(ms.home, S3Access(endpoint_url="http://127.0.0.1:1")) is None  # an endpoint wins
     assert md.own_store(tmp_path / "elsewhere") is None
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from mainsail.archives import safe_extract
 from mainsail.errors import InvalidModelArchive, ModelLoadError
-from mainsail.serve.model_dir import extract_cached, prepare_model, safe_extract
+from mainsail.serve.model_dir import extract_cached, prepare_model
 from mainsail.settings import ServeSettings
 
 

@@ -116,6 +116,12 @@ class Backend(Protocol):
         """How the control plane talks to this backend's instances (one object, the same each call)."""
         ...
 
+    def model_data(self, url: str) -> str:
+        """Where this backend's instances find the model data at ``url`` (a multi-model endpoint's
+        target model, loaded on demand): a path on the instances' machine. Blocking;
+        ``ModelSourceError`` when the data cannot be had."""
+        ...
+
 
 class ForwardError(Exception):
     """The instance could not be reached or did not answer with a usable HTTP response.

@@ -20,16 +20,11 @@ import threading
 import time
 from pathlib import Path
 
-# The shared types, importable from here as before (their home is mainsail.backends.base).
-from mainsail.backends.base import Backend as Backend
-from mainsail.backends.base import Instance as Instance
-from mainsail.backends.base import InstanceSpec as InstanceSpec
-from mainsail.backends.base import ModelSourceError as ModelSourceError
-from mainsail.backends.base import Transport
-from mainsail.backends.base import tail as tail
+from mainsail.backends.base import Instance, InstanceSpec, Transport, tail
 from mainsail.backends.http_transport import HttpTransport
-from mainsail.backends.model_fetch import resolve_environment, resolve_model_data
-from mainsail.backends.model_sources import multi_model_prefix
+from mainsail.backends.model_fetch import NO_S3_ENDPOINT, resolve_environment, resolve_model_data
+from mainsail.backends.model_sources import DEFAULT_MAX_BYTES, multi_model_prefix
+from mainsail.settings import S3Access
 
 
 def free_port() -> int:
@@ -38,11 +33,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def default_home() -> Path:
-    """``$MAINSAIL_HOME`` or ``~/.mainsail``."""
-    return Path(os.environ.get("MAINSAIL_HOME") or Path.home() / ".mainsail")
 
 
 _LOAD_FAILURE = re.compile(r"model failed to load: (.+)$")
@@ -68,9 +58,13 @@ def why(log_path: str | Path) -> str:
 class LocalBackend:
     """Instances as ``mainsail serve`` subprocesses on loopback ports, each in its own session."""
 
-    def __init__(self, home: Path | None = None, *, stop_timeout: float = 10.0) -> None:
-        self.home = home or default_home()
+    def __init__(self, home: Path, *, stop_timeout: float = 10.0, max_model_bytes: int = DEFAULT_MAX_BYTES,
+                 s3: S3Access = NO_S3_ENDPOINT) -> None:
+        self.home = home
         self.stop_timeout = stop_timeout
+        #: model data: at most this many bytes fetched or extracted; S3 reached as this says
+        self.max_model_bytes = max_model_bytes
+        self.s3 = s3
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._transport = HttpTransport()
@@ -85,7 +79,11 @@ class LocalBackend:
             models = self.home / "multi-model" / spec.endpoint / f"{spec.variant}-{spec.index}"
             models.mkdir(parents=True, exist_ok=True)
             return models
-        return resolve_model_data(spec.model_data_url, self.home)
+        return resolve_model_data(spec.model_data_url, self.home, max_bytes=self.max_model_bytes, s3=self.s3)
+
+    def model_data(self, url: str) -> str:
+        """The local directory holding ``url``'s model data (fetched and extracted once, cached)."""
+        return str(resolve_model_data(url, self.home, max_bytes=self.max_model_bytes, s3=self.s3))
 
     def start(self, spec: InstanceSpec) -> Instance:
         model_dir = self._model_dir(spec)
@@ -94,8 +92,9 @@ class LocalBackend:
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{spec.variant}-{spec.index}-{port}.log"
         # unbuffered: a print() in a user script reaches the log file (and CloudWatch Logs) at once
+        # an instance inherits mainsail up's environment (as a container its image's), then the model's
         env = {**os.environ, "MAINSAIL_HOME": str(self.home), "PYTHONUNBUFFERED": "1",
-               **resolve_environment(spec.environment, self.home)}
+               **resolve_environment(spec.environment, self.home, max_bytes=self.max_model_bytes, s3=self.s3)}
         multi = ["--multi-model"] if multi_model_prefix(spec.model_data_url, spec.environment) is not None else []
         cmd = [sys.executable, "-m", "mainsail.cli", "serve", *multi, str(model_dir), "--port", str(port),
                "--workers", "1", "--host", "127.0.0.1"]

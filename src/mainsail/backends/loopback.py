@@ -35,10 +35,7 @@ import httptools
 
 # The response and error types live in mainsail.backends.base, the streamed exchange in
 # mainsail.backends.streaming; they stay importable from here.
-from mainsail.backends.base import ForwardError as ForwardError
-from mainsail.backends.base import Upstream as Upstream
-from mainsail.backends.streaming import StreamedUpstream as StreamedUpstream
-from mainsail.backends.streaming import stream as stream
+from mainsail.backends.base import ForwardError, Upstream
 from mainsail.backends.wire import DEFAULT_MAX_RESPONSE, add_header, request_bytes
 
 DEFAULT_MAX_IDLE = 256

@@ -22,7 +22,7 @@ from typing import Any
 
 from mainsail.archives import safe_extract
 from mainsail.backends.base import ModelSourceError
-from mainsail.backends.model_sources import max_bytes_default, one_line
+from mainsail.backends.model_sources import DEFAULT_MAX_BYTES, one_line
 from mainsail.errors import InvalidModelArchive
 
 COMPLETE = ".mainsail-complete"  # the marker mainsail.serve.model_dir uses too
@@ -78,9 +78,9 @@ def _check_members(archive: Path, url: str) -> None:
         raise ModelSourceError(f"Model archive {url} cannot be read: {one_line(str(exc))}") from None
 
 
-def extract_archive(archive: Path, cache_dir: Path, url: str, *, max_bytes: int | None = None) -> Path:
+def extract_archive(archive: Path, cache_dir: Path, url: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
     """Extract ``archive`` once per content into ``cache_dir/<sha256[:24]>`` and return that directory."""
-    limit = max_bytes_default() if max_bytes is None else max_bytes
+    limit = max_bytes
     try:
         target = cache_dir / _sha256_file(archive)[:24]
     except OSError as exc:

@@ -34,30 +34,31 @@ from mainsail.backends.base import ModelSourceError
 from mainsail.backends.model_cache import S3Index, extract_archive, is_complete, new_staging, publish
 
 # Parsing lives in mainsail.backends.model_sources; these names stay importable from here.
-from mainsail.backends.model_sources import MAX_BYTES_ENV, max_bytes_default, one_line
-from mainsail.backends.model_sources import ModelSource as ModelSource
-from mainsail.backends.model_sources import container_model_source as container_model_source
-from mainsail.backends.model_sources import multi_model_prefix as multi_model_prefix
-from mainsail.backends.model_sources import multi_model_target as multi_model_target
-from mainsail.backends.model_sources import parse_source as parse_source
+from mainsail.backends.model_sources import (
+    DEFAULT_MAX_BYTES,
+    MAX_BYTES_ENV,
+    ModelSource,
+    one_line,
+    parse_source,
+)
+from mainsail.settings import S3Access
 
 SUBMIT_DIRECTORY = "SAGEMAKER_SUBMIT_DIRECTORY"
+#: S3 as botocore finds it on its own (no endpoint of ours): the default where a caller names none
+NO_S3_ENDPOINT = S3Access()
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 # -- S3 ------------------------------------------------------------------------------------------
 
 
-def _endpoint_from_env() -> str | None:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-
-
 class OwnStoreClient:
     """The few S3 calls model data needs, answered from mainsail's own S3 store on disk (no HTTP).
 
-    Used when no S3 endpoint is configured (neither ``AWS_ENDPOINT_URL_S3`` nor ``AWS_ENDPOINT_URL``)
-    and ``<MAINSAIL_HOME>/s3`` holds a store (``mainsail up`` makes one), so that an object uploaded
-    to ``mainsail up``'s S3 works as ``ModelDataUrl`` with no configuration. Failures are
+    Used when no S3 endpoint is configured (:class:`~mainsail.settings.S3Access`, from
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` when ``mainsail up`` starts) and
+    ``<MAINSAIL_HOME>/s3`` holds a store (``mainsail up`` makes one), so that an object uploaded to
+    ``mainsail up``'s S3 works as ``ModelDataUrl`` with no configuration. Failures are
     ``ModelSourceError`` with the same wording as the boto3 path.
     """
 
@@ -92,17 +93,17 @@ class OwnStoreClient:
             raise self._missing(url, exc) from None
 
 
-def own_store(cache_root: Path) -> OwnStoreClient | None:
-    """mainsail's own S3 store under ``cache_root`` when no S3 endpoint is configured and it exists."""
+def own_store(cache_root: Path, s3: S3Access = NO_S3_ENDPOINT) -> OwnStoreClient | None:
+    """mainsail's own S3 store under ``cache_root`` when ``s3`` names no endpoint and the store exists."""
     root = cache_root / "s3"
-    if _endpoint_from_env() is None and (root / "buckets").is_dir():
+    if s3.endpoint_url is None and (root / "buckets").is_dir():
         return OwnStoreClient(root)
     return None
 
 
-def s3_client(url: str = "s3://") -> Any:
-    """A boto3 S3 client. The endpoint comes from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``
-    (read by botocore itself); dummy credentials are used only with such an endpoint and none set."""
+def s3_client(url: str = "s3://", s3: S3Access = NO_S3_ENDPOINT) -> Any:
+    """A boto3 S3 client for ``s3``'s endpoint and region (with none, botocore's own configuration);
+    dummy credentials are used only with an endpoint (an S3 stand-in) and no credentials set."""
     try:  # boto3 is an optional extra (mainsail[s3]): imported only when S3 is used
         import boto3
         from botocore.config import Config
@@ -110,11 +111,12 @@ def s3_client(url: str = "s3://") -> Any:
         raise ModelSourceError(
             f"Model data {url} is on S3, which needs boto3: pip install 'mainsail[s3]'.") from None
     session = boto3.session.Session()
-    region = (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-              or session.region_name or "us-east-1")
+    region = s3.region or session.region_name or "us-east-1"
     kwargs: dict[str, Any] = {}
-    if _endpoint_from_env() and session.get_credentials() is None:
-        kwargs = {"aws_access_key_id": "mainsail", "aws_secret_access_key": "mainsail"}
+    if s3.endpoint_url:
+        kwargs["endpoint_url"] = s3.endpoint_url
+        if session.get_credentials() is None:
+            kwargs.update(aws_access_key_id="mainsail", aws_secret_access_key="mainsail")
     config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=120)
     return session.client("s3", region_name=region, config=config, **kwargs)
 
@@ -202,13 +204,13 @@ def _download(client: Any, url: str, bucket: str, key: str, dest: Path, size: in
         raise ModelSourceError(f"Model data {url} grew past the limit of {limit} bytes ({MAX_BYTES_ENV}).")
 
 
-def _resolve_s3_object(source: ModelSource, cache_root: Path, cache_dir: Path, limit: int) -> Path:
+def _resolve_s3_object(source: ModelSource, cache_root: Path, cache_dir: Path, limit: int, s3: S3Access) -> Path:
     url = source.uri
     bucket, key = _split_s3(url)
     if not key:
         raise ModelSourceError(f"Model data {url}: the URL names a bucket but no object.")
-    own = own_store(cache_root)
-    client: Any = own or s3_client(url)
+    own = own_store(cache_root, s3)
+    client: Any = own or s3_client(url, s3)
     index = S3Index(cache_root)
     index_key = f"{cache_dir.name}:{source.compression}:{url}"
     with _s3_errors(url, client):
@@ -252,11 +254,11 @@ def _relative_key(url: str, prefix: str, key: str) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
-def _resolve_s3_prefix(source: ModelSource, cache_dir: Path, limit: int) -> Path:
+def _resolve_s3_prefix(source: ModelSource, cache_dir: Path, limit: int, s3: S3Access) -> Path:
     url = source.to_url()
     bucket, prefix = _split_s3(url)
-    own = own_store(cache_dir.parent)
-    client: Any = own or s3_client(url)
+    own = own_store(cache_dir.parent, s3)
+    client: Any = own or s3_client(url, s3)
     with _s3_errors(url, client):
         objects: list[tuple[str, str, int]] = []
         if own is not None:
@@ -307,17 +309,18 @@ def _local_path(url: str) -> Path | None:
 
 
 def resolve_model_data(url_or_source: str | Mapping[str, Any], cache_root: Path, *,
-                       max_bytes: int | None = None) -> Path:
+                       max_bytes: int = DEFAULT_MAX_BYTES, s3: S3Access = NO_S3_ENDPOINT) -> Path:
     """A local directory holding the model data (see the module docstring); ``ModelSourceError``
-    naming the URL when it cannot be had. Archives land in ``cache_root/models/<hash>/``."""
+    naming the URL when it cannot be had. Archives land in ``cache_root/models/<hash>/``; nothing over
+    ``max_bytes`` is downloaded or extracted; S3 is reached as ``s3`` says."""
     source = parse_source(url_or_source)
-    limit = max_bytes_default() if max_bytes is None else max_bytes
+    limit = max_bytes
     cache_dir = cache_root / "models"
     url = source.uri
     if url.startswith("s3://"):
         if source.prefix:
-            return _resolve_s3_prefix(source, cache_dir, limit)
-        return _resolve_s3_object(source, cache_root, cache_dir, limit)
+            return _resolve_s3_prefix(source, cache_dir, limit, s3)
+        return _resolve_s3_object(source, cache_root, cache_dir, limit, s3)
     path = _local_path(url)
     if path is None:
         raise ModelSourceError(
@@ -331,7 +334,7 @@ def resolve_model_data(url_or_source: str | Mapping[str, Any], cache_root: Path,
 
 
 def resolve_environment(env: Mapping[str, str], cache_root: Path, *,
-                        max_bytes: int | None = None) -> dict[str, str]:
+                        max_bytes: int = DEFAULT_MAX_BYTES, s3: S3Access = NO_S3_ENDPOINT) -> dict[str, str]:
     """``env`` with an ``s3://``/``file://``/local ``sourcedir.tar.gz`` in ``SAGEMAKER_SUBMIT_DIRECTORY``
     replaced by the local directory it was extracted to (``cache_root/sources/<hash>/``).
 
@@ -342,15 +345,15 @@ def resolve_environment(env: Mapping[str, str], cache_root: Path, *,
     value = out.get(SUBMIT_DIRECTORY)
     if not value:
         return out
-    limit = max_bytes_default() if max_bytes is None else max_bytes
+    limit = max_bytes
     cache_dir = cache_root / "sources"
     if value.startswith("s3://"):
         source = parse_source(value)
         if source.prefix:
-            out[SUBMIT_DIRECTORY] = str(_resolve_s3_prefix(source, cache_dir, limit))
+            out[SUBMIT_DIRECTORY] = str(_resolve_s3_prefix(source, cache_dir, limit, s3))
         else:  # as the framework containers do: the object is a tarball, whatever its name
             out[SUBMIT_DIRECTORY] = str(_resolve_s3_object(
-                ModelSource(source.uri), cache_root, cache_dir, limit))
+                ModelSource(source.uri), cache_root, cache_dir, limit, s3))
         return out
     path = _local_path(value)
     if path is None:

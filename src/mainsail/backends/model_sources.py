@@ -10,14 +10,14 @@ carries ``#multimodel`` (:func:`multi_model_prefix`, :func:`multi_model_target`)
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mainsail.backends.base import ModelSourceError
+from mainsail.settings import DEFAULT_MODEL_DATA_MAX_BYTES
 
-DEFAULT_MAX_BYTES = 20 * 1024**3
+DEFAULT_MAX_BYTES = DEFAULT_MODEL_DATA_MAX_BYTES
 """Largest model data (download, and extracted size) accepted; ``MAINSAIL_MODEL_DATA_MAX_BYTES``."""
 MAX_BYTES_ENV = "MAINSAIL_MODEL_DATA_MAX_BYTES"
 UNCOMPRESSED_OBJECT = "#uncompressed"
@@ -146,13 +146,3 @@ def multi_model_target(prefix: str, target: str) -> str:
         base = prefix[: -len(UNCOMPRESSED_TARGETS)]
         return base.rstrip("/") + "/" + target.strip("/") + "/"
     return prefix.rstrip("/") + "/" + target.lstrip("/")
-
-
-def max_bytes_default() -> int:
-    raw = os.environ.get(MAX_BYTES_ENV)
-    if raw:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ModelSourceError(f"{MAX_BYTES_ENV}={raw!r} is not a number of bytes.") from None
-    return DEFAULT_MAX_BYTES

@@ -10,6 +10,7 @@ import typer
 
 from mainsail.cli.remote import UrlOption, err
 from mainsail.client.aws import DEFAULT_URL
+from mainsail.settings import default_home
 
 #: Variables that would send a client elsewhere, or mean nothing with the dummy credentials.
 ENV_UNSET = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
@@ -93,7 +94,6 @@ def env(
         help="Where the SDK config file is written [env MAINSAIL_HOME; default ~/.mainsail]")] = None,
 ) -> None:
     """Print the environment for boto3 / SageMaker SDK scripts: eval "$(mainsail env)"."""
-    from mainsail.backends.local import default_home  # here: the CLI's start must not import the control plane
 
     if shell not in ("sh", "bash", "zsh", "fish", "powershell", "pwsh"):
         err(f"error: unknown --shell {shell!r}: use sh, fish or powershell")
@@ -104,7 +104,7 @@ def env(
     if not _valid_region(region):
         err(f"error: bad --region {region!r}")
         raise typer.Exit(2)
-    root = Path(home).expanduser() if home else default_home()
+    root = Path(home).expanduser() if home else default_home()  # MAINSAIL_HOME, as mainsail up reads it
     config = root.resolve() / f"sagemaker-sdk-config-{region}.yaml"
     try:
         config.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,18 +11,28 @@ from mainsail.log import configure_logging
 
 
 def up(
-    host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port for the SageMaker API, the runtime API and /metrics")] = 8700,
+    host: Annotated[str | None, typer.Option(help="Address to bind [env MAINSAIL_UP_HOST; default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(
+        help="Port for the SageMaker API, the runtime API and /metrics [env MAINSAIL_UP_PORT; default 8700]")] = None,
     home: Annotated[str | None, typer.Option(
         help="State, models and logs [env MAINSAIL_HOME; default ~/.mainsail]")] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Run the control plane: the SageMaker hosting API and runtime API for boto3 and the SDK."""
     # here, not at the top: start-up cost (the CLI's other commands, serve first, never load the control plane)
-    from mainsail.gateway.server import run_up
+    from pydantic import ValidationError
 
+    from mainsail.gateway.server import run_up
+    from mainsail.settings import ControlSettings
+
+    given: dict[str, Any] = {"host": host, "port": port, "home": Path(home) if home else None}
+    try:
+        settings = ControlSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     configure_logging(log_level)
-    run_up(host=host, port=port, home=Path(home) if home else None)
+    run_up(settings)
 
 
 def register(app: typer.Typer) -> None:

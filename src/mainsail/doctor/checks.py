@@ -18,10 +18,10 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from mainsail.archives import safe_extract
 from mainsail.doctor.findings import State, human_size
 from mainsail.errors import HandlerError, InvalidModelArchive
 from mainsail.handlers.script import HANDLER_NAMES, bind, import_script
-from mainsail.serve.model_dir import safe_extract
 from mainsail.serve.requirements import missing_requirements
 
 ARCHIVE_SIZE_WARNING = 10 * 1024**3

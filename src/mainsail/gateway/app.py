@@ -27,7 +27,7 @@ from mainsail.aws.logs import api as logs
 from mainsail.aws.protocol import respond
 from mainsail.aws.s3 import routes as s3
 from mainsail.aws.s3 import store as s3store
-from mainsail.backends.local import LocalBackend, default_home
+from mainsail.backends.local import LocalBackend
 from mainsail.hosting import api as hosting_api
 from mainsail.hosting import endpoints
 from mainsail.hosting.calls import Call, Operation
@@ -35,6 +35,7 @@ from mainsail.hosting.store import StateStore
 from mainsail.jobs.async_inference import AsyncInference
 from mainsail.jobs.transform import api as transform
 from mainsail.routing.router import Router
+from mainsail.settings import ControlSettings
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +44,22 @@ TARGET_PREFIX = "SageMaker."
 OPERATIONS: dict[str, Operation] = {**hosting_api.OPERATIONS, **transform.OPERATIONS}
 
 
-def create_control_app(store: StateStore, router: Router | None = None, *,
+def create_control_app(store: StateStore, router: Router | None = None, *, settings: ControlSettings | None = None,
                        home: Path | None = None, s3_root: Path | None = None) -> Starlette:
     """The control-plane ASGI app: SageMaker JSON 1.1 operations over ``store``, the runtime API
     (``router``; by default one over ``store`` reaching instances as the local backend does) and
-    ``/metrics``."""
-    if home is None:
-        home = default_home()
-    router = router or Router(store, LocalBackend(home).transport())
+    ``/metrics``. ``settings`` (read from the environment when not given) and ``home`` (default:
+    the settings') configure what the app itself runs: logs, async inference, S3, DescribeEndpoint."""
+    if settings is None:
+        settings = ControlSettings()  # the composition root: the one place the environment is read
+    home = home or settings.home
+    if router is None:
+        backend = LocalBackend(home, max_model_bytes=settings.model_data_max_bytes, s3=settings.s3)
+        router = Router(store, backend.transport(), async_idle=settings.async_idle_seconds,
+                        model_data=backend.model_data)
     logs_api = logs.LogsApi(home)
-    async_api = AsyncInference(store, router, home)
+    async_api = AsyncInference(store, router, home, s3=settings.s3)
+    settle_seconds = settings.describe_settle_seconds
 
     async def dispatch(request: Request) -> Response:
         request_id = str(uuid.uuid4())
@@ -80,7 +87,7 @@ def create_control_app(store: StateStore, router: Router | None = None, *,
             # SQLite calls block: keep them off the event loop
             result = await run_in_threadpool(operation, call)
             if operation is endpoints.describe_endpoint:
-                result = await hosting_api.settle(call, result)
+                result = await hosting_api.settle(call, result, settle_seconds)
             return respond(200, result, request_id)
         except ControlError as exc:
             return respond(exc.status_code, exc.to_aws(), request_id)

@@ -10,38 +10,46 @@ from __future__ import annotations
 
 import logging
 import signal
-from pathlib import Path
 
 import uvicorn
 
-from mainsail.backends.local import LocalBackend, default_home
+from mainsail.backends.local import LocalBackend
 from mainsail.gateway.app import create_control_app
 from mainsail.hosting.reconciler import Reconciler
 from mainsail.hosting.store import SQLiteStore
 from mainsail.jobs.transform.runner import TransformRunner
 from mainsail.routing.router import Router
+from mainsail.settings import ControlSettings
 
 logger = logging.getLogger(__name__)
 
 
-def run_up(*, host: str = "127.0.0.1", port: int = 8700, home: Path | None = None) -> None:
-    """Serve the SageMaker hosting, runtime, S3, Logs and STS APIs on ``host:port`` until stopped,
-    with state, models and logs under ``home`` (default ``$MAINSAIL_HOME`` or ``~/.mainsail``)."""
-    root = home.expanduser() if home is not None else default_home()
+def run_up(settings: ControlSettings) -> None:
+    """Serve the SageMaker hosting, runtime, S3, Logs and STS APIs on ``settings.host:port`` until
+    stopped, with state, models and logs under ``settings.home``."""
+    root = settings.home
     root.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(root / "state.db")
-    backend = LocalBackend(root)
-    router = Router(store, backend.transport())
-    reconciler = Reconciler(store, backend, traffic=router.traffic)
+    backend = LocalBackend(root, max_model_bytes=settings.model_data_max_bytes, s3=settings.s3)
+    transport = backend.transport()
+    if settings.instance_client == "aiohttp":
+        # here: aiohttp (an optional dependency) is imported only when asked for
+        from mainsail.backends.aiohttp_transport import AiohttpTransport
+
+        transport = AiohttpTransport()
+    router = Router(store, transport, async_idle=settings.async_idle_seconds, model_data=backend.model_data)
+    reconciler = Reconciler(store, backend, traffic=router.traffic, serverless_idle=settings.serverless_idle_seconds,
+                            async_idle=settings.async_idle_seconds)
     reconciler.start()
-    transforms = TransformRunner(store, backend, root)
+    transforms = TransformRunner(store, backend, root, s3=settings.s3)
     transforms.start()
+    host, port = settings.host, settings.port
     logger.info("mainsail up: http://%s:%d (state in %s)", host, port, root)
     # uvicorn re-raises the signal that stopped it once it has shut down; with this handler in place
     # that re-raise returns here, so the instances are stopped and the exit code is 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvicorn.run(create_control_app(store, router, home=root, s3_root=root / "s3"), host=host, port=port,
+        uvicorn.run(create_control_app(store, router, settings=settings, s3_root=root / "s3"), host=host, port=port,
                     log_config=None, access_log=False)
     finally:
         # Instances do not outlive the control plane that owns them; the next `mainsail up` starts

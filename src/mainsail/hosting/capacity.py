@@ -11,7 +11,6 @@ the time the reconciler reads (the system's, or a test's).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -55,17 +54,6 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
-
-
-def async_idle_seconds() -> float | None:
-    """``MAINSAIL_ASYNC_IDLE_SECONDS``: after how long an idle async endpoint scales to zero (unset: never)."""
-    raw = os.environ.get("MAINSAIL_ASYNC_IDLE_SECONDS", "").strip()
-    return float(raw) if raw else None
-
-
-def serverless_idle_seconds() -> float:
-    """``MAINSAIL_SERVERLESS_IDLE_SECONDS``: after how long an idle serverless variant scales to zero."""
-    return float(os.environ.get("MAINSAIL_SERVERLESS_IDLE_SECONDS", "300"))
 
 
 class Capacity:

@@ -8,7 +8,6 @@ instances finishing their requests); the API owns ``Pending`` (what an update as
 
 from __future__ import annotations
 
-import os
 import time
 from enum import StrEnum
 from typing import Any
@@ -33,15 +32,10 @@ class EndpointStatus(StrEnum):
     DELETING = "Deleting"
 
 
-# The members under their former module-level names (routing.router and jobs.async_inference use these).
-CREATING, IN_SERVICE, UPDATING = EndpointStatus.CREATING, EndpointStatus.IN_SERVICE, EndpointStatus.UPDATING
-FAILED, DELETING = EndpointStatus.FAILED, EndpointStatus.DELETING
 #: Statuses DescribeEndpoint waits on (briefly) so that a client's first poll sees where it settles.
 SETTLING = (EndpointStatus.CREATING, EndpointStatus.UPDATING, EndpointStatus.DELETING)
 INTERNAL_KEYS = ("Tags", "Instances", "PendingInstances", "Draining", "Pending", "Specs", "PendingSpecs",
                  "PendingConfig")
-#: How long DescribeEndpoint waits for a Creating/Updating/Deleting endpoint to settle.
-DESCRIBE_SETTLE_SECONDS = float(os.environ.get("MAINSAIL_DESCRIBE_SETTLE_SECONDS", "5"))
 RETAINABLE = ("DesiredInstanceCount", "DesiredWeight", "DataCaptureConfig")
 #: ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` of an async endpoint's instances (set by the reconciler): the
 #: largest async payload, ``mainsail.jobs.async_payloads.MAX_ASYNC_PAYLOAD`` (1 GiB), in MB.
@@ -143,7 +137,7 @@ def create_endpoint(call: Call) -> dict[str, Any]:
 
 
 def describe_endpoint(call: Call) -> dict[str, Any]:
-    """DescribeEndpoint now; ``api`` re-asks for up to DESCRIBE_SETTLE_SECONDS while it settles."""
+    """DescribeEndpoint now; :func:`mainsail.hosting.api.settle` re-asks for a while as it settles."""
     name = _name(call)
     record = call.store.get(ENDPOINT, name)
     if record is None:

@@ -30,9 +30,7 @@ from mainsail.hosting.capacity import (
     SystemClock,
     Traffic,
     all_ready,
-    async_idle_seconds,
     ready_counts,
-    serverless_idle_seconds,
 )
 from mainsail.hosting.endpoints import ENDPOINT, EndpointStatus
 from mainsail.hosting.rollout import Rollout
@@ -48,6 +46,8 @@ class Reconciler:
     ``in_flight(address)`` tells how many requests the router is forwarding to an instance, so that a
     draining instance is stopped only when idle (or after ``drain_timeout`` seconds); ``traffic`` (the
     router's) gives it and the idle clocks at once. ``clock``: the time it reads (a test's, or the system's).
+    ``serverless_idle`` / ``async_idle``: seconds without a request (an empty queue) after which a
+    serverless variant / an async endpoint scales to zero (``None``: an async endpoint never does).
     """
 
     def __init__(self, store: StateStore, backend: Backend, *, interval: float = 0.2,
@@ -56,7 +56,7 @@ class Reconciler:
                  last_used: Callable[[str, str], float | None] | None = None,
                  variant_in_flight: Callable[[str, str], int] | None = None,
                  note: Callable[[Address, str], None] | None = None,
-                 serverless_idle: float | None = None, traffic: Traffic | None = None,
+                 serverless_idle: float = 300.0, async_idle: float | None = None, traffic: Traffic | None = None,
                  clock: Clock | None = None) -> None:
         self.store = store
         self.backend = backend
@@ -71,8 +71,8 @@ class Reconciler:
             self.variant_in_flight, self.note = traffic.variant_in_flight, traffic.note
             traffic.wake = self.wake
         self.capacity = Capacity(
-            serverless_idle=serverless_idle if serverless_idle is not None else serverless_idle_seconds(),
-            async_idle=async_idle_seconds(), last_used=self.last_used, variant_in_flight=self.variant_in_flight,
+            serverless_idle=serverless_idle, async_idle=async_idle, last_used=self.last_used,
+            variant_in_flight=self.variant_in_flight,
             clock=self.clock)
         self.rollout = Rollout(store, backend, self.write, self.clock)
         self._wake = threading.Event()

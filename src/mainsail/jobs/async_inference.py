@@ -45,7 +45,8 @@ from starlette.routing import Route
 
 from mainsail.aws.identity import ACCOUNT, endpoint_log_group_arn, region_of
 from mainsail.backends.base import Address, ForwardError, Upstream
-from mainsail.hosting.endpoints import ENDPOINT, IN_SERVICE, UPDATING
+from mainsail.backends.model_fetch import NO_S3_ENDPOINT
+from mainsail.hosting.endpoints import ENDPOINT, EndpointStatus
 from mainsail.hosting.store import Record, StateStore
 from mainsail.jobs.async_payloads import InputError, PayloadInput, PayloadOutput
 from mainsail.jobs.storage import Storage
@@ -53,6 +54,7 @@ from mainsail.routing.forwarding import Exchange
 from mainsail.routing.responses import RuntimeApiError, Throttled, ValidationError, model_error, runtime_api
 from mainsail.routing.router import Router
 from mainsail.routing.table import Variant
+from mainsail.settings import S3Access
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +82,15 @@ def _bounded_int(raw: str | None, default: int, low: int, high: int, name: str) 
 class AsyncInference:
     """The InvokeEndpointAsync route, its durable queue and the worker that drains it."""
 
-    def __init__(self, store: StateStore, router: Router, home: Path, *, poll: float = 0.2) -> None:
+    def __init__(self, store: StateStore, router: Router, home: Path, *, poll: float = 0.2,
+                 s3: S3Access = NO_S3_ENDPOINT) -> None:
         self.store = store
         self.router = router
         self.traffic = router.traffic
         #: the backend's transport, as the router has it
         self.transport = router.transport
         self.home = home
+        self.s3 = s3
         self.poll = poll
         self.route = Route("/endpoints/{name:path}/async-invocations", runtime_api(self.invoke_async),
                            methods=["POST"])
@@ -98,7 +102,7 @@ class AsyncInference:
     @property
     def storage(self) -> Any:
         if self._storage is None:
-            self._storage = Storage(self.home)
+            self._storage = Storage(self.home, self.s3)
         return self._storage
 
     # -- the route ------------------------------------------------------------------------------
@@ -113,7 +117,7 @@ class AsyncInference:
         if not config:
             raise ValidationError(f"Endpoint {name} of account {ACCOUNT} is not an asynchronous inference endpoint "
                                   "(its endpoint configuration has no AsyncInferenceConfig).")
-        if record["EndpointStatus"] not in (IN_SERVICE, UPDATING):
+        if record["EndpointStatus"] not in (EndpointStatus.IN_SERVICE, EndpointStatus.UPDATING):
             raise ValidationError(f"Endpoint {name} of account {ACCOUNT} is not in service "
                                   f"(status {record['EndpointStatus']}).")
         h = request.headers
@@ -212,7 +216,7 @@ class AsyncInference:
             if record is None:
                 await self._finish(key, item, "The endpoint was deleted before the request ran.")
                 continue
-            if record["EndpointStatus"] not in (IN_SERVICE, UPDATING):
+            if record["EndpointStatus"] not in (EndpointStatus.IN_SERVICE, EndpointStatus.UPDATING):
                 continue
             if busy.get(name, 0) >= self._capacity(record):
                 continue

@@ -21,7 +21,8 @@ from typing import IO, Any
 
 from mainsail.aws.s3.files import ObjectMeta, S3Error
 from mainsail.aws.s3.store import S3Store
-from mainsail.backends.model_fetch import s3_client
+from mainsail.backends.model_fetch import NO_S3_ENDPOINT, s3_client
+from mainsail.settings import S3Access
 
 logger = logging.getLogger(__name__)
 
@@ -88,17 +89,17 @@ class InputObject:
 
 
 class Storage:
-    """Reads inputs and writes outputs: mainsail's own S3 store (no endpoint configured, as
+    """Reads inputs and writes outputs: mainsail's own S3 store (``s3`` names no endpoint, as
     :func:`mainsail.backends.model_fetch.own_store`), real S3 through boto3, or local files."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, s3: S3Access = NO_S3_ENDPOINT) -> None:
         self.home = home
+        self.s3_access = s3
         self._own: Any = None
         self._s3: Any = None
 
     def _use_own(self) -> bool:
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return not endpoint and (self.home / "s3" / "buckets").is_dir()
+        return self.s3_access.endpoint_url is None and (self.home / "s3" / "buckets").is_dir()
 
     @property
     def own(self) -> Any:
@@ -109,7 +110,7 @@ class Storage:
     @property
     def s3(self) -> Any:
         if self._s3 is None:
-            self._s3 = s3_client()
+            self._s3 = s3_client(s3=self.s3_access)
         return self._s3
 
     def _s3_list(self, bucket: str, prefix: str) -> list[tuple[str, int]]:

@@ -23,7 +23,6 @@ from starlette.routing import Route
 
 from mainsail.aws.identity import ACCOUNT, endpoint_log_group_arn, region_of
 from mainsail.backends.base import Address, Transport
-from mainsail.hosting.capacity import async_idle_seconds
 from mainsail.hosting.store import StateStore
 from mainsail.routing.forwarding import Exchange, forwarded
 from mainsail.routing.metrics import RouterMetrics
@@ -35,7 +34,7 @@ from mainsail.routing.responses import (
     runtime_api,
 )
 from mainsail.routing.table import TableCache, Variant
-from mainsail.routing.target_model import TARGET_MODEL, TargetModelRouting
+from mainsail.routing.target_model import TARGET_MODEL, ModelData, TargetModelRouting
 from mainsail.routing.traffic import Traffic
 
 
@@ -44,13 +43,17 @@ class Router:
     (requests to an instance time out after ``timeout`` seconds)."""
 
     def __init__(self, store: StateStore, transport: Transport, *, timeout: float = 60.0,
-                 rng: random.Random | None = None, cold_start_timeout: float = 120.0) -> None:
+                 rng: random.Random | None = None, cold_start_timeout: float = 120.0,
+                 async_idle: float | None = None, model_data: ModelData | None = None) -> None:
         self.store = store
         self.transport = transport
         self.timeout = timeout
-        #: seconds after which an idle async endpoint stops its instances (``None``: never), from
-        #: MAINSAIL_ASYNC_IDLE_SECONDS: SageMaker's scale-to-zero auto-scaling policy for async endpoints
-        self.async_idle = async_idle_seconds()
+        #: seconds after which an idle async endpoint stops its instances (``None``: never): what
+        #: SageMaker's scale-to-zero auto-scaling policy for async endpoints does
+        self.async_idle = async_idle
+        #: where the backend's instances find a target model's data (``Backend.model_data``);
+        #: ``None``: this router serves no multi-model endpoint
+        self.model_data = model_data
         self.metrics = RouterMetrics()
         self.tables = TableCache(store, async_to_zero=self.async_idle is not None)
         #: in-flight counts, idle clocks, cold starts: what the reconciler reads (``traffic=``)
@@ -63,7 +66,8 @@ class Router:
     def target_models(self) -> TargetModelRouting:
         """The multi-model state (made on the first request naming a target model)."""
         if self._target_models is None:
-            self._target_models = TargetModelRouting(self.store, self.traffic, self.transport, self.timeout)
+            self._target_models = TargetModelRouting(self.store, self.traffic, self.transport, self.timeout,
+                                                     self.model_data)
         return self._target_models
 
     async def invoke(self, request: Request) -> Response:

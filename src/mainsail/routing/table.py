@@ -15,12 +15,12 @@ from starlette.concurrency import run_in_threadpool
 
 from mainsail.backends.base import Address, address_of
 from mainsail.backends.model_sources import multi_model_prefix
-from mainsail.hosting.endpoints import ENDPOINT, IN_SERVICE, UPDATING
+from mainsail.hosting.endpoints import ENDPOINT, EndpointStatus
 from mainsail.hosting.store import Record, StateStore
 
 LEAST_OUTSTANDING = "LEAST_OUTSTANDING_REQUESTS"
 #: the statuses in which an endpoint answers (the old config keeps serving while an update is under way)
-SERVING = (IN_SERVICE, UPDATING)
+SERVING = (EndpointStatus.IN_SERVICE, EndpointStatus.UPDATING)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ naming a target model the router picks a variant and an instance as usual, then
 2. when the instance answers 404 ``ModelNotFound`` (never loaded there, or evicted by its LRU), it
    starts a load of that model on that instance, in the background: resolve
    ``<prefix>/<TargetModel>`` to a local directory (downloaded and extracted once per content,
-   :func:`mainsail.backends.model_fetch.resolve_model_data`), then ``POST /models`` (a 409 from a
+   :meth:`Backend.model_data <mainsail.backends.base.Backend.model_data>`), then ``POST /models`` (a 409 from a
    concurrent load counts as loaded). The request waits for the load up to the endpoint's load wait
    (``MAINSAIL_MULTI_MODEL_LOAD_WAIT_SECONDS`` in the container's Environment, default
    :data:`DEFAULT_LOAD_WAIT_S`), then invokes again;
@@ -46,8 +46,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Coroutine
-from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -56,8 +55,6 @@ from starlette.responses import Response
 
 from mainsail.aws.identity import endpoint_log_group_arn, region_of
 from mainsail.backends.base import Address, ForwardError, Headers, ModelSourceError, Transport, Upstream
-from mainsail.backends.local import default_home
-from mainsail.backends.model_fetch import resolve_model_data
 from mainsail.backends.model_sources import multi_model_prefix, multi_model_target
 from mainsail.hosting.endpoints import ENDPOINT
 from mainsail.hosting.store import StateStore
@@ -123,12 +120,8 @@ def load_wait(environment: dict[str, Any]) -> float:
     return value if value >= 0 else DEFAULT_LOAD_WAIT_S
 
 
-def home_of(store: StateStore) -> Path:
-    """``mainsail up`` and the tests keep ``state.db`` in the home; else ``$MAINSAIL_HOME``."""
-    path = getattr(store, "path", None)
-    if isinstance(path, str) and path != ":memory:":
-        return Path(path).resolve().parent
-    return default_home()
+#: where a backend's instances find model data at a URL (``Backend.model_data``)
+ModelData = Callable[[str], str]
 
 
 Load = asyncio.Task[RuntimeApiError | None]
@@ -136,17 +129,17 @@ Load = asyncio.Task[RuntimeApiError | None]
 
 class TargetModelRouting:
     """A router's multi-model state: the endpoints' multi-model prefixes and load waits (cached until
-    the endpoint changes), the loads in flight, where model data is cached (``home``, by default the
-    directory of the store's ``state.db``) and the extra metrics. Instances are reached over
-    ``transport``, each request within ``timeout`` seconds."""
+    the endpoint changes), the loads in flight and the extra metrics. Instances are reached over
+    ``transport``, each request within ``timeout`` seconds; a target model's data is placed where they
+    find it by ``model_data`` (the backend's; ``None``: no multi-model endpoint can be served)."""
 
     def __init__(self, store: StateStore, traffic: Traffic, transport: Transport, timeout: float,
-                 home: Path | None = None) -> None:
+                 model_data: ModelData | None = None) -> None:
         self.store = store
         self.traffic = traffic
         self.transport = transport
         self.timeout = timeout
-        self.home = home or home_of(store)
+        self.model_data = model_data
         self._prefixes: dict[str, dict[str, str | None]] = {}
         self._waits: dict[str, dict[str, float]] = {}
         self.loads: dict[tuple[Address, str], Load] = {}
@@ -280,8 +273,11 @@ class TargetModelRouting:
                     log_arn: str) -> RuntimeApiError | None:
         """Fetch ``<prefix>/<target>`` and load it on the instance; the runtime error, or ``None``."""
         url = target_url(prefix, target)
+        if self.model_data is None:
+            return ValidationError(f"Could not load target model {target}: this control plane's backend "
+                                   "places no model data.")
         try:
-            local = await run_in_threadpool(resolve_model_data, url, self.home)
+            local = await run_in_threadpool(self.model_data, url)
         except ModelSourceError as exc:
             reason = str(exc)
             if "no such" in reason or "does not exist" in reason or "no objects under" in reason:

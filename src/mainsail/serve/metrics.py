@@ -13,9 +13,7 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from mainsail.prometheus import BATCH_SIZE_BUCKETS as BATCH_SIZE_BUCKETS  # re-exported: the old home
-from mainsail.prometheus import CONTENT_TYPE as CONTENT_TYPE
-from mainsail.prometheus import LATENCY_BUCKETS_US as LATENCY_BUCKETS_US
+from mainsail.prometheus import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_US
 
 
 class Metrics:

@@ -16,9 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mainsail.archives import MAX_ARCHIVE_BYTES as MAX_ARCHIVE_BYTES  # re-exported: the old home
-from mainsail.archives import MAX_ARCHIVE_MEMBERS as MAX_ARCHIVE_MEMBERS
-from mainsail.archives import safe_extract as safe_extract
+from mainsail.archives import safe_extract
 from mainsail.errors import ModelLoadError
 from mainsail.settings import ServeSettings
 

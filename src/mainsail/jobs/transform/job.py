@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from mainsail.backends.base import BlockingClient, Instance, InstanceSpec, ModelSourceError
-from mainsail.backends.model_fetch import container_model_source
+from mainsail.backends.model_sources import container_model_source
 from mainsail.hosting import resources as res
 from mainsail.hosting.store import Record
 from mainsail.jobs.storage import MB, InputObject, JobFailure

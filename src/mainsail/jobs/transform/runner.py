@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 from mainsail.backends.base import Backend, Instance
+from mainsail.backends.model_fetch import NO_S3_ENDPOINT
 from mainsail.hosting.store import Record, StateStore
 from mainsail.jobs.storage import Storage
 from mainsail.jobs.transform.api import TRANSFORM_JOB
 from mainsail.jobs.transform.api import TransformJobStatus as Status
 from mainsail.jobs.transform.job import Job
+from mainsail.settings import S3Access
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +32,13 @@ class TransformRunner:
     """
 
     def __init__(self, store: StateStore, backend: Backend, home: Path, *, interval: float = 0.2,
-                 startup_timeout: float = 600.0) -> None:
+                 startup_timeout: float = 600.0, s3: S3Access = NO_S3_ENDPOINT) -> None:
         self.store = store
         self.backend = backend
         self.home = Path(home)
         self.interval = interval
         self.startup_timeout = startup_timeout
-        self.storage = Storage(self.home)
+        self.storage = Storage(self.home, s3)
         self._jobs: dict[str, Job] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
