@@ -25,7 +25,6 @@ from mainsail.handlers.pytorch.loading import load_pytorch_model
 from tests.conftest import CURSUS_FIXTURE
 
 MODEL = CURSUS_FIXTURE / "model"
-pytestmark = pytest.mark.skipif(not MODEL.is_dir(), reason=f"reference fixture not found at {CURSUS_FIXTURE}")
 REFERENCE_ONNX = MODEL / "model.onnx"
 TEXT_INPUTS = ["dialogue_input_ids", "dialogue_attention_mask", "shiptrack_input_ids", "shiptrack_attention_mask"]
 TAB_INPUTS = ["num1", "num2", "num3", "num4"]

@@ -21,8 +21,7 @@ from mainsail.serve.runtime import ModelRuntime
 from tests.conftest import CURSUS_FIXTURE, LiveApp, ServerProcess, live_app
 
 MODEL = CURSUS_FIXTURE / "model"
-pytestmark = pytest.mark.skipif(not MODEL.is_dir(), reason=f"reference fixture not found at {CURSUS_FIXTURE}")
-CASES: list[dict[str, Any]] = json.loads((CURSUS_FIXTURE / "cases.json").read_text()) if MODEL.is_dir() else []
+CASES: list[dict[str, Any]] = json.loads((CURSUS_FIXTURE / "cases.json").read_text())
 REFERENCE_KEYS = ["legacy-score", "calibrated-score", "score-percentile"]
 
 
@@ -117,7 +116,7 @@ def served() -> Iterator[LiveApp]:
         yield app
 
 
-GOOD = (CURSUS_FIXTURE / "requests" / "single_0.json").read_bytes() if MODEL.is_dir() else b""
+GOOD = (CURSUS_FIXTURE / "requests" / "single_0.json").read_bytes()
 
 
 @pytest.mark.parametrize(("body", "ctype", "status", "needle"), [

@@ -27,7 +27,6 @@ from mainsail.handlers.pytorch import (
 from tests.conftest import CURSUS_FIXTURE
 
 FIXTURE = CURSUS_FIXTURE / "model"
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"cursus fixture not found at {FIXTURE}")
 TAB = ["num1", "num2", "num3", "num4"]
 TINY_BERT = {"vocab_size": 40, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
              "intermediate_size": 64, "max_position_embeddings": 32}
@@ -35,15 +34,11 @@ TINY_BERT = {"vocab_size": 40, "hidden_size": 32, "num_hidden_layers": 1, "num_a
 
 @pytest.fixture(scope="module")
 def fixture_model() -> tuple[nn.Module, dict[str, Any]]:
-    if not FIXTURE.is_dir():
-        pytest.skip(f"cursus fixture not found at {FIXTURE}")
     return load_pytorch_model(FIXTURE)
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    if not FIXTURE.is_dir():
-        pytest.skip(f"cursus fixture not found at {FIXTURE}")
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(FIXTURE / "tinybert"), local_files_only=True)
@@ -51,8 +46,6 @@ def tokenizer() -> Any:
 
 @pytest.fixture(scope="module")
 def onnx_session() -> Any:
-    if not FIXTURE.is_dir():
-        pytest.skip(f"cursus fixture not found at {FIXTURE}")
     import onnxruntime as ort
 
     return ort.InferenceSession(str(FIXTURE / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -105,7 +98,6 @@ RECORDS = [
 # ----------------------------------------------------------------- the real reference model directory
 
 
-@needs_fixture
 def test_fixture_loads_strictly_as_trimodal_bert(fixture_model: tuple[nn.Module, dict[str, Any]]) -> None:
     model, config = fixture_model
     assert isinstance(model, TrimodalBert) and not model.training
@@ -115,7 +107,6 @@ def test_fixture_loads_strictly_as_trimodal_bert(fixture_model: tuple[nn.Module,
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
 
 
-@needs_fixture
 @pytest.mark.parametrize("index", range(len(RECORDS)))
 def test_single_record_matches_onnx_export(fixture_model: tuple[nn.Module, dict[str, Any]], tokenizer: Any,
                                            onnx_session: Any, index: int) -> None:
@@ -125,7 +116,6 @@ def test_single_record_matches_onnx_export(fixture_model: tuple[nn.Module, dict[
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
-@needs_fixture
 def test_equal_chunk_batch_matches_onnx_export(fixture_model: tuple[nn.Module, dict[str, Any]], tokenizer: Any,
                                                onnx_session: Any) -> None:
     records = [RECORDS[0], {**RECORDS[0], "num1": 3.0, "dialogue": ["[bom] another one [eom]"]}]
@@ -134,7 +124,6 @@ def test_equal_chunk_batch_matches_onnx_export(fixture_model: tuple[nn.Module, d
                                rtol=0, atol=1e-5)
 
 
-@needs_fixture
 def test_score_does_not_depend_on_batch_mates(fixture_model: tuple[nn.Module, dict[str, Any]], tokenizer: Any,
                                               onnx_session: Any) -> None:
     model = fixture_model[0]
@@ -146,7 +135,6 @@ def test_score_does_not_depend_on_batch_mates(fixture_model: tuple[nn.Module, di
     assert np.abs(reference_together[0] - alone[0][0]).max() > 1e-4
 
 
-@needs_fixture
 def test_record_without_valid_chunks_is_batch_independent(fixture_model: tuple[nn.Module, dict[str, Any]],
                                                           tokenizer: Any) -> None:
     model = fixture_model[0]
@@ -181,7 +169,6 @@ def _mark_ran() -> None:
     Payload.ran = True
 
 
-@needs_fixture
 def test_fixture_artifacts_load_with_weights_only() -> None:
     artifacts = load_model_artifacts(FIXTURE / "model_artifacts.pth")
     assert artifacts["model_class"] == "trimodal_bert"
@@ -309,7 +296,6 @@ def fixture_copy(tmp_path: Path, **artifact_changes: Any) -> Path:
     return tmp_path
 
 
-@needs_fixture
 def test_weights_of_another_class_name_the_mismatch(tmp_path: Path) -> None:
     model_dir = fixture_copy(tmp_path, model_class="bimodal", config={"text_name": "dialogue"})
     with pytest.raises(ModelLoadError) as info:
@@ -320,13 +306,11 @@ def test_weights_of_another_class_name_the_mismatch(tmp_path: Path) -> None:
     assert "(+38 more)" in message and "look like a trimodal_bert network" in message
 
 
-@needs_fixture
 def test_unknown_class_in_artifacts(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="unknown model_class 'trimodal_gate_fusion'"):
         load_pytorch_model(fixture_copy(tmp_path, model_class="trimodal_gate_fusion"))
 
 
-@needs_fixture
 def test_missing_files_and_encoder(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="model directory not found"):
         load_pytorch_model(tmp_path / "nowhere")
