@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from mainsail.aws.errors import ValidationException
+from mainsail.aws.errors import SerializationException, ValidationException
 
 CONTENT_TYPE = "application/x-amz-json-1.1"
 
@@ -109,6 +109,17 @@ def paginate(body: dict[str, Any], items: list[dict[str, Any]], key: str, *, def
     if offset + limit < len(items):
         out["NextToken"] = base64.urlsafe_b64encode(str(offset + limit).encode()).decode()
     return out
+
+
+def json_body(raw: bytes) -> dict[str, Any]:
+    """A JSON 1.1 request body: a JSON object (an empty body is ``{}``); SerializationException otherwise."""
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise SerializationException("Request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise SerializationException("Request body must be a JSON object.")
+    return body
 
 
 def respond(status: int, payload: dict[str, Any], request_id: str) -> Response:

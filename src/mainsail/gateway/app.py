@@ -4,7 +4,6 @@ Logs, STS, the runtime API, async inference, S3 and ``/metrics``, assembled into
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -19,12 +18,11 @@ from starlette.routing import Route
 from mainsail.aws import sts
 from mainsail.aws.errors import (
     ControlError,
-    SerializationException,
     UnknownOperationException,
 )
 from mainsail.aws.identity import region_of
 from mainsail.aws.logs import api as logs
-from mainsail.aws.protocol import respond
+from mainsail.aws.protocol import json_body, respond
 from mainsail.aws.s3 import routes as s3
 from mainsail.aws.s3 import store as s3store
 from mainsail.backends.local import LocalBackend
@@ -76,14 +74,7 @@ def create_control_app(store: StateStore, router: Router | None = None, *, setti
             operation = OPERATIONS.get(op_name or "")
             if operation is None:
                 raise UnknownOperationException(target)
-            raw = await request.body()
-            try:
-                body = json.loads(raw) if raw.strip() else {}
-            except ValueError:
-                raise SerializationException("Request body is not valid JSON.") from None
-            if not isinstance(body, dict):
-                raise SerializationException("Request body must be a JSON object.")
-            call = Call(store, region_of(request.headers.get("authorization")), body)
+            call = Call(store, region_of(request.headers.get("authorization")), json_body(await request.body()))
             # SQLite calls block: keep them off the event loop
             result = await run_in_threadpool(operation, call)
             if operation is endpoints.describe_endpoint:

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mainsail.aws.errors import SerializationException, UnknownOperationException
+from mainsail.aws.errors import UnknownOperationException
 from mainsail.aws.identity import ACCOUNT
 from mainsail.aws.logs.errors import InvalidParameterException, ResourceNotFoundException
 from mainsail.aws.logs.files import Budget, Event, LogFile, Paused, Window, backward, forward
 from mainsail.aws.logs.patterns import parse_pattern
+from mainsail.aws.protocol import json_body
 
 TARGET_PREFIX = "Logs_20140328."
 GROUP_PREFIX = "/aws/sagemaker/Endpoints/"
@@ -103,13 +104,7 @@ class LogsApi:
               "DescribeLogGroups": self.describe_log_groups}.get(target[len(TARGET_PREFIX):])
         if op is None:
             raise UnknownOperationException(target)
-        try:
-            body = json.loads(raw) if raw.strip() else {}
-        except ValueError:
-            raise SerializationException("Request body is not valid JSON.") from None
-        if not isinstance(body, dict):
-            raise SerializationException("Request body must be a JSON object.")
-        return op(body, region)
+        return op(json_body(raw), region)
 
     # -- groups and streams
 
