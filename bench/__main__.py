@@ -87,9 +87,19 @@ def _control(args: argparse.Namespace) -> int:
     from bench.report import write_section
 
     command = "python -m bench " + shlex.join(sys.argv[1:])
+    load_before = _load_average()
     bench = control.run_control_benchmark(duration_s=args.duration, warmup_s=args.warmup, rounds=args.rounds,
                                           quick=args.quick, boto3_loop=not args.no_boto3, command=command,
+                                          concurrencies=args.concurrency, instance_client=args.instance_client,
                                           log=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.instance_client == "both":  # its own section: the hand-written client against aiohttp's
+        print()
+        print(control.clients_table(bench))
+        print(f"\n{control.clients_summary(bench)}")
+        load = f"; load average (1, 5, 15 min) {load_before} before the run, {_load_average()} after it"
+        write_section(args.out, "control-clients", control.render_clients_section(bench, load))
+        print(f"\nwrote the control-clients section of {args.out} ({bench.wall_s:.0f} s in all)")
+        return 1 if bench.errors else 0
     print()
     print(control.results_table(bench))
     print()
@@ -105,6 +115,23 @@ def _control(args: argparse.Namespace) -> int:
     if bench.errors:
         print(f"{bench.errors} requests failed: see the per-round table", file=sys.stderr)
     return 1 if bench.errors else 0
+
+
+def _load_average() -> str:
+    try:
+        return ", ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def _concurrencies(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("concurrencies must be >= 1")
+    return values
 
 
 def _serverless(args: argparse.Namespace) -> int:
@@ -257,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     _common(control, "0.3")
     control.add_argument("--quick", action="store_true", help="a smoke run: one round of 1 s per cell")
     control.add_argument("--no-boto3", action="store_true", help="skip the boto3 invoke_endpoint loop")
+    control.add_argument("--concurrency", type=_concurrencies, default=[1, 16],
+                         help="comma-separated concurrencies (default 1,16)")
+    control.add_argument("--instance-client", choices=["loopback", "aiohttp", "both"], default="loopback",
+                         help="how mainsail up reaches its instance (MAINSAIL_INSTANCE_CLIENT); both: one mainsail "
+                              "up of each, interleaved in the same rounds (written to its own section)")
     control.set_defaults(func=_control)
     serverless = commands.add_parser(
         "serverless", help="serverless endpoints of mainsail up: cold starts after scale-to-zero, then warm latency")

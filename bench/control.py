@@ -50,11 +50,18 @@ from bench.summary import RoundsSummary
 
 DIRECT = "direct"
 HOP = "hop"
-PATHS = (DIRECT, HOP)
+# --instance-client both: a second `mainsail up` (MAINSAIL_INSTANCE_CLIENT=aiohttp) with its own instance
+DIRECT_AIOHTTP = "direct-aiohttp"
+HOP_AIOHTTP = "hop-aiohttp"
+PATHS = (DIRECT, HOP, HOP_AIOHTTP, DIRECT_AIOHTTP)
 PATH_LABELS = {
     DIRECT: "direct: client → instance `/invocations`",
     HOP: "hop: client → `mainsail up` `/endpoints/NAME/invocations` → instance",
+    HOP_AIOHTTP: "hop, aiohttp: client → `mainsail up` (aiohttp client) → its instance",
+    DIRECT_AIOHTTP: "direct to the aiohttp `mainsail up`'s instance",
 }
+#: how `mainsail up` reaches its instance (MAINSAIL_INSTANCE_CLIENT); "both": one `mainsail up` of each
+INSTANCE_CLIENTS = ("loopback", "aiohttp", "both")
 ENDPOINT_NAME = "bench-control"
 VARIANT = "AllTraffic"
 CONTENT_TYPE = "text/csv"
@@ -146,6 +153,7 @@ class ControlBenchmark:
     concurrencies: list[int]
     quick: bool
     boto3_loop: bool
+    instance_client: str = "loopback"
     code: str = ""
     up_argv: list[str] = field(default_factory=list)
     up_ready_s: float = 0.0
@@ -153,6 +161,9 @@ class ControlBenchmark:
     up_exit_code: int | None = None
     create_to_in_service_s: float = 0.0
     instance: InstanceInfo | None = None
+    instance_b: InstanceInfo | None = None
+    """With ``instance_client="both"``: the instance of the second (aiohttp) ``mainsail up``."""
+    up_b_exit_code: int | None = None
     sample_response: str = ""
     measurements: list[Measurement] = field(default_factory=list)
     boto3_loops: list[Boto3Loop] = field(default_factory=list)
@@ -216,8 +227,9 @@ def up_argv(port: int, home: Path) -> list[str]:
             "--log-level", "warning"]
 
 
-def start_up(home: Path, log_path: Path, ready_timeout_s: float = 60.0) -> Server:
-    """Start ``mainsail up`` in its own session; ready once it answers any HTTP request.
+def start_up(home: Path, log_path: Path, ready_timeout_s: float = 60.0, instance_client: str = "loopback") -> Server:
+    """Start ``mainsail up`` in its own session (``MAINSAIL_INSTANCE_CLIENT=instance_client``); ready
+    once it answers any HTTP request.
 
     (The control plane has no ``/ping``: a ``GET /ping`` gets a 404, which is an answer.)
     """
@@ -225,7 +237,8 @@ def start_up(home: Path, log_path: Path, ready_timeout_s: float = 60.0) -> Serve
     argv = up_argv(port, home)
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=server_env(), cwd=ROOT, start_new_session=True)
+                                   env=server_env({"MAINSAIL_INSTANCE_CLIENT": instance_client}), cwd=ROOT,
+                                   start_new_session=True)
     server = Server("mainsail-up", process, HOST, port, log_path, argv)
     started = time.monotonic()
     try:
@@ -436,11 +449,16 @@ def time_boto3(url: str, body: bytes, *, round_: int, duration_s: float, warmup_
 
 def run_control_benchmark(*, duration_s: float = 5.0, warmup_s: float | None = None, rounds: int = 3,
                           quick: bool = False, concurrencies: Sequence[int] = (1, 16),
-                          boto3_loop: bool = True, command: str = "python -m bench control",
+                          boto3_loop: bool = True, instance_client: str = "loopback",
+                          command: str = "python -m bench control",
                           log: Callable[[str], None] = print) -> ControlBenchmark:
     """Build the model, start ``mainsail up``, create the endpoint, then measure, interleaved.
 
-    Bounded: about ``rounds * (2 * len(concurrencies) + boto3_loop) * (warmup_s + duration_s)`` plus
+    ``instance_client``: how ``mainsail up`` reaches its instance (``loopback``, ``aiohttp``); ``both``
+    starts a second ``mainsail up`` (aiohttp) with its own endpoint and instance and adds its paths
+    (:data:`HOP_AIOHTTP`, :data:`DIRECT_AIOHTTP`) to every round.
+
+    Bounded: about ``rounds * (paths * len(concurrencies) + boto3_loop) * (warmup_s + duration_s)`` plus
     training (about 1 s), ``mainsail up``'s start and the endpoint's (a few seconds each).
     """
     if quick:
@@ -449,21 +467,25 @@ def run_control_benchmark(*, duration_s: float = 5.0, warmup_s: float | None = N
         warmup_s = 0.3 if quick else 1.0
     if rounds < 1 or duration_s <= 0 or warmup_s < 0:
         raise ValueError("rounds must be >= 1, duration_s > 0 and warmup_s >= 0")
+    if instance_client not in INSTANCE_CLIENTS:
+        raise ValueError(f"instance_client must be one of {', '.join(INSTANCE_CLIENTS)}")
     bench = ControlBenchmark(started=datetime.now(UTC), command=command, duration_s=duration_s,
                              warmup_s=warmup_s, rounds=rounds, concurrencies=list(concurrencies),
-                             quick=quick, boto3_loop=boto3_loop)
+                             quick=quick, boto3_loop=boto3_loop, instance_client=instance_client)
     t_start = time.monotonic()
     bench.code = code_state()
     tmp = Path(tempfile.mkdtemp(prefix="mainsail-bench-control-"))
-    home = tmp / "home"
+    home, home_b = tmp / "home", tmp / "home-aiohttp"
     up: Server | None = None
+    up_b: Server | None = None
     try:
         log(f"building the model in {tmp / 'model'}")
         model = build_model_dir(tmp / "model")
         body_file = tmp / "record.csv"
         body_file.write_bytes(model.csv_row)
-        log("starting mainsail up")
-        up = start_up(home, tmp / "up.log")
+        first_client = "loopback" if instance_client == "both" else instance_client
+        log(f"starting mainsail up (instance client: {first_client})")
+        up = start_up(home, tmp / "up.log", instance_client=first_client)
         bench.up_argv, bench.up_ready_s = up.argv, up.ready_s
         log(f"  ready after {up.ready_s:.1f} s on port {up.port}; creating endpoint {ENDPOINT_NAME} with boto3")
         try:
@@ -473,19 +495,32 @@ def run_control_benchmark(*, duration_s: float = 5.0, warmup_s: float | None = N
         instance = bench.instance = find_instance(home, ENDPOINT_NAME)
         log(f"  InService after {bench.create_to_in_service_s:.1f} s; instance on port {instance.port} "
             f"(pid {instance.pid}, found via {instance.found_via})")
-        urls = {DIRECT: f"http://{HOST}:{instance.port}/invocations",
-                HOP: f"{up.url}/endpoints/{ENDPOINT_NAME}/invocations"}
+        targets = {DIRECT: (f"http://{HOST}:{instance.port}/invocations", up, instance),
+                   HOP: (f"{up.url}/endpoints/{ENDPOINT_NAME}/invocations", up, instance)}
+        if instance_client == "both":
+            log("starting a second mainsail up (instance client: aiohttp) with its own endpoint")
+            up_b = start_up(home_b, tmp / "up-aiohttp.log", instance_client="aiohttp")
+            try:
+                create_endpoint(up_b.url, model.path)
+            finally:
+                bench.instance_b = instance_from_state(home_b, ENDPOINT_NAME)
+            instance_b = bench.instance_b = find_instance(home_b, ENDPOINT_NAME)
+            log(f"  instance on port {instance_b.port} (pid {instance_b.pid})")
+            targets[HOP_AIOHTTP] = (f"{up_b.url}/endpoints/{ENDPOINT_NAME}/invocations", up_b, instance_b)
+            targets[DIRECT_AIOHTTP] = (f"http://{HOST}:{instance_b.port}/invocations", up_b, instance_b)
+        paths = [p for p in PATHS if p in targets]
         for round_ in range(1, rounds + 1):
-            order = list(PATHS) if round_ % 2 else list(reversed(PATHS))
+            order = paths if round_ % 2 else list(reversed(paths))
             for concurrency in concurrencies:
                 for path in order:
                     log(f"round {round_}/{rounds}: {path}, concurrency {concurrency}: {warmup_s:g} s warm-up + "
                         f"{duration_s:g} s")
-                    m = measure(urls[path], body_file, path=path, concurrency=concurrency, round_=round_,
-                                duration_s=duration_s, warmup_s=warmup_s, up=up, instance=instance)
+                    url, server, target = targets[path]
+                    m = measure(url, body_file, path=path, concurrency=concurrency, round_=round_,
+                                duration_s=duration_s, warmup_s=warmup_s, up=server, instance=target)
                     if m.result.errors:
                         log(f"  {m.result.errors} errors, e.g. {m.result.error_samples[:2]}; mainsail up log:\n"
-                            f"{up.log_tail(1500)}")
+                            f"{server.log_tail(1500)}")
                     if not bench.sample_response:
                         bench.sample_response = m.result.sample_response
                     bench.measurements.append(m)
@@ -499,12 +534,17 @@ def run_control_benchmark(*, duration_s: float = 5.0, warmup_s: float | None = N
                 bench.boto3_loops.append(loop)
     finally:
         try:
+            if up_b is not None:
+                log("stopping the second mainsail up")
+                stop(up_b, grace_s=30.0)
+                bench.up_b_exit_code = up_b.exit_code
             if up is not None:
                 log("stopping mainsail up (SIGTERM; it stops its instance)")
                 stop(up, grace_s=30.0)
                 bench.up_stop_s, bench.up_exit_code = up.stop_s, up.exit_code
         finally:
             make_sure_stopped(bench.instance)
+            make_sure_stopped(bench.instance_b)
             shutil.rmtree(tmp, ignore_errors=True)
             bench.wall_s = time.monotonic() - t_start
     return bench
@@ -530,7 +570,7 @@ def results_table(bench: ControlBenchmark) -> str:
             "instance CPU µs/req |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for cell in bench.cells():
-        up_cpu = f"{cell.up_us_per_req:,.0f}" if cell.path == HOP else "–"
+        up_cpu = f"{cell.up_us_per_req:,.0f}" if cell.path in (HOP, HOP_AIOHTTP) else "–"
         rows.append(f"| {PATH_LABELS[cell.path]} | {cell.concurrency} | {cell.p50_ms:.3f} | {cell.p99_ms:.3f} | "
                     f"{cell.rps:,.0f} | {cell.errors} | {up_cpu} | {cell.instance_us_per_req:,.0f} |")
     if bench.boto3_loops:
@@ -642,6 +682,7 @@ Run on {bench.started:%Y-%m-%d %H:%M} UTC with `{bench.command}` ({bench.wall_s:
 {quick}
 * **Machine**: {machine_summary()}.
 * **Code**: {bench.code}.
+* **Instance client** (`MAINSAIL_INSTANCE_CLIENT`): {bench.instance_client}.
 * **Versions**: {versions(("mainsail", "starlette", "uvicorn", "uvloop", "httptools", "httpx", "httpcore",
                           "boto3", "botocore", "xgboost", "numpy"))}.
 * **Shared cores**: `mainsail up`, the instance and the load generator all run on this machine's
@@ -703,3 +744,98 @@ columns are each process's CPU time over the cell divided by the requests it ser
 
 {rounds_table(bench)}
 """
+
+
+# -- hand-written vs aiohttp (--instance-client both) ---------------------------------------------
+
+
+def _paired(bench: ControlBenchmark, concurrency: int, value: Callable[[Measurement], float]) -> list[float]:
+    """hop-aiohttp − hop (hand-written) of ``value`` in each round, paired within the round."""
+    out = []
+    for round_ in range(1, bench.rounds + 1):
+        pair = {m.path: value(m) for m in bench.measurements if m.round == round_ and m.concurrency == concurrency}
+        if HOP in pair and HOP_AIOHTTP in pair:
+            out.append(pair[HOP_AIOHTTP] - pair[HOP])
+    return out
+
+
+def clients_summary(bench: ControlBenchmark) -> str:
+    """Per concurrency, aiohttp against the hand-written client, paired round by round: in how many
+    rounds its p50 was higher, its req/s lower, its ``mainsail up`` CPU per request higher."""
+    lines = []
+    for c in bench.concurrencies:
+        hop = bench.cell(HOP, c)
+        p50 = _paired(bench, c, lambda m: m.result.p50_ms)
+        rps = _paired(bench, c, lambda m: m.result.rps)
+        cpu = _paired(bench, c, lambda m: m.per_request_us(m.up_cpu_s))
+        if hop is None or not p50:
+            continue
+        n = len(p50)
+        lines.append(
+            f"* concurrency {c}: aiohttp's p50 higher in {sum(d > 0 for d in p50)} of {n} rounds (median "
+            f"{statistics.median(p50):+.3f} ms, {statistics.median(p50) / hop.p50_ms:+.1%}); req/s lower in "
+            f"{sum(d < 0 for d in rps)} of {n} (median {statistics.median(rps) / hop.rps:+.1%}); `mainsail up` "
+            f"CPU per request higher in {sum(d > 0 for d in cpu)} of {n} (median {statistics.median(cpu):+,.0f} µs, "
+            f"{statistics.median(cpu) / hop.up_us_per_req:+.0%})")
+    return "\n".join(lines)
+
+
+def clients_table(bench: ControlBenchmark) -> str:
+    rows = ["| concurrency | direct p50 / p99 ms, req/s | hop, hand-written: p50 / p99 ms, req/s | "
+            "hop, aiohttp: p50 / p99 ms, req/s | aiohttp − hand-written p50 ms (per round) | "
+            "p99 ms | req/s aiohttp ÷ hand-written | `up` CPU µs/req hand-written / aiohttp | "
+            "direct to the aiohttp side's instance p50 ms |",
+            "|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for c in bench.concurrencies:
+        direct, hop, hop_b, direct_b = (bench.cell(p, c) for p in (DIRECT, HOP, HOP_AIOHTTP, DIRECT_AIOHTTP))
+        if direct is None or hop is None or hop_b is None or direct_b is None:
+            continue
+        diffs = _paired(bench, c, lambda m: m.result.p50_ms)
+        per_round = ", ".join(f"{d:+.3f}" for d in diffs)
+        ratio = f"{hop_b.rps / hop.rps:.3f}" if hop.rps else "–"
+        rows.append(f"| {c} | {direct.p50_ms:.3f} / {direct.p99_ms:.3f}, {direct.rps:,.0f} | "
+                    f"{hop.p50_ms:.3f} / {hop.p99_ms:.3f}, {hop.rps:,.0f} | "
+                    f"{hop_b.p50_ms:.3f} / {hop_b.p99_ms:.3f}, {hop_b.rps:,.0f} | "
+                    f"**{statistics.median(diffs):+.3f}** ({per_round}) | {hop_b.p99_ms - hop.p99_ms:+.3f} | "
+                    f"{ratio} | {hop.up_us_per_req:,.0f} / {hop_b.up_us_per_req:,.0f} | {direct_b.p50_ms:.3f} |")
+    return "\n".join(rows)
+
+
+def render_clients_section(bench: ControlBenchmark, load: str = "") -> str:
+    """The markdown of ``--instance-client both``: the comparison, the verdict, every path and round."""
+    worst_other = max((m.other_cpu_cores for m in bench.measurements), default=0.0)
+    quick = "\n> **Quick smoke run**: do not read the numbers.\n" if bench.quick else ""
+    return f"""
+#### The measurement (`python -m bench control --instance-client both`)
+
+Run on {bench.started:%Y-%m-%d %H:%M} UTC with `{bench.command}` ({bench.wall_s:.0f} s in all); {bench.code}.
+{quick}
+* **Machine**: {machine_summary()}{load}; other processes used up to {worst_other:.2f} cores during a
+  measurement (last column of the per-round table).
+* **Versions**: {versions(("mainsail", "aiohttp", "yarl", "multidict", "uvicorn", "uvloop", "httptools"))}.
+* **Set-up**: two `mainsail up` on loopback, each with the same endpoint (its own `mainsail serve
+  --workers 1` instance of the same model): one with `MAINSAIL_INSTANCE_CLIENT=loopback` (the
+  hand-written `mainsail.backends.loopback.Forwarder`), one with `MAINSAIL_INSTANCE_CLIENT=aiohttp`
+  (`mainsail.backends.aiohttp_transport.AiohttpTransport`: one `aiohttp.ClientSession` over a
+  `TCPConnector(limit=0, use_dns_cache=False, keepalive_timeout=60)`, no auto headers, no
+  decompression, no cookies). Every round measures, at each concurrency, direct → hop (hand-written)
+  → hop (aiohttp) → direct to the aiohttp side's instance, the order reversed every other round;
+  {bench.rounds} rounds of {bench.warmup_s:g} s warm-up + {bench.duration_s:g} s per cell; figures are
+  medians over rounds; the differences are paired within each round.
+* **Rule** (issue 13, item 7): keep the hand-written client only if the library is measurably slower.
+
+{clients_table(bench)}
+
+Paired round by round (aiohttp − hand-written, same round, adjacent cells):
+
+{clients_summary(bench)}
+
+Every path:
+
+{results_table(bench)}
+
+Per round:
+
+{rounds_table(bench)}
+"""
+
