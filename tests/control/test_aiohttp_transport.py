@@ -9,53 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 
 from mainsail.backends.base import Address, ForwardError, Upstream
-from tests.conftest import ThreadedServer, free_port
-from tests.control.test_forward import Instance, RawServer, make_app, read_request, reply, reset
+from tests.conftest import free_port
+
+# the Forwarder's servers and fixtures: the same instance, on the same loops, for both clients
+from tests.control.test_forward import (  # noqa: F401 - instance, run and uvicorn_server are fixtures
+    Instance,
+    RawServer,
+    instance,
+    read_request,
+    reply,
+    reset,
+    run,
+    uvicorn_server,
+)
 
 aiohttp_transport = pytest.importorskip("mainsail.backends.aiohttp_transport")
 AiohttpTransport = aiohttp_transport.AiohttpTransport
 
 TIMEOUT = 5.0
-
-
-@pytest.fixture(scope="module")
-def uvicorn_server() -> Iterator[tuple[ThreadedServer, Instance]]:
-    seen = Instance()
-    server = ThreadedServer(make_app(seen), lifespan="off")
-    server.start()
-    try:
-        yield server, seen
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def instance(uvicorn_server: tuple[ThreadedServer, Instance]) -> tuple[int, Instance]:
-    server, seen = uvicorn_server
-    seen.client_ports.clear()
-    return server.port, seen
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, None]], None]:
-    def runner(coro: Coroutine[Any, Any, None]) -> None:
-        async def bounded() -> None:
-            async with asyncio.timeout(30):
-                await coro
-
-        if request.param == "uvloop":
-            uvloop = pytest.importorskip("uvloop")
-            uvloop.run(bounded())
-        else:
-            asyncio.run(bounded())
-
-    return runner
 
 
 async def post(transport: Any, port: int, path: str, body: bytes = b"",
