@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import logging.config
+
+LINE_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+
+
+class LineFormatter(logging.Formatter):
+    """mainsail's log line. The access log (``mainsail.serve.access_log``) writes the same lines
+    itself, in batches, when this formatter with its default format is the one it reaches."""
+
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None, style: str = "%",
+                 validate: bool = True) -> None:
+        super().__init__(fmt or LINE_FORMAT, datefmt, style, validate)  # type: ignore[arg-type]
+        self.is_default = (fmt in (None, LINE_FORMAT) and datefmt is None and style == "%")
 
 
 def configure_logging(level: str = "info", *, access_log: bool = True) -> None:
@@ -11,9 +24,7 @@ def configure_logging(level: str = "info", *, access_log: bool = True) -> None:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "plain": {
-                "format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-            },
+            "plain": {"()": LineFormatter},
         },
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"},

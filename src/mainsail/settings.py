@@ -73,7 +73,14 @@ class ServeSettings(BaseSettings):
     framework: Framework = Field("auto", validation_alias=_env("MAINSAIL_FRAMEWORK"))
     """Which framework container's default handler functions a script falls back to."""
     predict_threads: int = Field(2, ge=1, validation_alias=_env("MAINSAIL_PREDICT_THREADS"))
-    """Threads per worker that run model code (the event loop never does)."""
+    """Threads per worker that run model calls measured slow (and batched calls)."""
+    predict_placement: Literal["auto", "loop", "threads"] = Field(
+        "auto", validation_alias=_env("MAINSAIL_PREDICT_PLACEMENT"))
+    """Where a model call runs: ``auto`` on the event loop while calls are measured under
+    ``loop_call_max_ms`` (a thread hand-off costs more than such a call), else in the predict
+    threads; ``loop`` or ``threads`` forces either (``mainsail.serve.placement``)."""
+    loop_call_max_ms: float = Field(1.0, gt=0, le=1000, validation_alias=_env("MAINSAIL_LOOP_CALL_MAX_MS"))
+    """The median call time under which ``auto`` runs model calls on the event loop."""
     batching: bool = Field(True, validation_alias=_env("MAINSAIL_BATCHING"))
     """Adaptive batching: requests queued behind a busy model go to it together. The built-in
     handlers batch; a script batches when it defines ``predict_batch_fn``."""

@@ -1,8 +1,8 @@
 """The data plane's ASGI app: the SageMaker container contract for one model.
 
-``create_app`` wires the routes (``/ping``, ``/execution-parameters``, ``/metrics``), the
-``Invocations`` middleware that answers ``POST /invocations`` as plain ASGI, and ``AccessLog``; the
-HTTP plumbing (body limits, error bodies) is in ``mainsail.serve.http``.
+``create_app`` wires the routes (``/ping``, ``/execution-parameters``, ``/metrics``) inside the
+access log (``mainsail.serve.access_log``), behind ``ServingApp``, which answers ``POST /invocations``
+itself as plain ASGI; the HTTP plumbing (body limits, error bodies) is in ``mainsail.serve.http``.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mainsail.errors import MainsailError
 from mainsail.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from mainsail.serve.access_log import AccessLog, AccessLogWriter
 from mainsail.serve.http import (
     JSON_TYPE,
     Disconnected,
@@ -39,7 +40,6 @@ from mainsail.serve.runtime import ModelRuntime
 from mainsail.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("mainsail.access")
 
 
 class Endpoints:
@@ -73,13 +73,15 @@ class Endpoints:
         return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
-class Invocations:
-    """``POST /invocations``, the hot path, as plain ASGI: no routing, Request or Response objects
-    (the other routes, and other methods on this one, go through Starlette)."""
+class ServingApp:
+    """The app a worker serves: ``POST /invocations``, the hot path, answered here as plain ASGI (no
+    routing, Request or Response objects, no middleware), everything else through ``app`` (the
+    Starlette routes inside ``AccessLog``)."""
 
-    def __init__(self, app: ASGIApp, endpoints: Endpoints) -> None:
+    def __init__(self, app: ASGIApp, endpoints: Endpoints, access: AccessLogWriter) -> None:
         self.app = app
         self.endpoints = endpoints
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/invocations" or scope["method"] != "POST":
@@ -88,9 +90,8 @@ class Invocations:
         endpoints = self.endpoints
         started = time.perf_counter()
         model_seconds: float | None = None
-        headers: dict[str, str] = {}
-        for name, value in scope["headers"]:
-            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        # ASGI servers give header names lowercased; the first of repeated headers wins.
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])}
         try:
             body = await receive_body(receive, headers.get("content-length"), endpoints.limit)
             invocation = make_invocation(body, headers, endpoints.default_accept)
@@ -103,43 +104,18 @@ class Invocations:
             if exc.status_code >= 500:
                 logger.error("invocation failed: %s", exc.message, exc_info=exc.__cause__ or False)
             status, media_type, payload, extra = exc.status_code, JSON_TYPE, orjson.dumps(exc.to_dict()), {}
+        except Exception as exc:  # a bug of ours: a 500 with the reason, and the worker serves on
+            logger.exception("invocation failed")
+            status, media_type, extra = 500, JSON_TYPE, {}
+            payload = orjson.dumps({"error": "InternalError", "message": f"{type(exc).__name__}: {exc}"})
         await send_response(send, status, media_type, payload, extra)
-        endpoints.metrics.record(status, None if model_seconds is None else model_seconds * 1e6,
-                                 (time.perf_counter() - started) * 1e6)
-
-
-class AccessLog:
-    """One log line per request: method, path, status, latency."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            if access_logger.isEnabledFor(logging.INFO):
-                client = scope.get("client")
-                access_logger.info(
-                    '%s "%s %s" %d %.3fms', f"{client[0]}:{client[1]}" if client else "-",
-                    scope["method"], scope["path"], status, (time.perf_counter() - started) * 1e3,
-                )
+        elapsed = time.perf_counter() - started
+        endpoints.metrics.record(status, None if model_seconds is None else model_seconds * 1e6, elapsed * 1e6)
+        self.access.add(scope.get("client"), "POST", "/invocations", status, elapsed * 1e3)
 
 
 def create_app(runtime: ModelRuntime, settings: ServeSettings, metrics: Metrics | None = None,
-               *, load_on_startup: bool = True) -> Starlette:
+               *, load_on_startup: bool = True) -> ServingApp:
     """Build the app. With ``load_on_startup`` the model loads in a thread while /ping says 503."""
     endpoints = Endpoints(runtime, settings, metrics or Metrics())
     runtime.observe_batch = endpoints.metrics.batch_size.observe
@@ -162,12 +138,11 @@ def create_app(runtime: ModelRuntime, settings: ServeSettings, metrics: Metrics 
         exception_handlers={HTTPException: http_error, Exception: unexpected},
         lifespan=lifespan,
     )
-    app.add_middleware(Invocations, endpoints=endpoints)
-    app.add_middleware(AccessLog)
-    return app
+    access = AccessLogWriter()
+    return ServingApp(AccessLog(app, access), endpoints, access)
 
 
-async def _post_only(request: Request) -> Response:  # pragma: no cover - Invocations answers POST
+async def _post_only(request: Request) -> Response:  # pragma: no cover - ServingApp answers POST
     raise HTTPException(405)
 
 

@@ -93,17 +93,35 @@ async def receive_body(receive: Receive, declared: str | None, limit: int) -> by
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+_CONTENT_TYPES: dict[str, bytes] = {}
+
+
+def content_type_header(media_type: str) -> bytes:
+    """The Content-Type value for ``media_type`` (``text/*`` in UTF-8 unless it names a charset),
+    as Starlette's ``Response`` writes it; remembered for the next response."""
+    value = _CONTENT_TYPES.get(media_type)
+    if value is None:
+        text = media_type
+        if text.startswith("text/") and "charset=" not in text.lower():
+            text += "; charset=utf-8"
+        value = text.encode("latin-1")
+        if len(_CONTENT_TYPES) < 256:
+            _CONTENT_TYPES[media_type] = value
+    return value
+
+
 async def send_response(send: Send, status: int, media_type: str, body: bytes,
                         headers: Mapping[str, str] | None = None) -> None:
     """One complete response, with the headers Starlette's ``Response`` would give it."""
-    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()] if headers else []
-    names = {name for name, _ in raw}
-    if b"content-length" not in names:
-        raw.append((b"content-length", str(len(body)).encode()))
-    if b"content-type" not in names:
-        if media_type.startswith("text/") and "charset=" not in media_type.lower():
-            media_type += "; charset=utf-8"
-        raw.append((b"content-type", media_type.encode("latin-1")))
+    if headers:
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        names = {name for name, _ in raw}
+        if b"content-length" not in names:
+            raw.append((b"content-length", b"%d" % len(body)))
+        if b"content-type" not in names:
+            raw.append((b"content-type", content_type_header(media_type)))
+    else:
+        raw = [(b"content-length", b"%d" % len(body)), (b"content-type", content_type_header(media_type))]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 

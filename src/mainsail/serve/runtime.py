@@ -1,4 +1,5 @@
-"""The loaded model inside one worker: readiness, the predict thread pool and the timeout."""
+"""The loaded model inside one worker: readiness, where calls run (event loop or predict threads,
+``mainsail.serve.placement``) and the timeout."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from mainsail.errors import MainsailError, ModelLoadError, ModelNotReady, PredictTimeout
 from mainsail.handlers.base import BatchHandler, Handler, Invocation, Reply, as_error
 from mainsail.serve.batching import BatchConfig, Batcher
+from mainsail.serve.placement import Placement
 
 if TYPE_CHECKING:
     from mainsail.settings import ServeSettings
@@ -20,14 +22,16 @@ logger = logging.getLogger(__name__)
 
 
 class ModelRuntime:
-    """Owns a handler: loads it once, then runs ``invoke`` off the event loop under a timeout.
+    """Owns a handler: loads it once, then runs ``invoke`` under a timeout, on the event loop when
+    calls are measured fast, else in ``threads`` predict threads (``placement``).
 
-    A request that outlives ``timeout_s`` is answered 504; its thread runs on (Python threads
-    cannot be killed), so the worker keeps serving with the remaining threads.
+    A request that outlives ``timeout_s`` in a thread is answered 504 at the timeout; its thread
+    runs on (Python threads cannot be killed), so the worker keeps serving with the remaining
+    threads. On the loop, such a call is answered 504 when it returns.
     """
 
     def __init__(self, handler: Handler, *, timeout_s: float | None = 60.0, threads: int = 2,
-                 batching: BatchConfig | None = None) -> None:
+                 batching: BatchConfig | None = None, placement: Placement | None = None) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         if timeout_s is not None and timeout_s <= 0:
@@ -42,13 +46,17 @@ class ModelRuntime:
         self.observe_batch: Callable[[int], None] | None = None
         """Called with the size of each batched model call (the app's metrics set it)."""
         self._batcher: Batcher | None = None
+        self.placement = placement or Placement()
+        """Where the next (unbatched) model call runs."""
 
     @classmethod
     def from_settings(cls, handler: Handler, settings: ServeSettings) -> ModelRuntime:
         """A runtime with the timeout, predict threads and batching ``settings`` give."""
         batching = BatchConfig(settings.max_batch_size, settings.max_batch_delay_ms / 1000) \
             if settings.batching else None
-        return cls(handler, timeout_s=settings.timeout, threads=settings.predict_threads, batching=batching)
+        placement = Placement(settings.predict_placement, settings.loop_call_max_ms / 1000)
+        return cls(handler, timeout_s=settings.timeout, threads=settings.predict_threads, batching=batching,
+                   placement=placement)
 
     @property
     def queued(self) -> int:
@@ -88,14 +96,37 @@ class ModelRuntime:
             raise ModelNotReady(self.load_error or "the model is still loading")
         if self.batches:
             return await self._invoke_batched(invocation)
+        placement = self.placement
+        if placement.on_loop:
+            return self._call_on_loop(invocation)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self._call, invocation)
         if self.timeout_s is None:
-            return await future
+            reply, seconds, cpu = await future
+        else:
+            try:
+                reply, seconds, cpu = await asyncio.wait_for(future, self.timeout_s)
+            except TimeoutError:
+                placement.observe(self.timeout_s, self.timeout_s)
+                raise PredictTimeout(self.timeout_s) from None
+        placement.observe(seconds, cpu)
+        return reply, seconds
+
+    def _call_on_loop(self, invocation: Invocation) -> tuple[Reply, float]:
+        """One call on the event loop; a 504 (late) when it outlived the timeout."""
+        started = time.perf_counter()
         try:
-            return await asyncio.wait_for(future, self.timeout_s)
-        except TimeoutError:
-            raise PredictTimeout(self.timeout_s) from None
+            reply, seconds, cpu = self._call(invocation)
+        except MainsailError as exc:
+            seconds = time.perf_counter() - started
+            self.placement.observe(seconds, seconds)
+            if self.timeout_s is not None and seconds > self.timeout_s:
+                raise PredictTimeout(self.timeout_s) from exc
+            raise
+        self.placement.observe(seconds, cpu)
+        if self.timeout_s is not None and seconds > self.timeout_s:
+            raise PredictTimeout(self.timeout_s)
+        return reply, seconds
 
     async def _invoke_batched(self, invocation: Invocation) -> tuple[Reply, float]:
         if self._batcher is None:  # in the running loop, after any fork
@@ -110,8 +141,11 @@ class ModelRuntime:
         except TimeoutError:
             raise PredictTimeout(self.timeout_s) from None
 
-    def _call(self, invocation: Invocation) -> tuple[Reply, float]:
-        started = time.perf_counter()
+    def _call(self, invocation: Invocation) -> tuple[Reply, float, float]:
+        """The handler's answer, with the wall-clock and CPU seconds the call took."""
+        # a thread's CPU clock is a system call (~1 us): read only when ``auto`` decides by it
+        cpu_clock = time.thread_time if self.placement.mode == "auto" else _no_clock
+        started, cpu_started = time.perf_counter(), cpu_clock()
         try:
             reply = self.handler.invoke(invocation)
         except Exception as exc:
@@ -120,7 +154,11 @@ class ModelRuntime:
             if error is exc:
                 raise
             raise error from exc
-        return reply, time.perf_counter() - started
+        return reply, time.perf_counter() - started, cpu_clock() - cpu_started
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _no_clock() -> float:
+    return 0.0

@@ -29,7 +29,7 @@ from starlette.routing import Route
 from mainsail.errors import BadRequest, MainsailError
 from mainsail.log import configure_logging
 from mainsail.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from mainsail.serve.app import AccessLog
+from mainsail.serve.access_log import AccessLog
 from mainsail.serve.http import error_response, http_error, json_response, make_invocation, read_body, unexpected
 from mainsail.serve.multimodel.memory import memory_budget_bytes
 from mainsail.serve.multimodel.registry import ModelRegistry

@@ -1,0 +1,95 @@
+"""Where a model call runs: on the worker's event loop, or in its predict thread pool.
+
+Handing a call to a thread and back costs tens of microseconds (two context switches and the GIL
+hand-over), which is most of a fast model's overhead. A call that takes that little is cheaper on
+the event loop; one that takes longer belongs in the pool, so the loop keeps reading, answering
+``/ping`` and timing out requests while it runs. ``Placement`` decides from measured call times:
+
+* ``auto`` (the default): calls start in the pool, and each call's wall-clock and CPU time (its
+  thread's) are measured. A call's CPU time is the model's own work; its wall-clock time adds what it
+  waited for (I/O, a lock, the GIL in the pool, other processes on a busy machine). After a window of
+  ``WINDOW`` calls in the pool whose medians are under ``loop_max_s`` (CPU) and ``SLOW_FACTOR`` times
+  it (wall), the next window runs on the loop as a trial. Calls stay on the loop while each window's
+  medians are under ``loop_max_s`` (CPU) and ``WALL_FACTOR`` times it (wall: a call that waits blocks
+  the loop as long as one that computes); otherwise they go back to the pool, and the next trial
+  waits twice as long as the last (up to ``MAX_BACKOFF`` windows). One call on the loop that takes
+  more than ``SLOW_FACTOR`` times ``loop_max_s`` sends the next calls back to the pool at once.
+* ``loop``: always on the event loop (one call at a time per worker);
+* ``threads``: always in the pool.
+
+On the loop a call cannot be interrupted: one that outlives the timeout is answered 504 when it
+returns, late (in the pool it is answered at the timeout while its thread runs on).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+logger = logging.getLogger(__name__)
+
+PlacementMode = Literal["auto", "loop", "threads"]
+WINDOW = 32
+SLOW_FACTOR = 10.0
+WALL_FACTOR = 3.0
+MAX_BACKOFF = 64
+
+
+class Placement:
+    """Decides, call by call, whether the next model call runs on the event loop."""
+
+    def __init__(self, mode: PlacementMode = "auto", loop_max_s: float = 0.001) -> None:
+        if mode not in ("auto", "loop", "threads"):
+            raise ValueError(f"placement must be auto, loop or threads, got {mode!r}")
+        if loop_max_s <= 0:
+            raise ValueError(f"loop_max_s must be positive, got {loop_max_s}")
+        self.mode = mode
+        self.loop_max_s = loop_max_s
+        self.on_loop = mode == "loop"
+        """Where the next call runs."""
+        self._window: list[tuple[float, float]] = []
+        self._backoff = 1
+        """Windows in the pool before the next trial on the loop."""
+        self._wait = 0
+        self._told = False
+
+    def observe(self, seconds: float, cpu_seconds: float) -> None:
+        """Record one call: its wall-clock and CPU seconds (``auto`` moves calls between the loop and
+        the pool)."""
+        if self.mode != "auto":
+            return
+        limit = self.loop_max_s
+        if self.on_loop and seconds > SLOW_FACTOR * limit:
+            self._to_pool(f"a call took {seconds * 1e3:.2f} ms")
+            return
+        window = self._window
+        window.append((cpu_seconds, seconds))
+        if len(window) < WINDOW:
+            return
+        cpu = sorted(c for c, _ in window)[WINDOW // 2]
+        wall = sorted(w for _, w in window)[WINDOW // 2]
+        window.clear()
+        measured = f"the median call took {cpu * 1e3:.3f} ms of CPU, {wall * 1e3:.3f} ms in all"
+        if self.on_loop:
+            if cpu >= limit or wall >= WALL_FACTOR * limit:
+                self._to_pool(measured)
+            else:
+                self._backoff = 1
+                self._tell(measured)
+        elif self._wait > 0:
+            self._wait -= 1
+        elif cpu < limit and wall < SLOW_FACTOR * limit:
+            self.on_loop = True  # a trial: the next window measures calls on the loop
+
+    def _to_pool(self, why: str) -> None:
+        self._window.clear()
+        self.on_loop = False
+        self._wait = self._backoff
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+        self._tell(why)
+
+    def _tell(self, why: str) -> None:
+        where = "on the event loop" if self.on_loop else "in the predict threads"
+        log = logger.debug if self._told else logger.info
+        self._told = True
+        log("%s (limit %.3f ms): model calls run %s", why, self.loop_max_s * 1e3, where)
