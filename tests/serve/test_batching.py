@@ -381,3 +381,60 @@ def test_pytorch_large_batches_run_in_bounded_forward_passes(bimodal_dir: Path,
     sliced = handler.predict_records(records)
     np.testing.assert_allclose(sliced, whole, atol=1e-6)
     assert sum(shapes) == len(records) and max(shapes) <= 6
+
+
+SLEEPY_BATCH_SCRIPT = '''
+import json
+import time
+from pathlib import Path
+
+
+def model_fn(model_dir):
+    return Path(model_dir)
+
+
+def input_fn(body, content_type):
+    return json.loads(body)
+
+
+def predict_batch_fn(inputs, model):
+    with open(model / "sizes.txt", "a") as f:
+        f.write(f"{len(inputs)}\\n")
+    if "sleep" in inputs:
+        time.sleep(0.5)
+    return [{"echo": x} for x in inputs]
+'''
+
+
+def test_on_the_event_loop_requests_read_during_a_call_form_the_next_batch(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    write_script(model_dir, SLEEPY_BATCH_SCRIPT)
+    with serve_script(model_dir, predict_placement="loop", timeout=30) as app:
+        clients = [httpx.Client(base_url=app.url, timeout=30) for _ in range(6)]
+        try:
+            for client in clients:  # keep-alive connections, open before the test
+                assert client.post("/invocations", content="0").status_code == 200
+            before = len(sizes(model_dir))
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                sleeper = pool.submit(clients[0].post, "/invocations", content='"sleep"')
+                wait_for(lambda: len(sizes(model_dir)) > before, "the sleeping call")
+                answers = list(pool.map(lambda i: clients[i].post("/invocations", content=str(i)), range(1, 6)))
+                assert sleeper.result().json() == {"echo": "sleep"}
+        finally:
+            for client in clients:
+                client.close()
+    assert [r.json() for r in answers] == [{"echo": i} for i in range(1, 6)]
+    later = sizes(model_dir)[before:]
+    assert later[0] == 1 and sum(later[1:]) == 5
+    assert max(later[1:]) >= 2, later  # read while the loop was busy, run together
+
+
+def test_on_the_event_loop_a_batch_past_the_timeout_is_504_and_the_next_is_served(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    write_script(model_dir, SLEEPY_BATCH_SCRIPT)
+    with serve_script(model_dir, predict_placement="loop", timeout=0.2) as app:
+        slow = app.client.post("/invocations", content='"sleep"')
+        assert slow.status_code == 504 and slow.json()["error"] == "Timeout"
+        assert app.client.post("/invocations", content="7").json() == {"echo": 7}

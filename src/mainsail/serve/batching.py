@@ -10,6 +10,12 @@ found the model idle with nothing queued.
 Each queued request keeps its own content type and Accept; the handler's ``invoke_batch`` decodes
 each one alone (a request that fails decoding fails alone), runs the model once over the rest and
 encodes each answer for its own request.
+
+Batched calls run where ``placement`` (``mainsail.serve.placement``) says, judged by whole calls. In
+the predict threads, the loop goes on reading requests while a call runs. On the event loop, a call
+runs when the requests that were ready have all been read (the dispatch is deferred to the end of
+the loop's current pass), and those that arrive meanwhile wait in their sockets: the next pass
+reads them together, and they form the next batch.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from mainsail.errors import MainsailError, ModelError
+from mainsail.errors import MainsailError, ModelError, PredictTimeout
 from mainsail.handlers.base import Invocation, Outcome, Reply, as_error
+from mainsail.serve.placement import Placement
 
 BatchCall = Callable[[Sequence[Invocation]], list[Outcome]]
 
@@ -66,8 +73,10 @@ class Batcher:
     """
 
     def __init__(self, call: BatchCall, executor: Executor, config: BatchConfig, *,
-                 timeout_s: float | None = None, observe: Callable[[int], None] | None = None) -> None:
+                 timeout_s: float | None = None, observe: Callable[[int], None] | None = None,
+                 placement: Placement | None = None) -> None:
         self.call = call
+        self.placement = placement or Placement("threads")
         self.executor = executor
         self.config = config
         self.timeout_s = timeout_s
@@ -77,13 +86,22 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._loaded = False
         """Whether requests were left waiting when the last model call finished (load)."""
+        self._deferred = False
 
     async def submit(self, invocation: Invocation) -> tuple[Reply, float]:
         """Queue ``invocation``; returns its reply and the seconds its model call took."""
         future: asyncio.Future[tuple[Reply, float]] = asyncio.get_running_loop().create_future()
         self.queue.append((invocation, future))
-        self._dispatch()
+        if not self.placement.on_loop:
+            self._dispatch()
+        elif not self._deferred:
+            self._deferred = True
+            asyncio.get_running_loop().call_soon(self._dispatch_deferred)
         return await future
+
+    def _dispatch_deferred(self) -> None:
+        self._deferred = False
+        self._dispatch()
 
     def _dispatch(self) -> None:
         config = self.config
@@ -115,15 +133,23 @@ class Batcher:
             self.queue = deque(item for item in self.queue if not item[1].done())
 
     def _start(self, batch: list[Waiting]) -> None:
-        self.running += 1
         if self.observe is not None:
             self.observe(len(batch))
-        loop = asyncio.get_running_loop()
         invocations = [invocation for invocation, _ in batch]
+        if self.placement.on_loop:
+            cpu_started = time.thread_time()
+            outcomes, seconds = self._run(invocations)
+            self.placement.observe(seconds, time.thread_time() - cpu_started)
+            if self.timeout_s is not None and seconds > self.timeout_s:
+                outcomes = [PredictTimeout(self.timeout_s)] * len(batch)
+            self._settle(batch, outcomes, seconds)
+            return
+        self.running += 1
+        loop = asyncio.get_running_loop()
         slot = _Slot()
         if self.timeout_s is not None:
             slot.timer = loop.call_later(self.timeout_s, self._release, slot)
-        done = loop.run_in_executor(self.executor, self._run, invocations)
+        done = loop.run_in_executor(self.executor, self._run_measured, invocations)
         done.add_done_callback(lambda finished: self._finish(batch, finished, slot))
 
     def _release(self, slot: _Slot) -> None:
@@ -134,6 +160,11 @@ class Batcher:
             slot.released = True
             self.running -= 1
             self._dispatch()
+
+    def _run_measured(self, invocations: list[Invocation]) -> tuple[list[Outcome], float, float]:
+        cpu_started = time.thread_time()
+        outcomes, seconds = self._run(invocations)
+        return outcomes, seconds, time.thread_time() - cpu_started
 
     def _run(self, invocations: list[Invocation]) -> tuple[list[Outcome], float]:
         started = time.perf_counter()
@@ -146,14 +177,13 @@ class Batcher:
                                    "requests")] * len(invocations)
         return outcomes, time.perf_counter() - started
 
-    def _finish(self, batch: list[Waiting], finished: asyncio.Future[tuple[list[Outcome], float]],
+    def _finish(self, batch: list[Waiting], finished: asyncio.Future[tuple[list[Outcome], float, float]],
                 slot: _Slot) -> None:
         if slot.timer is not None:
             slot.timer.cancel()
         if not slot.released:
             slot.released = True
             self.running -= 1
-        self._loaded = bool(self.queue)
         if finished.cancelled():
             outcomes: Sequence[Outcome] = [ModelError("the model call was cancelled")] * len(batch)
             seconds = 0.0
@@ -161,7 +191,13 @@ class Batcher:
             outcomes = [ModelError(f"the batch failed: {finished.exception()}")] * len(batch)
             seconds = 0.0
         else:
-            outcomes, seconds = finished.result()
+            outcomes, seconds, cpu = finished.result()
+            self.placement.observe(seconds, cpu)
+        self._settle(batch, outcomes, seconds)
+
+    def _settle(self, batch: list[Waiting], outcomes: Sequence[Outcome], seconds: float) -> None:
+        """Answer each request of a finished call, then start the next."""
+        self._loaded = bool(self.queue)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():
                 continue

@@ -133,7 +133,8 @@ class ModelRuntime:
             handler: BatchHandler = self.handler  # type: ignore[assignment]
             assert self.batching is not None
             self._batcher = Batcher(handler.invoke_batch, self._executor, self.batching,
-                                    timeout_s=self.timeout_s, observe=self.observe_batch)
+                                    timeout_s=self.timeout_s, observe=self.observe_batch,
+                                    placement=Placement(self.placement.mode, self.placement.loop_max_s))
         if self.timeout_s is None:
             return await self._batcher.submit(invocation)
         try:
