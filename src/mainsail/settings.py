@@ -80,7 +80,7 @@ class ServeSettings(BaseSettings):
     ``loop_call_max_ms`` (a thread hand-off costs more than such a call), else in the predict
     threads; ``loop`` or ``threads`` forces either (``mainsail.serve.placement``)."""
     loop_call_max_ms: float = Field(1.0, gt=0, le=1000, validation_alias=_env("MAINSAIL_LOOP_CALL_MAX_MS"))
-    """The median call time under which ``auto`` runs model calls on the event loop."""
+    """The median wall-clock call time under which ``auto`` runs model calls on the event loop."""
     batching: bool = Field(True, validation_alias=_env("MAINSAIL_BATCHING"))
     """Adaptive batching: requests queued behind a busy model go to it together. The built-in
     handlers batch; a script batches when it defines ``predict_batch_fn``."""

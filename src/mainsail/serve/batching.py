@@ -137,9 +137,8 @@ class Batcher:
             self.observe(len(batch))
         invocations = [invocation for invocation, _ in batch]
         if self.placement.on_loop:
-            cpu_started = time.thread_time()
             outcomes, seconds = self._run(invocations)
-            self.placement.observe(seconds, time.thread_time() - cpu_started)
+            self.placement.observe(seconds)
             if self.timeout_s is not None and seconds > self.timeout_s:
                 outcomes = [PredictTimeout(self.timeout_s)] * len(batch)
             self._settle(batch, outcomes, seconds)
@@ -149,7 +148,7 @@ class Batcher:
         slot = _Slot()
         if self.timeout_s is not None:
             slot.timer = loop.call_later(self.timeout_s, self._release, slot)
-        done = loop.run_in_executor(self.executor, self._run_measured, invocations)
+        done = loop.run_in_executor(self.executor, self._run, invocations)
         done.add_done_callback(lambda finished: self._finish(batch, finished, slot))
 
     def _release(self, slot: _Slot) -> None:
@@ -160,11 +159,6 @@ class Batcher:
             slot.released = True
             self.running -= 1
             self._dispatch()
-
-    def _run_measured(self, invocations: list[Invocation]) -> tuple[list[Outcome], float, float]:
-        cpu_started = time.thread_time()
-        outcomes, seconds = self._run(invocations)
-        return outcomes, seconds, time.thread_time() - cpu_started
 
     def _run(self, invocations: list[Invocation]) -> tuple[list[Outcome], float]:
         started = time.perf_counter()
@@ -177,7 +171,7 @@ class Batcher:
                                    "requests")] * len(invocations)
         return outcomes, time.perf_counter() - started
 
-    def _finish(self, batch: list[Waiting], finished: asyncio.Future[tuple[list[Outcome], float, float]],
+    def _finish(self, batch: list[Waiting], finished: asyncio.Future[tuple[list[Outcome], float]],
                 slot: _Slot) -> None:
         if slot.timer is not None:
             slot.timer.cancel()
@@ -191,8 +185,8 @@ class Batcher:
             outcomes = [ModelError(f"the batch failed: {finished.exception()}")] * len(batch)
             seconds = 0.0
         else:
-            outcomes, seconds, cpu = finished.result()
-            self.placement.observe(seconds, cpu)
+            outcomes, seconds = finished.result()
+            self.placement.observe(seconds)
         self._settle(batch, outcomes, seconds)
 
     def _settle(self, batch: list[Waiting], outcomes: Sequence[Outcome], seconds: float) -> None:

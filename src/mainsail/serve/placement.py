@@ -5,15 +5,16 @@ hand-over), which is most of a fast model's overhead. A call that takes that lit
 the event loop; one that takes longer belongs in the pool, so the loop keeps reading, answering
 ``/ping`` and timing out requests while it runs. ``Placement`` decides from measured call times:
 
-* ``auto`` (the default): calls start in the pool, and each call's wall-clock and CPU time (its
-  thread's) are measured. A call's CPU time is the model's own work; its wall-clock time adds what it
-  waited for (I/O, a lock, the GIL in the pool, other processes on a busy machine). After a window of
-  ``WINDOW`` calls in the pool whose medians are under ``loop_max_s`` (CPU) and ``SLOW_FACTOR`` times
-  it (wall), the next window runs on the loop as a trial. Calls stay on the loop while each window's
-  medians are under ``loop_max_s`` (CPU) and ``WALL_FACTOR`` times it (wall: a call that waits blocks
-  the loop as long as one that computes); otherwise they go back to the pool, and the next trial
-  waits twice as long as the last (up to ``MAX_BACKOFF`` windows). One call on the loop that takes
-  more than ``SLOW_FACTOR`` times ``loop_max_s`` sends the next calls back to the pool at once.
+* ``auto`` (the default): calls start in the pool, and each call's wall-clock time is measured (a
+  thread's CPU clock would tell computing from waiting, but reading it is a system call, which on a
+  busy machine cost more than the hand-off it would save). Times measured in the pool are inflated
+  by the other threads (the GIL), so the pool only says whether a trial is worth it: when the median
+  of a window of ``WINDOW`` calls is under ``SLOW_FACTOR`` times ``loop_max_s``, the next window runs
+  on the loop, where times are the model's own (plus what other processes take of the cores).
+  Calls stay on the loop while each window's median is under ``loop_max_s``; otherwise they go back
+  to the pool, and the next trial waits twice as long as the last (up to ``MAX_BACKOFF`` windows).
+  One call on the loop that takes more than ``SLOW_FACTOR`` times ``loop_max_s`` sends the next
+  calls back to the pool at once.
 * ``loop``: always on the event loop (one call at a time per worker);
 * ``threads``: always in the pool.
 
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 PlacementMode = Literal["auto", "loop", "threads"]
 WINDOW = 32
 SLOW_FACTOR = 10.0
-WALL_FACTOR = 3.0
 MAX_BACKOFF = 64
 
 
@@ -47,15 +47,14 @@ class Placement:
         self.loop_max_s = loop_max_s
         self.on_loop = mode == "loop"
         """Where the next call runs."""
-        self._window: list[tuple[float, float]] = []
+        self._window: list[float] = []
         self._backoff = 1
         """Windows in the pool before the next trial on the loop."""
         self._wait = 0
         self._told = False
 
-    def observe(self, seconds: float, cpu_seconds: float) -> None:
-        """Record one call: its wall-clock and CPU seconds (``auto`` moves calls between the loop and
-        the pool)."""
+    def observe(self, seconds: float) -> None:
+        """Record one call's wall-clock seconds (``auto`` moves calls between the loop and the pool)."""
         if self.mode != "auto":
             return
         limit = self.loop_max_s
@@ -63,22 +62,22 @@ class Placement:
             self._to_pool(f"a call took {seconds * 1e3:.2f} ms")
             return
         window = self._window
-        window.append((cpu_seconds, seconds))
+        window.append(seconds)
         if len(window) < WINDOW:
             return
-        cpu = sorted(c for c, _ in window)[WINDOW // 2]
-        wall = sorted(w for _, w in window)[WINDOW // 2]
+        window.sort()
+        median = window[WINDOW // 2]
         window.clear()
-        measured = f"the median call took {cpu * 1e3:.3f} ms of CPU, {wall * 1e3:.3f} ms in all"
+        measured = f"the median call took {median * 1e3:.3f} ms"
         if self.on_loop:
-            if cpu >= limit or wall >= WALL_FACTOR * limit:
+            if median >= limit:
                 self._to_pool(measured)
             else:
                 self._backoff = 1
                 self._tell(measured)
         elif self._wait > 0:
             self._wait -= 1
-        elif cpu < limit and wall < SLOW_FACTOR * limit:
+        elif median < SLOW_FACTOR * limit:
             self.on_loop = True  # a trial: the next window measures calls on the loop
 
     def _to_pool(self, why: str) -> None:

@@ -102,31 +102,31 @@ class ModelRuntime:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self._call, invocation)
         if self.timeout_s is None:
-            reply, seconds, cpu = await future
+            reply = await future
         else:
             try:
-                reply, seconds, cpu = await asyncio.wait_for(future, self.timeout_s)
+                reply = await asyncio.wait_for(future, self.timeout_s)
             except TimeoutError:
-                placement.observe(self.timeout_s, self.timeout_s)
+                placement.observe(self.timeout_s)
                 raise PredictTimeout(self.timeout_s) from None
-        placement.observe(seconds, cpu)
-        return reply, seconds
+        placement.observe(reply[1])
+        return reply
 
     def _call_on_loop(self, invocation: Invocation) -> tuple[Reply, float]:
         """One call on the event loop; a 504 (late) when it outlived the timeout."""
         started = time.perf_counter()
         try:
-            reply, seconds, cpu = self._call(invocation)
+            reply = self._call(invocation)
         except MainsailError as exc:
             seconds = time.perf_counter() - started
-            self.placement.observe(seconds, seconds)
+            self.placement.observe(seconds)
             if self.timeout_s is not None and seconds > self.timeout_s:
                 raise PredictTimeout(self.timeout_s) from exc
             raise
-        self.placement.observe(seconds, cpu)
-        if self.timeout_s is not None and seconds > self.timeout_s:
+        self.placement.observe(reply[1])
+        if self.timeout_s is not None and reply[1] > self.timeout_s:
             raise PredictTimeout(self.timeout_s)
-        return reply, seconds
+        return reply
 
     async def _invoke_batched(self, invocation: Invocation) -> tuple[Reply, float]:
         if self._batcher is None:  # in the running loop, after any fork
@@ -142,11 +142,9 @@ class ModelRuntime:
         except TimeoutError:
             raise PredictTimeout(self.timeout_s) from None
 
-    def _call(self, invocation: Invocation) -> tuple[Reply, float, float]:
-        """The handler's answer, with the wall-clock and CPU seconds the call took."""
-        # a thread's CPU clock is a system call (~1 us): read only when ``auto`` decides by it
-        cpu_clock = time.thread_time if self.placement.mode == "auto" else _no_clock
-        started, cpu_started = time.perf_counter(), cpu_clock()
+    def _call(self, invocation: Invocation) -> tuple[Reply, float]:
+        """The handler's answer, with the seconds the call took."""
+        started = time.perf_counter()
         try:
             reply = self.handler.invoke(invocation)
         except Exception as exc:
@@ -155,11 +153,7 @@ class ModelRuntime:
             if error is exc:
                 raise
             raise error from exc
-        return reply, time.perf_counter() - started, cpu_clock() - cpu_started
+        return reply, time.perf_counter() - started
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _no_clock() -> float:
-    return 0.0
