@@ -1,4 +1,4 @@
-"""``python -m bench {serve,tabular,pytorch,control,multimodel,suite} [--duration S] [--quick] [--out FILE.md]``."""
+"""``python -m bench {serve,profile,tabular,pytorch,control,...} [--duration S] [--quick] [--out FILE.md]``."""
 
 from __future__ import annotations
 
@@ -17,24 +17,31 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bench.report import milestone_checks, render_serve_section, results_table, write_section
+    from bench import report
     from bench.serve import run_serve_benchmark
 
     command = "python -m bench " + shlex.join(sys.argv[1:])
     bench = run_serve_benchmark(duration_s=args.duration, warmup_s=args.warmup, rounds=args.rounds,
-                                quick=args.quick, workers=args.workers, command=command,
+                                quick=args.quick, workers=args.workers, command=command, loadgen=args.loadgen,
+                                systems=[s for s in args.systems.split(",") if s],
                                 log=lambda line: print(line, file=sys.stderr, flush=True))
     print()
-    print(results_table(bench))
-    print()
-    for check in milestone_checks(bench):
+    print(f"{report.results_table(bench)}\n\n{report.ratios_table(bench)}\n")
+    for check in [*report.issue14_checks(bench), *report.milestone_checks(bench)]:
         print(f"{check.name}: {check.measured} (target {check.target}): {check.verdict.strip('*')}")
-    write_section(args.out, "serve", render_serve_section(bench))
+    report.write_section(args.out, "serve", report.render_serve_section(bench))
     print(f"\nwrote the serve section of {args.out} ({bench.wall_s:.0f} s in all)")
     errors = sum(m.result.errors for m in bench.measurements)
     if errors:
         print(f"{errors} requests failed: see the per-round table", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from bench.profile import run_and_report
+
+    return run_and_report(args, command="python -m bench " + shlex.join(sys.argv[1:]),
+                          log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def _tabular(args: argparse.Namespace) -> int:
@@ -249,13 +256,25 @@ def _common(parser: argparse.ArgumentParser, quick: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.profile import add_profile_arguments
+    from bench.systems import DEFAULT_SYSTEMS, SYSTEMS
+
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="mainsail serve vs Flask + gunicorn vs the in-process floor")
+    serve = commands.add_parser(
+        "serve", help="mainsail serve vs FastAPI, a bare ASGI app, Flask + gunicorn and the in-process floor")
     _common(serve, "0.3")
     serve.add_argument("--quick", action="store_true", help="a smoke run: one round of 1 s per cell")
     serve.add_argument("--workers", type=int, default=2, help="worker processes per server (default 2)")
+    serve.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
+                       help="load generator: wrk, bench.loadgen, or auto (wrk when installed; default)")
+    serve.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                       help=f"comma-separated, from {','.join(SYSTEMS)} (default all)")
     serve.set_defaults(func=_serve)
+    profile = commands.add_parser(
+        "profile", help="where each microsecond of a request goes in mainsail serve (py-spy under load)")
+    add_profile_arguments(profile, ROOT / "docs" / "benchmarks.md")
+    profile.set_defaults(func=_profile, rounds=1, warmup=None)
     tabular = commands.add_parser(
         "tabular", help="the tabular handler on one record: fast path vs batch path vs booster vs HTTP")
     _common(tabular, "0.15")

@@ -331,8 +331,8 @@ def _start_servers(stack: contextlib.ExitStack, size: str, model_dir: Path, work
             env = server_env({"MAINSAIL_HOME": str(tmp / f"home-{name}"), "HF_HUB_OFFLINE": "1",
                               "MAINSAIL_USE_ONNX": "true" if network == "onnx" else "false",
                               "ONNX_INTRA_OP_THREADS": "1", "ONNX_INTER_OP_THREADS": "1"})
-            server = stack.enter_context(running(f"{size}-{name}", mainsail_argv(model_dir, port, w), host=HOST,
-                                                 port=port, env=env, cwd=ROOT))
+            argv = mainsail_argv(model_dir, port, w, log_level="warning")  # as its section documents
+            server = stack.enter_context(running(f"{size}-{name}", argv, host=HOST, port=port, env=env, cwd=ROOT))
             log(f"  ready after {server.ready_s:.1f} s")
             servers[name] = server
     return servers

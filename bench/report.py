@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.serve import FLASK, MAINSAIL, SYSTEM_LABELS, ServeBenchmark
+from bench.serve import ServeBenchmark
+from bench.systems import BARE, FASTAPI, FLASK, MAINSAIL, MAINSAIL_TUNED, SYSTEM_LABELS
 
 FILE_HEADER = """# mainsail benchmarks
 
@@ -25,6 +26,10 @@ PACKAGES = ("mainsail", "xgboost", "scikit-learn", "numpy", "joblib", "starlette
 
 LATENCY_TARGET_MS = 1.0
 THROUGHPUT_TARGET = 1.5
+# Issue 14 ("Fast by default"), as ratios within one run: mainsail in its default configuration.
+BARE_RATIO_TARGET = 0.95
+FASTAPI_RATIO_TARGET = 1.15
+FLOOR_GAP_TARGET_MS = 0.3
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -86,6 +91,49 @@ class Check:
         return "not measured" if self.met is None else ("**met**" if self.met else "**not met**")
 
 
+def _ratio_check(bench: ServeBenchmark, peer: str, target: float) -> Check:
+    high = max(bench.concurrencies)
+    name = f"concurrency {high}: mainsail serve (default) req/s ÷ {SYSTEM_LABELS[peer]} req/s"
+    ours, theirs = bench.cell(MAINSAIL, high), bench.cell(peer, high)
+    if ours is None or theirs is None or theirs.rps <= 0:
+        return Check(name, f"≥ {target:g}×", "—", None)
+    ratio = ours.rps / theirs.rps
+    return Check(name, f"≥ {target:g}×", f"{ours.rps:,.0f} ÷ {theirs.rps:,.0f} = {ratio:.2f}×",
+                 ratio >= target and ours.errors == 0)
+
+
+def issue14_checks(bench: ServeBenchmark) -> list[Check]:
+    """The "Fast by default" targets: ratios to the bare ASGI app and FastAPI, and the gap to the floor."""
+    low = min(bench.concurrencies)
+    name = f"concurrency {low}: mainsail serve (default) p50 − in-process chain p50"
+    cell, floor = bench.cell(MAINSAIL, low), bench.floor_p50_ms
+    if cell is not None and floor is not None:
+        gap = cell.p50_ms - floor
+        latency = Check(name, f"≤ {FLOOR_GAP_TARGET_MS:g} ms", f"{cell.p50_ms:.3f} − {floor:.3f} = {gap:.3f} ms",
+                        gap <= FLOOR_GAP_TARGET_MS and cell.errors == 0)
+    else:
+        latency = Check(name, f"≤ {FLOOR_GAP_TARGET_MS:g} ms", "—", None)
+    return [_ratio_check(bench, BARE, BARE_RATIO_TARGET), _ratio_check(bench, FASTAPI, FASTAPI_RATIO_TARGET),
+            latency]
+
+
+def ratios_table(bench: ServeBenchmark) -> str:
+    """Every system's throughput at the highest concurrency over the bare ASGI app's and FastAPI's."""
+    low, high = min(bench.concurrencies), max(bench.concurrencies)
+    bare, fastapi, floor = bench.cell(BARE, high), bench.cell(FASTAPI, high), bench.floor_p50_ms
+    rows = [f"| system | req/s at {high} | ÷ bare ASGI | ÷ FastAPI + uvicorn | p50 at {low} − in-process p50, ms |",
+            "|---|---:|---:|---:|---:|"]
+    for system in bench.systems:
+        cell, cell_low = bench.cell(system, high), bench.cell(system, low)
+        if cell is None:
+            continue
+        over_bare = f"{cell.rps / bare.rps:.2f}×" if bare is not None and bare.rps > 0 else "–"
+        over_fastapi = f"{cell.rps / fastapi.rps:.2f}×" if fastapi is not None and fastapi.rps > 0 else "–"
+        gap = f"{cell_low.p50_ms - floor:.3f}" if cell_low is not None and floor is not None else "–"
+        rows.append(f"| {_label(bench, system)} | {cell.rps:,.0f} | {over_bare} | {over_fastapi} | {gap} |")
+    return "\n".join(rows)
+
+
 def milestone_checks(bench: ServeBenchmark) -> list[Check]:
     low, high = min(bench.concurrencies), max(bench.concurrencies)
     name_i = f"(i) concurrency {low}: mainsail p50 − in-process chain p50"
@@ -110,7 +158,10 @@ def milestone_checks(bench: ServeBenchmark) -> list[Check]:
 
 
 def _label(bench: ServeBenchmark, system: str) -> str:
-    return f"{SYSTEM_LABELS[system]} ({bench.workers} workers)"
+    label = SYSTEM_LABELS[system]
+    if label.endswith(")"):  # "... (tuned)" -> "... (tuned, 2 workers)"
+        return f"{label[:-1]}, {bench.workers} workers)"
+    return f"{label} ({bench.workers} workers)"
 
 
 def results_table(bench: ServeBenchmark) -> str:
@@ -132,9 +183,10 @@ def rounds_table(bench: ServeBenchmark) -> str:
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     if bench.loadgen_check is not None:
         r = bench.loadgen_check
+        opened = f"{r.connections_opened:,}" if r.connections_opened >= 0 else "–"
         rows.append(f"| – | canned server (client self-check) | {r.concurrency} | {r.rps:,.0f} | "
                     f"{r.p50_ms:.3f} | {r.p90_ms:.3f} | {r.p99_ms:.3f} | {r.max_ms:.3f} | {r.requests:,} | "
-                    f"{r.connections_opened:,} | – | – | {r.client_cpu_us_per_req:.1f} | – |")
+                    f"{opened} | – | – | {r.client_cpu_us_per_req:.1f} | – |")
     for i, f in enumerate(bench.floors, 1):
         rows.append(f"| {i} | in-process handler chain | 1 | {f.calls_per_s:,.0f} | {f.p50_ms:.3f} | – | "
                     f"{f.p99_ms:.3f} | – | {f.calls:,} | – | – | – | – | – |")
@@ -142,12 +194,14 @@ def rounds_table(bench: ServeBenchmark) -> str:
     for m in ordered:
         r = m.result
         window = bench.warmup_s + bench.duration_s
-        keep_alive = r.connections_opened <= 2 * m.concurrency
-        split = ("/".join(str(n) for n in m.connection_split) if m.connection_split and keep_alive
+        keep_alive = r.connections_opened <= 2 * m.concurrency  # -1: not known (wrk does not say)
+        split = ("/".join(str(n) for n in m.connection_split) if m.connection_split and any(m.connection_split)
+                 and keep_alive
                  else "–" if keep_alive else "no keep-alive")
+        opened = f"{r.connections_opened:,}" if r.connections_opened >= 0 else "–"
         rows.append(
             f"| {m.round} | {SYSTEM_LABELS[m.system]} | {m.concurrency} | {r.rps:,.0f} | {r.p50_ms:.3f} | "
-            f"{r.p90_ms:.3f} | {r.p99_ms:.3f} | {r.max_ms:.3f} | {r.requests:,} | {r.connections_opened:,} | "
+            f"{r.p90_ms:.3f} | {r.p99_ms:.3f} | {r.max_ms:.3f} | {r.requests:,} | {opened} | "
             f"{split} | {m.server_cpu_s / window:.2f} | {r.client_cpu_us_per_req:.1f} | "
             f"{m.other_cpu_cores:.2f} |"
         )
@@ -185,6 +239,25 @@ def checks_table(checks: list[Check]) -> str:
     return "\n".join(rows)
 
 
+def _load_method(bench: ServeBenchmark) -> str:
+    if bench.loadgen == "wrk":
+        return (f"""* **Load** (`bench/wrk.py`): wrk, a C client on epoll, in its own process (`wrk -t1 -cN
+  -d{bench.duration_s:g}s --latency` with a Lua script posting the body file), keeping connections alive
+  and reconnecting when the server closes them (gunicorn's sync worker closes every connection).
+  Each cell gets a separate, discarded {bench.warmup_s:g} s wrk run first, then {bench.duration_s:g} s
+  measured. Percentiles are wrk's; like `bench/loadgen.py` it does not correct for coordinated omission.
+  Errors count non-2xx answers and socket errors (connect, read, write, 10 s timeout) of the measured
+  run. The client's CPU is wrk's own rusage.""")
+    return f"""* **Load** (`bench/loadgen.py`): a closed-loop client in its own process, on asyncio protocols and
+  uvloop over raw HTTP/1.1. It keeps connections alive when the server allows it and reconnects when
+  the server closes them (gunicorn's sync worker closes every connection, so that peer's latency
+  includes a TCP connect). Each cell gets {bench.warmup_s:g} s of discarded warm-up on fresh connections,
+  then {bench.duration_s:g} s measured; only requests that start and end inside that window count.
+  Latency runs from the start of a request (including any reconnect) to the last byte of its
+  response; like wrk, the client does not correct for coordinated omission. Errors count every non-2xx
+  answer, socket error and 10 s timeout, warm-up included."""
+
+
 def render_serve_section(bench: ServeBenchmark) -> str:
     checks = milestone_checks(bench)
     check = bench.loadgen_check
@@ -194,9 +267,11 @@ def render_serve_section(bench: ServeBenchmark) -> str:
             f" Against a canned server (a fixed 200 from a bare asyncio protocol, nearly free) the client "
             f"reached {check.rps:,.0f} req/s at concurrency {check.concurrency}, spending "
             f"{check.client_cpu_us_per_req:.0f} µs of its own CPU per request. What it spent in the real "
-            f"runs is in the per-round table: a reconnect per request costs it about four times the CPU "
-            f"of a keep-alive request, taken from the cores the server runs on, so it handicaps the "
-            f"gunicorn peer's throughput somewhat (a C client such as wrk would reconnect more cheaply)."
+            f"runs is in the per-round table"
+            + (", taken from the cores the servers run on." if bench.loadgen == "wrk" else
+               ": a reconnect per request costs it about four times the CPU of a keep-alive request, taken "
+               "from the cores the server runs on, so it handicaps the gunicorn peer's throughput somewhat "
+               "(a C client such as wrk would reconnect more cheaply).")
         )
     servers = "; ".join(
         f"{SYSTEM_LABELS[s.system]} was ready {s.ready_s:.1f} s after start and "
@@ -214,7 +289,7 @@ def render_serve_section(bench: ServeBenchmark) -> str:
     )
     calls = sum(f.calls for f in bench.floors)
     return f"""
-## Serving one XGBoost model: mainsail vs Flask + gunicorn
+## Serving one XGBoost model: mainsail vs FastAPI, a bare ASGI app and Flask + gunicorn
 
 Run on {bench.started:%Y-%m-%d %H:%M} UTC with `{bench.command}` ({bench.wall_s:.0f} s in all).
 {quick}
@@ -227,6 +302,15 @@ Median over {bench.rounds} interleaved round{"s" if bench.rounds > 1 else ""} of
 cell (each round's figures are under [Per round](#per-round)). Latencies in milliseconds.
 
 {results_table(bench)}
+
+### Issue 14 targets ("fast by default", ratios within this run)
+
+mainsail in its default configuration (no `--log-level`), against the bare ASGI app and FastAPI + uvicorn
+measured in the same rounds. Rows marked "(tuned)" are extra configurations and count for no target.
+
+{checks_table(issue14_checks(bench))}
+
+{ratios_table(bench)}
 
 ### Milestone checks
 
@@ -247,8 +331,15 @@ cell (each round's figures are under [Per round](#per-round)). Latencies in mill
 * **In-process floor**: the same `input_fn -> predict_fn -> output_fn` chain called directly in the
   benchmark process on the same body (decoded to `str`, as both servers do), one call at a time in one
   thread, each call timed ({calls:,} calls in all).
-* **mainsail**: `mainsail serve MODEL_DIR --workers {bench.workers} --log-level warning`, every other
-  setting at its default.
+* **mainsail**: `mainsail serve MODEL_DIR --workers {bench.workers}`, every setting at its default, the
+  log level included (so the access log is on, as users get it). The extra row
+  "{SYSTEM_LABELS[MAINSAIL_TUNED]}" adds `--log-level warning` and nothing else.
+* **FastAPI + uvicorn** (`bench/peers/fastapi_app.py`): an `async def /invocations` calling the same
+  functions on the event loop, under `uvicorn --workers {bench.workers} --loop uvloop --http httptools
+  --no-access-log` (`fastapi_uvicorn_w2` of the peer baseline).
+* **Bare ASGI app** (`bench/peers/bare_asgi.py`): a raw ASGI callable (no framework, routing, logging or
+  metrics) calling the same functions on the event loop, under the same uvicorn command line: the
+  ceiling for a Python server on uvicorn + httptools + uvloop with this script.
 * **Flask + gunicorn** (`bench/peers/flask_app.py`): the request path of SageMaker's scikit-learn
   container (a Flask app calling the same four functions) under `gunicorn -k sync -w {bench.workers}`
   straight on TCP with the access log off: `flask_gunicorn_sync_w2` of the peer baseline
@@ -257,14 +348,7 @@ cell (each round's figures are under [Per round](#per-round)). Latencies in mill
 * **Servers** run side by side as subprocesses on free loopback ports with `OMP_NUM_THREADS=1`, but
   only one is under load at a time. Each is ready when `GET /ping` answers 200 (polled), and is
   stopped with SIGTERM at the end: {servers}.
-* **Load** (`bench/loadgen.py`): a closed-loop client in its own process, on asyncio protocols and
-  uvloop over raw HTTP/1.1. It keeps connections alive when the server allows it and reconnects when
-  the server closes them (gunicorn's sync worker closes every connection, so that peer's latency
-  includes a TCP connect). Each cell gets {bench.warmup_s:g} s of discarded warm-up on fresh connections,
-  then {bench.duration_s:g} s measured; only requests that start and end inside that window count.
-  Latency runs from the start of a request (including any reconnect) to the last byte of its
-  response; like wrk, the client does not correct for coordinated omission. Errors count every non-2xx
-  answer, socket error and 10 s timeout, warm-up included.{check_line}
+{_load_method(bench)}{check_line}
 * **Rounds**: each round measures the floor, then every system at every concurrency, alternating
   which system goes first; the table reports each figure's median over the rounds.
 * **Noise**: client and servers share the machine's {os.cpu_count()} cores, so every throughput

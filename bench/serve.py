@@ -1,4 +1,8 @@
-"""The serving benchmark: the in-process floor, ``mainsail serve`` and Flask + gunicorn, one model.
+"""The serving benchmark: the in-process floor, ``mainsail serve`` and its peers, one model.
+
+The systems (``bench.systems``): ``mainsail serve`` in its default configuration, the same with
+``--log-level warning`` as a labelled tuned row, Flask + gunicorn, FastAPI + uvicorn and the bare ASGI
+app. The load generator is wrk when it is installed (``bench.wrk``), else ``bench.loadgen``.
 
 The servers run side by side as subprocesses on free loopback ports, but only one is under load at
 a time; the load generator runs in yet another process. Nothing is left running: each server is
@@ -8,7 +12,6 @@ stopped with SIGTERM (then its process group killed) whatever happens.
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 import shutil
 import statistics
@@ -27,14 +30,20 @@ from bench.model import ModelDir, build_model_dir
 from bench.procs import Server, connections_by_pid, free_port, machine_busy_s, running
 from bench.summary import RoundsSummary
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
-MAINSAIL = "mainsail"
-FLASK = "flask-gunicorn"
-SYSTEM_LABELS = {
-    MAINSAIL: "mainsail serve",
-    FLASK: "Flask + gunicorn sync",
-}
+# Re-exported ("X as X"): the other benchmarks import these from bench.serve.
+from bench.systems import BARE as BARE
+from bench.systems import DEFAULT_SYSTEMS, SYSTEM_LABELS, system_argv
+from bench.systems import FASTAPI as FASTAPI
+from bench.systems import FLASK as FLASK
+from bench.systems import HOST as HOST
+from bench.systems import MAINSAIL as MAINSAIL
+from bench.systems import MAINSAIL_TUNED as MAINSAIL_TUNED
+from bench.systems import ROOT as ROOT
+from bench.systems import canned_argv as canned_argv
+from bench.systems import gunicorn_argv as gunicorn_argv
+from bench.systems import mainsail_argv as mainsail_argv
+from bench.systems import server_env as server_env
+from bench.wrk import choose_loadgen, lua_script, parse_wrk_output, run_wrk, wrk_argv, wrk_seconds
 
 
 @dataclass
@@ -95,6 +104,8 @@ class ServeBenchmark:
     measurements: list[Measurement] = field(default_factory=list)
     servers: list[ServerInfo] = field(default_factory=list)
     wall_s: float = 0.0
+    loadgen: str = "python"
+    """The load generator that ran: ``wrk`` or ``python`` (``bench.loadgen``)."""
 
     def cell(self, system: str, concurrency: int) -> Cell | None:
         rounds = [m for m in self.measurements if m.system == system and m.concurrency == concurrency]
@@ -115,34 +126,6 @@ class ServeBenchmark:
     @property
     def floor_calls_per_s(self) -> float | None:
         return statistics.median(f.calls_per_s for f in self.floors) if self.floors else None
-
-
-def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment every server gets: one thread of native compute per worker (as the peers had)."""
-    env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                "PYTHONUNBUFFERED": "1"})
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(extra or {})
-    return env
-
-
-def mainsail_argv(model_dir: Path, port: int, workers: int) -> list[str]:
-    script = Path(sys.executable).parent / "mainsail"
-    launcher = [str(script)] if script.exists() else [sys.executable, "-m", "mainsail.cli"]
-    return [*launcher, "serve", str(model_dir), "--host", HOST, "--port", str(port),
-            "--workers", str(workers), "--log-level", "warning"]
-
-
-def gunicorn_argv(port: int, workers: int) -> list[str]:
-    # PEER_BASELINE's flask_gunicorn_sync_w2: gunicorn -k sync -w 2 straight on TCP, access log off
-    # (gunicorn's default), every other setting gunicorn's default.
-    return [sys.executable, "-m", "gunicorn", "-k", "sync", "-w", str(workers), "-b", f"{HOST}:{port}",
-            "--pythonpath", str(ROOT), "--log-level", "warning", "bench.peers.flask_app:app"]
-
-
-def canned_argv(port: int) -> list[str]:
-    return [sys.executable, "-m", "bench.peers.canned", "--host", HOST, "--port", str(port)]
 
 
 def loadgen_argv(url: str, body_file: Path, *, concurrency: int, duration_s: float,
@@ -166,14 +149,16 @@ def run_loadgen(url: str, body_file: Path, *, concurrency: int, duration_s: floa
 
 def run_serve_benchmark(*, duration_s: float = 5.0, warmup_s: float | None = None, rounds: int = 3,
                         quick: bool = False, workers: int = 2, concurrencies: Sequence[int] = (1, 16),
-                        systems: Sequence[str] = (MAINSAIL, FLASK), loadgen_check: bool = True,
-                        command: str = "python -m bench serve",
+                        systems: Sequence[str] = DEFAULT_SYSTEMS, loadgen_check: bool = True,
+                        loadgen: str = "auto", command: str = "python -m bench serve",
                         log: Callable[[str], None] = print) -> ServeBenchmark:
     """Build the model, start every server, then measure every cell ``rounds`` times, interleaved.
 
     Interleaving (round 1: floor, A, B; round 2: floor, B, A; ...) and taking medians keeps a burst of
     unrelated load on this shared machine from landing on one system only. Bounded in time: about
     ``rounds * (1 + len(systems) * len(concurrencies)) * (warmup_s + duration_s)`` plus start-up.
+    ``loadgen``: ``auto`` (wrk when installed), ``wrk`` or ``python``; wrk runs whole seconds, so the
+    durations are rounded for it (the warm-up to at least 1 s when there is one).
     """
     if quick:
         duration_s, rounds = min(duration_s, 1.0), 1
@@ -181,9 +166,15 @@ def run_serve_benchmark(*, duration_s: float = 5.0, warmup_s: float | None = Non
         warmup_s = 0.3 if quick else 1.0
     if rounds < 1 or duration_s <= 0 or warmup_s < 0:
         raise ValueError("rounds must be >= 1, duration_s > 0 and warmup_s >= 0")
+    unknown = [s for s in systems if s not in SYSTEM_LABELS]
+    if unknown:
+        raise ValueError(f"unknown systems {unknown}: use {list(SYSTEM_LABELS)}")
+    chosen = choose_loadgen(loadgen)
+    if chosen == "wrk":
+        duration_s, warmup_s = float(wrk_seconds(duration_s)), float(wrk_seconds(warmup_s)) if warmup_s else 0.0
     bench = ServeBenchmark(started=datetime.now(UTC), command=command, duration_s=duration_s,
-                           warmup_s=warmup_s, rounds=rounds, workers=workers,
-                           concurrencies=list(concurrencies), systems=list(systems), quick=quick)
+                           warmup_s=warmup_s, rounds=rounds, workers=workers, concurrencies=list(concurrencies),
+                           systems=list(systems), quick=quick, loadgen=chosen)
     t_start = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="mainsail-bench-"))
     try:
@@ -191,15 +182,16 @@ def run_serve_benchmark(*, duration_s: float = 5.0, warmup_s: float | None = Non
         model = build_model_dir(tmp / "model")
         body_file = tmp / "record.csv"
         body_file.write_bytes(model.csv_row)
+        body_file.with_suffix(".lua").write_text(lua_script(body_file, "text/csv"))
         if loadgen_check:
             check_s = min(duration_s, 2.0)
             log(f"load generator self-check against a canned server: {check_s:g} s")
             port = free_port()
             with running("canned", canned_argv(port), host=HOST, port=port, env=server_env(),
                          cwd=ROOT, ready_timeout_s=30) as canned:
-                bench.loadgen_check = run_loadgen(f"{canned.url}/invocations", body_file,
-                                                  concurrency=max(concurrencies), duration_s=check_s,
-                                                  warmup_s=min(warmup_s, 0.5))
+                check = run_wrk if chosen == "wrk" else run_loadgen
+                bench.loadgen_check = check(f"{canned.url}/invocations", body_file, concurrency=max(concurrencies),
+                                            duration_s=check_s, warmup_s=min(warmup_s, 0.5))
         servers: dict[str, Server] = {}
         try:
             with contextlib.ExitStack() as stack:
@@ -228,14 +220,7 @@ def run_serve_benchmark(*, duration_s: float = 5.0, warmup_s: float | None = Non
 def _start(stack: contextlib.ExitStack, bench: ServeBenchmark, system: str, model: ModelDir, tmp: Path,
            log: Callable[[str], None]) -> Server:
     port = free_port()
-    if system == MAINSAIL:
-        argv = mainsail_argv(model.path, port, bench.workers)
-        env = server_env({"MAINSAIL_HOME": str(tmp / "mainsail-home")})
-    elif system == FLASK:
-        argv = gunicorn_argv(port, bench.workers)
-        env = server_env({"BENCH_MODEL_DIR": str(model.path)})
-    else:
-        raise ValueError(f"unknown system {system!r}: use {MAINSAIL!r} or {FLASK!r}")
+    argv, env = system_argv(system, model.path, port, bench.workers, tmp / f"home-{system}")
     log(f"starting {SYSTEM_LABELS[system]} on port {port}")
     server = stack.enter_context(running(system, argv, host=HOST, port=port, env=env, cwd=ROOT))
     log(f"  ready after {server.ready_s:.1f} s")
@@ -245,18 +230,27 @@ def _start(stack: contextlib.ExitStack, bench: ServeBenchmark, system: str, mode
 def _measure(bench: ServeBenchmark, servers: dict[str, Server], system: str, concurrency: int,
              round_: int, body_file: Path, log: Callable[[str], None]) -> Measurement:
     server = servers[system]
-    argv = loadgen_argv(f"{server.url}/invocations", body_file, concurrency=concurrency,
-                        duration_s=bench.duration_s, warmup_s=bench.warmup_s)
+    url = f"{server.url}/invocations"
     ours = [s.cpu_s() for s in servers.values()]
     own = time.process_time()
     children = _children_cpu_s()
     busy = machine_busy_s()
     started = time.monotonic()
+    if bench.loadgen == "wrk":  # the warm-up is a run of its own; the measured run follows at once
+        script = body_file.with_suffix(".lua")
+        if bench.warmup_s > 0:
+            subprocess.run(wrk_argv(url, script, concurrency=concurrency, duration_s=bench.warmup_s),
+                           capture_output=True, check=True, timeout=bench.warmup_s + 60)
+        argv, mid = wrk_argv(url, script, concurrency=concurrency, duration_s=bench.duration_s), bench.duration_s / 2
+    else:
+        argv = loadgen_argv(url, body_file, concurrency=concurrency, duration_s=bench.duration_s,
+                            warmup_s=bench.warmup_s)
+        mid = bench.warmup_s + bench.duration_s / 2
+    client = _children_cpu_s()
     process = subprocess.Popen(argv, cwd=ROOT, env=server_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
         # Sample which worker holds which connection half-way through the measured window.
-        mid = bench.warmup_s + bench.duration_s / 2
         split: list[int] | None = None
         try:
             process.wait(mid)
@@ -273,7 +267,10 @@ def _measure(bench: ServeBenchmark, servers: dict[str, Server], system: str, con
     other = max(0.0, (machine_busy_s() - busy) - used) / wall
     if process.returncode != 0:
         raise RuntimeError(f"load generator failed ({process.returncode}):\n{stderr[-3000:]}")
-    result = LoadResult.from_json(stdout.strip().splitlines()[-1])
+    if bench.loadgen == "wrk":
+        result = parse_wrk_output(stdout, concurrency, client_cpu_s=_children_cpu_s() - client)
+    else:
+        result = LoadResult.from_json(stdout.strip().splitlines()[-1])
     if result.errors:
         log(f"  {result.errors} errors, e.g. {result.error_samples[:2]}; server log:\n"
             f"{server.log_tail(1500)}")

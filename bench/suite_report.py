@@ -216,13 +216,13 @@ the floor: concurrency × floor p50 ÷ {WORKERS} workers) gets a window six such
 {models_text}
 ### Method
 
-* **Systems**, each with {WORKERS} workers, `OMP_NUM_THREADS=1`, access logs off, on a free loopback port, one
-  server at a time (started, measured, memory read, stopped with SIGTERM):
+* **Systems**, each with {WORKERS} workers, `OMP_NUM_THREADS=1`, the peers' access logs off (mainsail's is on,
+  as by default), on a free loopback port, one server at a time (started, measured, memory read, stopped with SIGTERM):
   * **in-process floor**: the handler `mainsail serve` runs for the model (`mainsail.handlers.build_handler`),
     loaded in the benchmark process and `invoke`d on the same body back to back in one thread (PyTorch with
     `torch.set_num_threads(1)`);
   * **mainsail (default)**: `mainsail serve DIR --workers {WORKERS}`, every other setting at its default
-    (adaptive batching included, where the handler batches); **mainsail, batching off**: the same with
+    (the log level and adaptive batching included, where the handler batches); **mainsail, batching off**: the same with
     `MAINSAIL_BATCHING=off`;
   * **Flask + gunicorn sync** (`bench/peers/flask_app.py`) and **FastAPI + uvicorn** (`bench/peers/fastapi_app.py`:
     an `async def /invocations` calling the handler chain on the event loop; uvloop, httptools,

@@ -1,7 +1,9 @@
 """The systems the suite serves each model with: mainsail (batching on and off) and the peers.
 
-Every server gets 2 workers, ``OMP_NUM_THREADS=1`` (``bench.serve.server_env``) and no access log, runs
-in its own process group on a free loopback port, and is stopped with SIGTERM (then its group killed).
+Every server gets 2 workers and ``OMP_NUM_THREADS=1`` (``bench.serve.server_env``); mainsail runs in its
+default configuration (``bench.serve.mainsail_argv``: no ``--log-level``, so its access log is on), the peers
+with no access log. Each runs in its own process group on a free loopback port, and is stopped with SIGTERM
+(then its group killed).
 MLServer runs from its own virtual environment (``scripts/peer-venv``): it pins its own FastAPI,
 Starlette and pydantic, and must never share mainsail's.
 """

@@ -406,8 +406,8 @@ def _start_servers(stack: contextlib.ExitStack, model: TabularModel, tmp: Path,
         port = free_port()
         log(f"starting mainsail serve --workers {workers} on port {port}")
         env = server_env({"MAINSAIL_HOME": str(tmp / f"home-{name}")})
-        server = stack.enter_context(running(name, mainsail_argv(model.path, port, workers), host=HOST,
-                                             port=port, env=env, cwd=ROOT))
+        argv = mainsail_argv(model.path, port, workers, log_level="warning")  # as its section documents
+        server = stack.enter_context(running(name, argv, host=HOST, port=port, env=env, cwd=ROOT))
         log(f"  ready after {server.ready_s:.1f} s")
         servers[name] = server
     return servers
