@@ -158,8 +158,13 @@ class ControlSettings(BaseSettings):
         "loopback", validation_alias=_env("MAINSAIL_INSTANCE_CLIENT"))
     """The HTTP client of the runtime's hop to instances: mainsail's own keep-alive client, or aiohttp's
     (docs/benchmarks.md compares them)."""
+    max_instance_workers: int | None = Field(
+        None, ge=1, validation_alias=_env("MAINSAIL_UP_MAX_INSTANCE_WORKERS"))
+    """The most model-server workers one instance runs (unset: the host's cores). An instance runs
+    one per vCPU of its instance type, as SageMaker's containers do, capped by this; a model's own
+    ``SAGEMAKER_MODEL_SERVER_WORKERS`` is not capped."""
 
-    @field_validator("async_idle_seconds", "s3_endpoint_url", "region", mode="before")
+    @field_validator("async_idle_seconds", "s3_endpoint_url", "region", "max_instance_workers", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -58,7 +58,8 @@ class Plane(ThreadedServer):
         self.settings = ControlSettings(**{k: v for k, v in given.items() if v is not None})
         self.store = SQLiteStore(home / "state.db")
         self.backend = backend if backend is not None else LocalBackend(
-            home, max_model_bytes=self.settings.model_data_max_bytes, s3=self.settings.s3)
+            home, max_model_bytes=self.settings.model_data_max_bytes, s3=self.settings.s3,
+            max_workers=self.settings.max_instance_workers)
         self.router = Router(self.store, self.backend.transport(), async_idle=self.settings.async_idle_seconds,
                              model_data=self.backend.model_data)
         self.reconciler = Reconciler(self.store, self.backend, interval=interval, traffic=self.router.traffic,

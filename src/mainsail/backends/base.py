@@ -27,13 +27,19 @@ class ModelSourceError(Exception):
 
 @dataclass(frozen=True)
 class InstanceSpec:
-    """What one instance serves: the endpoint/variant it belongs to and the model's container."""
+    """What one instance serves: the endpoint/variant it belongs to and the model's container.
+
+    ``workers``: the model-server worker processes it runs (SageMaker's container runs one per vCPU
+    of the instance type); ``None``: as ``SAGEMAKER_MODEL_SERVER_WORKERS`` in ``environment`` says,
+    which the instance reads itself. A backend may run fewer than asked where its host has fewer
+    cores (the local backend's cap)."""
 
     endpoint: str
     variant: str
     index: int
     model_data_url: str
     environment: dict[str, str] = field(default_factory=dict)
+    workers: int | None = 1
 
 
 class Address(NamedTuple):

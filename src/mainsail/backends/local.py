@@ -2,8 +2,9 @@
 
 Each instance is ``python -m mainsail.cli serve`` in its own session, its model data resolved first
 (:mod:`mainsail.backends.model_fetch`), its log under ``$MAINSAIL_HOME/logs/<endpoint>/``, its pid
-recorded under ``$MAINSAIL_HOME/instances/`` so that a later control plane can adopt or reap it. The
-control plane reaches them through :meth:`LocalBackend.transport`, an
+recorded under ``$MAINSAIL_HOME/instances/`` so that a later control plane can adopt or reap it. It
+runs the workers its spec asks for, at most ``max_workers`` (by default this host's cores:
+:func:`workers_option`). The control plane reaches them through :meth:`LocalBackend.transport`, an
 :class:`~mainsail.backends.http_transport.HttpTransport` (pooled keep-alive HTTP/1.1 on loopback).
 """
 
@@ -35,6 +36,17 @@ def free_port() -> int:
         return port
 
 
+def workers_option(workers: int | None, max_workers: int | None = None) -> list[str]:
+    """``mainsail serve``'s ``--workers`` for an instance asked to run ``workers`` processes: at most
+    ``max_workers`` (``None``: this host's cores), at least one. None at all when ``workers`` is
+    ``None``: the instance reads ``SAGEMAKER_MODEL_SERVER_WORKERS`` from its environment, uncapped,
+    as the model asked."""
+    if workers is None:
+        return []
+    limit = max_workers if max_workers is not None else os.cpu_count() or 1
+    return ["--workers", str(max(1, min(workers, limit)))]
+
+
 _LOAD_FAILURE = re.compile(r"model failed to load: (.+)$")
 _EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)(?::.*)?)$")
 
@@ -59,9 +71,14 @@ class LocalBackend:
     """Instances as ``mainsail serve`` subprocesses on loopback ports, each in its own session."""
 
     def __init__(self, home: Path, *, stop_timeout: float = 10.0, max_model_bytes: int = DEFAULT_MAX_BYTES,
-                 s3: S3Access = NO_S3_ENDPOINT) -> None:
+                 s3: S3Access = NO_S3_ENDPOINT, max_workers: int | None = None) -> None:
+        if max_workers is not None and max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1 (or None for this host's cores), not {max_workers}")
         self.home = home
         self.stop_timeout = stop_timeout
+        #: the most worker processes an instance runs (None: this host's cores), unless its model's
+        #: SAGEMAKER_MODEL_SERVER_WORKERS says otherwise
+        self.max_workers = max_workers
         #: model data: at most this many bytes fetched or extracted; S3 reached as this says
         self.max_model_bytes = max_model_bytes
         self.s3 = s3
@@ -97,7 +114,7 @@ class LocalBackend:
                **resolve_environment(spec.environment, self.home, max_bytes=self.max_model_bytes, s3=self.s3)}
         multi = ["--multi-model"] if multi_model_prefix(spec.model_data_url, spec.environment) is not None else []
         cmd = [sys.executable, "-m", "mainsail.cli", "serve", *multi, str(model_dir), "--port", str(port),
-               "--workers", "1", "--host", "127.0.0.1"]
+               *workers_option(spec.workers, self.max_workers), "--host", "127.0.0.1"]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -30,7 +30,8 @@ def run_up(settings: ControlSettings) -> None:
     root = settings.home
     root.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(root / "state.db")
-    backend = LocalBackend(root, max_model_bytes=settings.model_data_max_bytes, s3=settings.s3)
+    backend = LocalBackend(root, max_model_bytes=settings.model_data_max_bytes, s3=settings.s3,
+                           max_workers=settings.max_instance_workers)
     transport = backend.transport()
     if settings.instance_client == "aiohttp":
         # here: aiohttp (an optional dependency) is imported only when asked for

@@ -10,14 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from mainsail.backends.base import Backend, InstanceSpec, ModelSourceError
-from mainsail.backends.model_sources import container_model_source
+from mainsail.backends.model_sources import container_model_source, multi_model_prefix
 from mainsail.hosting import resources as res
 from mainsail.hosting.endpoints import ASYNC_INSTANCE_MAX_PAYLOAD_MB
+from mainsail.hosting.instance_types import model_server_workers
 from mainsail.hosting.store import Record, StateStore
 
 #: Seconds an instance may take to answer /ping (a variant's ContainerStartupHealthCheckTimeoutInSeconds).
 DEFAULT_STARTUP_TIMEOUT = 600.0
-Specs = dict[str, dict[str, Any]]  # variant -> {"model_data_url": ..., "environment": {...}}
+Specs = dict[str, dict[str, Any]]  # variant -> {"model_data_url", "environment", "instance_type", ...}
 
 
 def snapshot(store: StateStore, config_name: str) -> tuple[Record, Specs]:
@@ -42,7 +43,7 @@ def snapshot(store: StateStore, config_name: str) -> tuple[Record, Specs]:
             # enforced by the control plane, so the instance's 60 s default must not cut it first
             env.setdefault("SAGEMAKER_MODEL_SERVER_TIMEOUT", "3600")
         specs[pv["VariantName"]] = {
-            "model_data_url": url, "environment": env,
+            "model_data_url": url, "environment": env, "instance_type": pv.get("InstanceType"),
             "startup_timeout": float(pv.get("ContainerStartupHealthCheckTimeoutInSeconds")
                                      or DEFAULT_STARTUP_TIMEOUT)}
     return config, specs
@@ -56,9 +57,13 @@ def startup_timeout(specs: Specs, variant: str) -> float:
 def start_instance(backend: Backend, name: str, specs: Specs, variant: str, index: int, *,
                    now: float) -> dict[str, Any]:
     """Start instance ``index`` of ``variant`` of endpoint ``name`` at ``now`` (``time.time()``, or the
-    reconciler's clock); its record entry (not ready yet)."""
+    reconciler's clock), running the workers its instance type gives it; its record entry (not
+    ready yet)."""
     spec = specs[variant]
-    instance = backend.start(InstanceSpec(endpoint=name, variant=variant, index=index,
-                                          model_data_url=spec["model_data_url"],
-                                          environment=dict(spec["environment"])))
+    url, env = spec["model_data_url"], dict(spec["environment"])
+    # specs recorded before instance types were kept have none: one worker, as they ran
+    workers = model_server_workers(spec.get("instance_type"), env,
+                                   multi_model=multi_model_prefix(url, env) is not None)
+    instance = backend.start(InstanceSpec(endpoint=name, variant=variant, index=index, model_data_url=url,
+                                          environment=env, workers=workers))
     return {**instance.to_record(), "index": index, "ready": False, "started": now}
