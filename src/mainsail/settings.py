@@ -79,8 +79,10 @@ class ServeSettings(BaseSettings):
     """Where a model call runs: ``auto`` on the event loop while calls are measured under
     ``loop_call_max_ms`` (a thread hand-off costs more than such a call), else in the predict
     threads; ``loop`` or ``threads`` forces either (``mainsail.serve.placement``)."""
-    loop_call_max_ms: float = Field(1.0, gt=0, le=1000, validation_alias=_env("MAINSAIL_LOOP_CALL_MAX_MS"))
-    """The median wall-clock call time under which ``auto`` runs model calls on the event loop."""
+    loop_call_max_ms: float = Field(2.0, gt=0, le=1000, validation_alias=_env("MAINSAIL_LOOP_CALL_MAX_MS"))
+    """The median wall-clock call time under which ``auto`` runs model calls on the event loop (2 ms:
+    under load a 0.6 ms call often takes 1 ms of wall-clock time, and a thread running Python holds
+    the GIL, and so the loop, up to 5 ms anyway: ``sys.getswitchinterval()``)."""
     batching: bool = Field(True, validation_alias=_env("MAINSAIL_BATCHING"))
     """Adaptive batching: requests queued behind a busy model go to it together. The built-in
     handlers batch; a script batches when it defines ``predict_batch_fn``."""

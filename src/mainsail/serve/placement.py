@@ -13,8 +13,9 @@ the event loop; one that takes longer belongs in the pool, so the loop keeps rea
   on the loop, where times are the model's own (plus what other processes take of the cores).
   Calls stay on the loop while each window's median is under ``loop_max_s``; otherwise they go back
   to the pool, and the next trial waits twice as long as the last (up to ``MAX_BACKOFF`` windows).
-  One call on the loop that takes more than ``SLOW_FACTOR`` times ``loop_max_s`` sends the next
-  calls back to the pool at once.
+  Calls on the loop that take more than ``SLOW_FACTOR`` times ``loop_max_s`` send the next calls
+  back to the pool at once: the second such call in a window (one alone is most often the process
+  losing its core to another for a time slice), or the first that takes ``STALL_FACTOR`` times it.
 * ``loop``: always on the event loop (one call at a time per worker);
 * ``threads``: always in the pool.
 
@@ -32,13 +33,14 @@ logger = logging.getLogger(__name__)
 PlacementMode = Literal["auto", "loop", "threads"]
 WINDOW = 32
 SLOW_FACTOR = 10.0
+STALL_FACTOR = 100.0
 MAX_BACKOFF = 64
 
 
 class Placement:
     """Decides, call by call, whether the next model call runs on the event loop."""
 
-    def __init__(self, mode: PlacementMode = "auto", loop_max_s: float = 0.001) -> None:
+    def __init__(self, mode: PlacementMode = "auto", loop_max_s: float = 0.002) -> None:
         if mode not in ("auto", "loop", "threads"):
             raise ValueError(f"placement must be auto, loop or threads, got {mode!r}")
         if loop_max_s <= 0:
@@ -51,6 +53,8 @@ class Placement:
         self._backoff = 1
         """Windows in the pool before the next trial on the loop."""
         self._wait = 0
+        self._slow = 0
+        """Calls on the loop over ``SLOW_FACTOR`` times the limit in this window."""
         self._told = False
 
     def observe(self, seconds: float) -> None:
@@ -59,8 +63,10 @@ class Placement:
             return
         limit = self.loop_max_s
         if self.on_loop and seconds > SLOW_FACTOR * limit:
-            self._to_pool(f"a call took {seconds * 1e3:.2f} ms")
-            return
+            self._slow += 1
+            if self._slow > 1 or seconds > STALL_FACTOR * limit:
+                self._to_pool(f"a call took {seconds * 1e3:.2f} ms")
+                return
         window = self._window
         window.append(seconds)
         if len(window) < WINDOW:
@@ -68,6 +74,7 @@ class Placement:
         window.sort()
         median = window[WINDOW // 2]
         window.clear()
+        self._slow = 0
         measured = f"the median call took {median * 1e3:.3f} ms"
         if self.on_loop:
             if median >= limit:
@@ -82,6 +89,7 @@ class Placement:
 
     def _to_pool(self, why: str) -> None:
         self._window.clear()
+        self._slow = 0
         self.on_loop = False
         self._wait = self._backoff
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
