@@ -223,8 +223,8 @@ class ControlBenchmark:
 def up_argv(port: int, home: Path) -> list[str]:
     script = Path(sys.executable).parent / "mainsail"
     launcher = [str(script)] if script.exists() else [sys.executable, "-m", "mainsail.cli"]
-    return [*launcher, "up", "--host", HOST, "--port", str(port), "--home", str(home),
-            "--log-level", "warning"]
+    # mainsail up as a user starts it: default log level (issue 14: benchmark what users get)
+    return [*launcher, "up", "--host", HOST, "--port", str(port), "--home", str(home)]
 
 
 def start_up(home: Path, log_path: Path, ready_timeout_s: float = 60.0, instance_client: str = "loopback") -> Server:

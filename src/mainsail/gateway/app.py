@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from mainsail.aws import sts
 from mainsail.aws.errors import (
@@ -32,7 +33,7 @@ from mainsail.hosting.calls import Call, Operation
 from mainsail.hosting.store import StateStore
 from mainsail.jobs.async_inference import AsyncInference
 from mainsail.jobs.transform import api as transform
-from mainsail.routing.router import Router
+from mainsail.routing.router import Router, is_invocation
 from mainsail.settings import ControlSettings
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,23 @@ TARGET_PREFIX = "SageMaker."
 OPERATIONS: dict[str, Operation] = {**hosting_api.OPERATIONS, **transform.OPERATIONS}
 
 
+class ControlPlaneApp:
+    """The control plane's ASGI app: InvokeEndpoint, the hot path, straight to the router
+    (``Router.serve_invocation``); everything else, and what S3 claims first, through ``app``."""
+
+    def __init__(self, app: Starlette, router: Router) -> None:
+        self.app = app
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_invocation(scope) and not s3.claims_before_control(scope):
+            await self.router.serve_invocation(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def create_control_app(store: StateStore, router: Router | None = None, *, settings: ControlSettings | None = None,
-                       home: Path | None = None, s3_root: Path | None = None) -> Starlette:
+                       home: Path | None = None, s3_root: Path | None = None) -> ControlPlaneApp:
     """The control-plane ASGI app: SageMaker JSON 1.1 operations over ``store``, the runtime API
     (``router``; by default one over ``store`` reaching instances as the local backend does) and
     ``/metrics``. ``settings`` (read from the environment when not given) and ``home`` (default:
@@ -97,6 +113,7 @@ def create_control_app(store: StateStore, router: Router | None = None, *, setti
     # the runtime API (no X-Amz-Target) lives on its own REST paths
     # S3 (path style) answers what the control plane does not, and what is signed for s3
     s3_first, s3_last = s3.s3_routes(s3store.S3Store(s3_root or home / "s3"))
-    return Starlette(routes=[s3_first, Route("/", dispatch, methods=["POST"]), router.route, async_api.route,
-                             Route("/metrics", router.metrics_endpoint, methods=["GET"]), s3_last],
-                     lifespan=lifespan)
+    app = Starlette(routes=[s3_first, Route("/", dispatch, methods=["POST"]), router.route, async_api.route,
+                            Route("/metrics", router.metrics_endpoint, methods=["GET"]), s3_last],
+                    lifespan=lifespan)
+    return ControlPlaneApp(app, router)

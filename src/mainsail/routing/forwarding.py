@@ -55,8 +55,9 @@ class Exchange:
 
     def count(self, address: Address) -> None:
         """Count the request (``Invocations``, ``InvocationsPerInstance``)."""
-        self.metrics.invocations.labels(*self.labels).inc()
-        self.metrics.per_instance.labels(*self.labels, instance_label(address)).inc()
+        metrics = self.metrics
+        metrics.child(metrics.invocations, *self.labels).inc()
+        metrics.child(metrics.per_instance, *self.labels, instance_label(address)).inc()
 
     async def send(self, address: Address, attempt: Callable[[Address], Awaitable[T]]) -> T:
         """Counted, ``attempt(address)`` with the request in flight to the instance; when the instance
@@ -86,18 +87,19 @@ class Exchange:
     def unreachable(self, exc: ForwardError, why: str | None = None) -> ModelError:
         """The 424 for an instance that could not be reached (``why``: what the reconciler noted of
         it), counted as a 5xx."""
-        self.metrics.errors_5xx.labels(*self.labels).inc()
+        self.metrics.child(self.metrics.errors_5xx, *self.labels).inc()
         message = f"{why} ({exc})" if why else f"Could not reach the instance of variant {self.variant.name}: {exc}"
         return ModelError(message, OriginalStatusCode=502, OriginalMessage=why or str(exc), LogStreamArn=self.log_arn)
 
     def observe(self, model_us: float) -> None:
         """Record the instance's time (``ModelLatency``)."""
         self.model_us = model_us
-        self.metrics.model_latency.labels(*self.labels).observe(model_us)
+        self.metrics.child(self.metrics.model_latency, *self.labels).observe(model_us)
 
     def failed(self, status: int) -> None:
         """Count an error answer (``Invocation4XXErrors`` / ``Invocation5XXErrors``)."""
-        (self.metrics.errors_4xx if status < 500 else self.metrics.errors_5xx).labels(*self.labels).inc()
+        metrics = self.metrics
+        metrics.child(metrics.errors_4xx if status < 500 else metrics.errors_5xx, *self.labels).inc()
 
     def check(self, status: int) -> bool:
         """Whether the instance's status is a success (an error is counted)."""
@@ -115,7 +117,7 @@ class Exchange:
         custom = upstream.headers.get("x-amzn-sagemaker-custom-attributes")
         if custom is not None:
             out_headers["X-Amzn-SageMaker-Custom-Attributes"] = custom
-        self.metrics.overhead_latency.labels(*self.labels).observe(
+        self.metrics.child(self.metrics.overhead_latency, *self.labels).observe(
             max((time.perf_counter() - started) * 1e6 - self.model_us, 0.0))
         return Response(upstream.body, status_code=200, headers=out_headers,
                         media_type=upstream.headers.get("content-type", "application/octet-stream"))

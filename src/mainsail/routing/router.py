@@ -8,11 +8,13 @@ idle clocks, throttling, cold starts of variants scaled to zero) → forward
 :class:`~mainsail.backends.base.Transport`, which the router is given and never chooses: a new
 backend needs no change here. Each endpoint's routing table is cached in memory
 (:class:`mainsail.routing.table.TableCache`); runtime errors are raised and answered in one place
-(:func:`mainsail.routing.responses.runtime_api`).
+(:func:`mainsail.routing.responses.runtime_api`). ``serve_invocation`` answers the route as plain
+ASGI, in front of the control plane's Starlette app (no route matching or middleware per request).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import urllib.parse
@@ -20,6 +22,7 @@ import urllib.parse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from mainsail.aws.identity import ACCOUNT, endpoint_log_group_arn, region_of
 from mainsail.backends.base import Address, Transport
@@ -28,6 +31,7 @@ from mainsail.routing.forwarding import Exchange, forwarded
 from mainsail.routing.metrics import RouterMetrics
 from mainsail.routing.responses import (
     MAX_PAYLOAD,
+    RuntimeApiError,
     ServiceUnavailable,
     ValidationError,
     payload_too_large,
@@ -36,6 +40,17 @@ from mainsail.routing.responses import (
 from mainsail.routing.table import TableCache, Variant
 from mainsail.routing.target_model import TARGET_MODEL, ModelData, TargetModelRouting
 from mainsail.routing.traffic import Traffic
+
+logger = logging.getLogger(__name__)
+
+PREFIX, SUFFIX = "/endpoints/", "/invocations"
+
+
+def is_invocation(scope: Scope) -> bool:
+    """Whether ``scope`` is ``POST /endpoints/{name}/invocations``."""
+    path: str = scope["path"]
+    return (scope["method"] == "POST" and path.startswith(PREFIX) and path.endswith(SUFFIX)
+            and len(path) > len(PREFIX) + len(SUFFIX))
 
 
 class Router:
@@ -112,6 +127,17 @@ class Router:
         upstream = await exchange.send(address, lambda a: self.transport.post(
             a, "/invocations", body, headers, timeout=self.timeout))
         return exchange.answer(upstream, started)
+
+    async def serve_invocation(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /endpoints/{name}/invocations`` (``is_invocation``) answered as plain ASGI: what the
+        route answers, without Starlette's route matching and middleware."""
+        scope["path_params"] = {"name": scope["path"][len(PREFIX):-len(SUFFIX)]}
+        try:
+            response = await self.route.endpoint(Request(scope, receive))
+        except Exception as exc:  # a bug of ours: the runtime's 500, and the router serves on
+            logger.exception("InvokeEndpoint failed")
+            response = RuntimeApiError(500, "InternalFailure", f"{type(exc).__name__}: {exc}").response()
+        await response(scope, receive, send)
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return self.metrics.response()
