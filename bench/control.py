@@ -1,7 +1,8 @@
 """The control-plane hop: what ``mainsail up``'s runtime route adds on top of the instance it forwards to.
 
-One ``mainsail up`` (``--log-level warning``) on a loopback port; one endpoint created through it with
-boto3, whose one instance is the ``mainsail serve --workers 1`` subprocess the local backend starts.
+One ``mainsail up`` in its default configuration on a loopback port; one endpoint created through it
+with boto3, whose one ``ml.m5.large`` instance is the ``mainsail serve`` subprocess the local backend
+starts (with the instance type's workers).
 The same load generator (``bench/loadgen.py``, its own process), with the same body, then drives
 
 * **direct**: the instance's own ``POST /invocations``, and
@@ -714,13 +715,14 @@ columns are each process's CPU time over the cell divided by the requests it ser
   (20 features, 50 trees) behind `bench/models/xgb_inference.py`, a script in the style of SageMaker's
   scikit-learn container. Request: `Content-Type: text/csv`, `Accept: application/json`, one record of
   20 numbers; answer: a one-element JSON list (`{bench.sample_response[:60]}`).
-* **Control plane**: `mainsail up --host 127.0.0.1 --port PORT --home TMP --log-level warning`,
+* **Control plane**: `mainsail up --host 127.0.0.1 --port PORT --home TMP` (every other setting at its default),
   ready {bench.up_ready_s:.1f} s after start (any HTTP answer); it {stopped} at the end.{left}
 * **Endpoint**: created with boto3 against it (`sagemaker` client, dummy credentials, `us-east-1`):
   CreateModel with `ModelDataUrl=file://<model dir>`, CreateEndpointConfig (one `AllTraffic` variant,
   one instance), CreateEndpoint, then the `endpoint_in_service` waiter (`Delay` 1 s): InService
   {bench.create_to_in_service_s:.1f} s after CreateEndpoint. Its one instance is the
-  `mainsail serve --workers 1` subprocess the local backend starts (at its default log level).
+  `mainsail serve` subprocess the local backend starts for an `ml.m5.large` (2 workers: the instance
+  type's 2 vCPUs, capped at this machine's cores), at its default log level.
 * **Finding the instance** ({found}): DescribeEndpoint does not expose instances, so the benchmark
   reads the endpoint's record from `<home>/state.db`, opened read-only (`mode=ro`). That is the record
   the runtime route reads on each request, so its port is the one the hop forwards to, and its pid

@@ -25,6 +25,12 @@ class Defaults:
     input_fn: Callable[[Any, str], Any]
     predict_fn: Callable[[Any, Any], Any]
     output_fn: Callable[[Any, str], Any]
+    stacks: bool = False
+    """Whether ``predict_fn`` is one model call over rows, so requests' rows may share one call."""
+    rows_input_fn: Callable[[Any, str], Any] | None = None
+    """For stacking: ``input_fn`` stopping at the rows (before a wrapper that does not stack)."""
+    rows_predict_fn: Callable[[Any, Any], Any] | None = None
+    """For stacking: ``predict_fn`` over what ``rows_input_fn`` returns (stacked or not)."""
 
 
 def _generic_input(data: Any, content_type: str) -> Any:
@@ -59,17 +65,27 @@ def _sklearn_predict(data: Any, model: Any) -> Any:
     return model.predict(data)
 
 
-def _xgboost_input(data: Any, content_type: str) -> Any:
-    import xgboost
-
+def _xgboost_rows(data: Any, content_type: str) -> Any:
     array = toolkit.decode(data, content_type)
     if getattr(array, "ndim", 2) == 1:
         array = array.reshape(1, -1)
-    return xgboost.DMatrix(array)
+    return array
+
+
+def _xgboost_input(data: Any, content_type: str) -> Any:
+    import xgboost
+
+    return xgboost.DMatrix(_xgboost_rows(data, content_type))
 
 
 def _xgboost_predict(data: Any, model: Any) -> Any:
     return model.predict(data)
+
+
+def _xgboost_predict_rows(rows: Any, model: Any) -> Any:
+    import xgboost
+
+    return model.predict(xgboost.DMatrix(rows))
 
 
 def _pytorch_defaults() -> Defaults:
@@ -94,7 +110,7 @@ def _pytorch_defaults() -> Defaults:
         # The PyTorch toolkit returns the body alone, so the response type is the Accept as sent.
         return body
 
-    return Defaults("pytorch", input_fn, predict_fn, output_fn)
+    return Defaults("pytorch", input_fn, predict_fn, output_fn, stacks=True)
 
 
 def prepare_pytorch_model(model: Any) -> Any:
@@ -132,9 +148,10 @@ def defaults_for(framework: str) -> Defaults:
     if framework == "pytorch":
         return _pytorch_defaults()
     if framework == "sklearn":
-        return Defaults("sklearn", _sklearn_input, _sklearn_predict, _generic_output)
+        return Defaults("sklearn", _sklearn_input, _sklearn_predict, _generic_output, stacks=True)
     if framework == "xgboost":
-        return Defaults("xgboost", _xgboost_input, _xgboost_predict, _generic_output)
+        return Defaults("xgboost", _xgboost_input, _xgboost_predict, _generic_output, stacks=True,
+                        rows_input_fn=_xgboost_rows, rows_predict_fn=_xgboost_predict_rows)
     return Defaults("generic", _generic_input, _generic_predict, _generic_output)
 
 

@@ -9,7 +9,9 @@ request, and a bad signature fails the load instead of every request.
 mainsail adds one optional function, ``predict_batch_fn(inputs, model)``: given the list of what
 ``input_fn`` returned for several requests, it returns one prediction per input, in order. A script
 that defines it opts into adaptive batching (concurrent requests share one call); ``predict_fn``,
-when also defined, is still what a request arriving alone uses.
+when also defined, is still what a request arriving alone uses. A script that leaves ``predict_fn``
+to the scikit-learn, XGBoost or PyTorch container's default batches without asking: the rows of
+requests queued together share one call of that default (:mod:`mainsail.handlers.stacking`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from mainsail.errors import (
 from mainsail.handlers import defaults as fw
 from mainsail.handlers.base import Invocation, Outcome, Reply, invoke_each
 from mainsail.handlers.context import Context
+from mainsail.handlers.stacking import Stacker
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +121,14 @@ class ScriptHandler:
         self._predict: Bound | None = None
         self._output: Bound | None = None
         self._predict_batch: Bound | None = None
+        self._stacker: Stacker | None = None
         self._wants_context = False
 
     @property
     def batchable(self) -> bool:
-        """A script opts into adaptive batching by defining ``predict_batch_fn``."""
-        return self._predict_batch is not None
+        """A script batches when it defines ``predict_batch_fn``, or when it leaves ``predict_fn`` to
+        a framework default that predicts rows (the requests' rows are then stacked)."""
+        return self._predict_batch is not None or self._stacker is not None
 
     def load(self) -> None:
         module = import_script(self.script)
@@ -158,6 +163,8 @@ class ScriptHandler:
         if self._predict_batch is not None and "predict_fn" not in bound:
             self._predict = Bound(partial(_predict_one, self._predict_batch.fn), self._predict_batch.takes_context)
         self._wants_context = any(b.takes_context for b in bound.values())
+        if chosen.stacks and not bound.keys() & {"predict_fn", "transform_fn", "predict_batch_fn"}:
+            self._stacker = self._default_stacker(chosen, bound.get("input_fn"))
         logger.info(
             "loaded %s: user functions %s; defaults of the %s container for the rest",
             self.script.name, ", ".join(sorted(found)) or "none", chosen.framework,
@@ -176,8 +183,28 @@ class ScriptHandler:
         return _reply(result, accept, context)
 
     def invoke_batch(self, invocations: Sequence[Invocation]) -> list[Outcome]:
-        """``input_fn`` per request, one ``predict_batch_fn`` call, ``output_fn`` per request."""
+        """``input_fn`` per request, one ``predict_batch_fn`` call (or one stacked call of the
+        default ``predict_fn``), ``output_fn`` per request."""
+        if self._stacker is not None:
+            return self._stacker.answer(invocations)
         return invoke_each(invocations, self._decode, self._predict_many, self._encode)
+
+    def _default_stacker(self, chosen: fw.Defaults, script_input: Bound | None) -> Stacker:
+        """Stacked calls of the framework's default ``predict_fn`` (the XGBoost default builds its
+        DMatrix over the stacked rows when ``input_fn`` is the default too)."""
+        if script_input is None and chosen.rows_input_fn is not None and chosen.rows_predict_fn is not None:
+            rows_input, rows_predict = Bound(chosen.rows_input_fn, False), Bound(chosen.rows_predict_fn, False)
+        else:
+            rows_input, rows_predict = script_input or Bound(chosen.input_fn, False), Bound(chosen.predict_fn, False)
+
+        def decode(invocation: Invocation) -> tuple[Context | None, Any]:
+            context, data, content_type = self._prepare(invocation)
+            return context, _guard(rows_input, context, data, content_type)
+
+        def predict(features: Any) -> Any:
+            return _guard(rows_predict, None, features, self.model)
+
+        return Stacker(decode, predict, self._encode, self.invoke, name=self.script.name)
 
     def _prepare(self, invocation: Invocation) -> tuple[Context | None, str | bytes, str]:
         context = self._request_context(invocation) if self._wants_context else None

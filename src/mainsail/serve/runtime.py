@@ -86,9 +86,10 @@ class ModelRuntime:
                 logger.info("adaptive batching: up to %d requests per model call, %.1f ms delay under load",
                             self.batching.max_size, self.batching.max_delay_s * 1000)
             else:
+                hint = (" (a script batches when it defines predict_batch_fn, or leaves predict_fn to the "
+                        "scikit-learn, XGBoost or PyTorch default)") if self.handler.name == "script" else ""
                 logger.info("adaptive batching is off: the %s handler answers one request at a time%s",
-                            self.handler.name, " (define predict_batch_fn to batch a script)"
-                            if self.handler.name == "script" else "")
+                            self.handler.name, hint)
 
     async def invoke(self, invocation: Invocation) -> tuple[Reply, float]:
         """Answer one invocation; returns the reply and the seconds spent in the handler."""
