@@ -44,6 +44,14 @@ def _profile(args: argparse.Namespace) -> int:
                           log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
+def _defaults(args: argparse.Namespace) -> int:
+    from bench import defaults
+
+    return defaults.main(duration_s=args.duration, rounds=args.rounds, out=args.out,
+                         command="python -m bench " + shlex.join(sys.argv[1:]),
+                         log=lambda line: print(line, file=sys.stderr, flush=True))
+
+
 def _tabular(args: argparse.Namespace) -> int:
     from bench import tabular
     from bench.report import write_section
@@ -275,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         "profile", help="where each microsecond of a request goes in mainsail serve (py-spy under load)")
     add_profile_arguments(profile, ROOT / "docs" / "benchmarks.md")
     profile.set_defaults(func=_profile, rounds=1, warmup=None)
+    defaults = commands.add_parser(
+        "defaults", help="a script leaving predict_fn to the container's default: batching on (default) vs off")
+    defaults.add_argument("--duration", type=float, default=5.0, help="seconds measured per cell (default 5)")
+    defaults.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    defaults.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                          help="markdown file to update (default docs/benchmarks.md)")
+    defaults.set_defaults(func=_defaults, warmup=None)
     tabular = commands.add_parser(
         "tabular", help="the tabular handler on one record: fast path vs batch path vs booster vs HTTP")
     _common(tabular, "0.15")

@@ -365,11 +365,13 @@ def test_over_http_queued_requests_share_one_call_of_the_default_predict_fn(gate
                 (gated_forest / "gate").touch()
                 assert gated.result(30).status_code == 200
                 assert [f.result(30).content for f in futures] == answers_alone
+                made = calls(gated_forest)
                 if round_ == 0:
-                    # One call over the 5 rows, then each request alone once: the stacker's check.
-                    assert calls(gated_forest) == [1, 5, 2, 1, 1, 1]
+                    # One call over the 5 rows, then each request alone once (in the order the
+                    # requests queued): the stacker's check.
+                    assert made[:2] == [1, 5] and sorted(made[2:]) == [1, 1, 1, 2]
                 else:
-                    assert calls(gated_forest) == [1, 5, 2, 1, 1, 1, 1, 5]
+                    assert len(made) == 8 and made[6:] == [1, 5]
         count, total = batch_size_metric(app)
         assert (count, total) == (4 + 2 * 2, 4 + 2 * 5)
 

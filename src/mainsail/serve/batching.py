@@ -89,15 +89,27 @@ class Batcher:
         self._deferred = False
 
     async def submit(self, invocation: Invocation) -> tuple[Reply, float]:
-        """Queue ``invocation``; returns its reply and the seconds its model call took."""
-        future: asyncio.Future[tuple[Reply, float]] = asyncio.get_running_loop().create_future()
+        """Queue ``invocation``; returns its reply and the seconds its model call took.
+
+        Past ``timeout_s`` (from now) it raises ``PredictTimeout``: a request still queued is then
+        never run, one whose call runs on keeps its batch mates' answers coming. (A timer on the
+        request's future rather than ``asyncio.wait_for``, which costs a task per request.)
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Reply, float]] = loop.create_future()
         self.queue.append((invocation, future))
         if not self.placement.on_loop:
             self._dispatch()
         elif not self._deferred:
             self._deferred = True
-            asyncio.get_running_loop().call_soon(self._dispatch_deferred)
-        return await future
+            loop.call_soon(self._dispatch_deferred)
+        if self.timeout_s is None:
+            return await future
+        timer = loop.call_later(self.timeout_s, _expire, future, self.timeout_s)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     def _dispatch_deferred(self) -> None:
         self._deferred = False
@@ -201,3 +213,8 @@ class Batcher:
             else:
                 future.set_result((outcome, seconds))
         self._dispatch()
+
+
+def _expire(future: asyncio.Future[tuple[Reply, float]], timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(PredictTimeout(timeout_s))

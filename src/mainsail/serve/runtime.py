@@ -136,12 +136,7 @@ class ModelRuntime:
             self._batcher = Batcher(handler.invoke_batch, self._executor, self.batching,
                                     timeout_s=self.timeout_s, observe=self.observe_batch,
                                     placement=Placement(self.placement.mode, self.placement.loop_max_s))
-        if self.timeout_s is None:
-            return await self._batcher.submit(invocation)
-        try:
-            return await asyncio.wait_for(self._batcher.submit(invocation), self.timeout_s)
-        except TimeoutError:
-            raise PredictTimeout(self.timeout_s) from None
+        return await self._batcher.submit(invocation)  # PredictTimeout past the timeout
 
     def _call(self, invocation: Invocation) -> tuple[Reply, float]:
         """The handler's answer, with the seconds the call took."""
