@@ -47,6 +47,16 @@ def test_max_instance_workers_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         LocalBackend(tmp_path, max_workers=0)
 
 
+def test_up_takes_the_cap_as_an_option_too(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mainsail.cli.app import app
+
+    result = CliRunner().invoke(app, ["up", "--home", str(tmp_path), "--max-instance-workers", "0"])
+    assert result.exit_code == 2 and "max_instance_workers" in result.stderr
+    assert "--max-instance-workers" in CliRunner().invoke(app, ["up", "--help"]).stdout
+
+
 def _worker_processes(pid: int) -> int:
     """The children of ``pid`` that serve (multiprocessing's resource tracker aside), from /proc."""
     count = 0

@@ -582,3 +582,18 @@ def test_restart_resumes_an_interrupted_job(tmp_path: Path) -> None:
                 os.killpg(pid, 0)
     finally:
         up.stop()
+
+
+def test_each_instance_runs_the_instance_types_workers(plane: TransformPlane, tmp_path: Path) -> None:
+    """An ml.m5.large has 2 vCPUs: its container runs 2 workers (this host's cores at most), unless
+    the job's environment names them (SAGEMAKER_MODEL_SERVER_WORKERS)."""
+    sm, s3 = plane.client("sagemaker"), plane.client("s3")
+    s3.put_object(Bucket=BUCKET, Key="workers/in.csv", Body=b"1,2\n3,4\n")
+    expected = {"workers-default": min(2, os.cpu_count() or 1), "workers-named": 1}
+    for name, count in expected.items():
+        env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"} if name == "workers-named" else None
+        desc = _job(sm, name, f"s3://{BUCKET}/workers/in.csv", f"s3://{BUCKET}/{name}-out", env=env)
+        assert desc["TransformJobStatus"] == "Completed", desc.get("FailureReason")
+        assert _get(s3, f"{name}-out/in.csv.out") == b"8\n18\n"
+        (log,) = (plane.settings.home / "logs" / f"transform-{name}").glob("transform-0-*.log")
+        assert f"with {count} worker(s)" in log.read_text(), log.read_text()[-2000:]

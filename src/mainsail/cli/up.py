@@ -16,6 +16,9 @@ def up(
         help="Port for the SageMaker API, the runtime API and /metrics [env MAINSAIL_UP_PORT; default 8700]")] = None,
     home: Annotated[str | None, typer.Option(
         help="State, models and logs [env MAINSAIL_HOME; default ~/.mainsail]")] = None,
+    max_instance_workers: Annotated[int | None, typer.Option(
+        help="Most model-server workers one instance runs (an instance type asks for one per vCPU) "
+             "[env MAINSAIL_UP_MAX_INSTANCE_WORKERS; default this host's cores]")] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Run the control plane: the SageMaker hosting API and runtime API for boto3 and the SDK."""
@@ -25,7 +28,8 @@ def up(
     from mainsail.gateway.server import run_up
     from mainsail.settings import ControlSettings
 
-    given: dict[str, Any] = {"host": host, "port": port, "home": Path(home) if home else None}
+    given: dict[str, Any] = {"host": host, "port": port, "home": Path(home) if home else None,
+                             "max_instance_workers": max_instance_workers}
     try:
         settings = ControlSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:

@@ -8,7 +8,9 @@ the request and stores it ``InProgress``; the runner (a thread of ``mainsail up`
 1. starts ``TransformResources.InstanceCount`` instances of the model through the ``Backend`` (the
    model's container environment, the job's ``Environment`` and the batch variables SageMaker sets:
    ``SAGEMAKER_BATCH``, ``SAGEMAKER_MAX_PAYLOAD_IN_MB``, ``SAGEMAKER_MAX_CONCURRENT_TRANSFORMS``,
-   ``SAGEMAKER_BATCH_STRATEGY``) and waits for ``/ping``;
+   ``SAGEMAKER_BATCH_STRATEGY``), each running the workers the instance type's container would
+   (:func:`mainsail.hosting.instance_types.model_server_workers`, as an endpoint's), and waits for
+   ``/ping``;
 2. streams every input object (``s3://`` from mainsail's own S3 store, or from real S3 with boto3
    when ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` is set, as :mod:`mainsail.backends.model_fetch`
    does; or a local ``file://`` file or folder: :mod:`mainsail.jobs.storage`) record by record

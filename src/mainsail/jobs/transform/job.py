@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from mainsail.backends.base import BlockingClient, Instance, InstanceSpec, ModelSourceError
 from mainsail.backends.model_sources import container_model_source
 from mainsail.hosting import resources as res
+from mainsail.hosting.instance_types import model_server_workers
 from mainsail.hosting.store import Record
 from mainsail.jobs.storage import MB, InputObject, JobFailure
 from mainsail.jobs.transform.api import DEFAULT_MAX_PAYLOAD_MB, TRANSFORM_JOB, UNLIMITED_PAYLOAD_MB
@@ -184,12 +185,16 @@ class Job:
 
     def _start_instances(self) -> None:
         url, env = self._spec_environment()
-        count = int(self.record["TransformResources"]["InstanceCount"])
+        resources = self.record["TransformResources"]
+        count = int(resources["InstanceCount"])
+        # The container serves a transform job as it serves an endpoint: one worker per vCPU of the
+        # instance type, unless the model's (or the job's) environment names the workers.
+        workers = model_server_workers(resources.get("InstanceType"), env)
         for index in range(count):
             self.check()
             self.instances.append(self.runner.backend.start(InstanceSpec(
                 endpoint=f"transform-{self.name}", variant="transform", index=index,
-                model_data_url=url, environment=dict(env))))
+                model_data_url=url, environment=dict(env), workers=workers)))
             records = [i.to_record() for i in self.instances]
 
             def keep(current: Record, records: list[dict[str, Any]] = records) -> None:
