@@ -236,12 +236,25 @@ class Total(RegressorMixin, BaseEstimator):
         return float(X.sum())
 
 
+class Pairs(RegressorMixin, BaseEstimator):
+    """Takes at most two rows a call."""
+
+    def fit(self, X, y=None):
+        return self
+
+    def predict(self, X):
+        if len(X) > 2:
+            raise ValueError(f"{len(X)} rows: two at most")
+        return X.sum(axis=1)
+
+
 def model_fn(model_dir):
-    return {"centred": Centred, "total": Total}[Path(model_dir, "kind").read_text()]()
+    return {"centred": Centred, "total": Total, "pairs": Pairs}[Path(model_dir, "kind").read_text()]()
 '''
 
 
-@pytest.mark.parametrize("kind, reason", [("centred", "answered differently"), ("total", "a float")])
+@pytest.mark.parametrize("kind, reason", [("centred", "answered differently"), ("total", "a float"),
+                                          ("pairs", "failed where each request alone succeeded")])
 def test_a_model_that_does_not_answer_row_by_row_stops_stacking(
         tmp_path: Path, kind: str, reason: str, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "kind").write_text(kind)

@@ -14,7 +14,9 @@ encodes. Rows of one kind are:
 Anything else (a DMatrix the script built, a dict, an empty block) is predicted alone, in the same
 batch. The stacked call's answer must hold one entry per stacked row (an array or tensor whose first
 dimension, or a list whose length, is the row count); when it does not, the model does not answer
-row by row, and stacking stops for it.
+row by row, and stacking stops for it. A stacked call that raises sends the batch's requests to the
+model one at a time; when each of them then succeeds, the model does not take stacked rows, and
+stacking stops too.
 
 That rows come out of a stacked call as they would alone is the model's to guarantee. Trees do;
 most layers do; but a matrix product over more rows may take another BLAS kernel and differ in the
@@ -157,7 +159,13 @@ class Stacker:
         if len(invocations) == 1 or not self.enabled:
             return [attempt(partial(self.alone, invocation)) for invocation in invocations]
         stacked: list[int] = []
-        outcomes = invoke_each(invocations, self.decode, partial(self._predict, stacked), self.encode)
+        failed: list[int] = []
+        outcomes = invoke_each(invocations, self.decode, partial(self._predict, stacked, failed), self.encode)
+        if failed and all(isinstance(outcome, Reply) for outcome in outcomes):
+            # Each request answered alone where their stacked rows broke the model: it does not
+            # take stacked rows, and trying again would cost every batch a failed call.
+            self._stop(f"a call over {failed[0]} stacked rows failed where each request alone succeeded")
+            return outcomes
         with self._lock:
             unverified = [rows for rows in stacked if rows not in self.verified]
             check = bool(unverified) and len(self.verified) < self.verify_limit
@@ -173,8 +181,11 @@ class Stacker:
             self.verified.update(unverified)
         return outcomes
 
-    def _predict(self, stacked: list[int], items: Sequence[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
-        """The predictions of ``items`` (one per item, in order), stacking the rows that stack."""
+    def _predict(self, stacked: list[int], failed: list[int],
+                 items: Sequence[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+        """The predictions of ``items`` (one per item, in order), stacking the rows that stack.
+        Appends to ``stacked`` the rows of each stacked call made, to ``failed`` those of one that
+        raised (the batch is then predicted again one request at a time)."""
         groups: dict[Hashable, list[int]] = {}
         keys: list[tuple[Hashable, ...] | None] = []
         for i, (_, features) in enumerate(items):
@@ -189,7 +200,11 @@ class Stacker:
                     results[i] = self.predict(items[i][1])
                 continue
             counts = [row_count(key, items[i][1]) for i in indexes]
-            prediction = self.predict(stack(key, [items[i][1] for i in indexes]))
+            try:
+                prediction = self.predict(stack(key, [items[i][1] for i in indexes]))
+            except Exception:
+                failed.append(sum(counts))
+                raise
             try:
                 parts = split(key, prediction, counts)
             except NotRowWise as exc:
