@@ -285,7 +285,38 @@ def _translate(exc: Exception) -> MainsailError:
     return error
 
 
+#: headers of a response object that the server writes itself
+_SERVER_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding", "connection", "date", "server"})
+
+
+def response_object(result: Any) -> Reply | None:
+    """``output_fn``'s (or ``transform_fn``'s) result as the HTTP response it stands for, when it is a
+    response object: a werkzeug / Flask ``Response`` (the scikit-learn and XGBoost containers'
+    ``worker.Response`` is one: Flask sends it as it is) or anything else with an ``int``
+    ``status_code`` and a body (``get_data()`` or ``body``); ``None`` for any other result."""
+    status = getattr(result, "status_code", None)
+    if not isinstance(status, int) or isinstance(result, (bytes, str, dict, list, tuple)):
+        return None
+    get_data = getattr(result, "get_data", None)
+    body = get_data() if callable(get_data) else getattr(result, "body", None)
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        return None
+    if not 100 <= status <= 599:
+        raise ModelError(f"output_fn returned a {type(result).__name__} with status {status}")
+    raw = getattr(result, "headers", None) or {}
+    pairs = list(raw.items()) if hasattr(raw, "items") else list(raw)
+    content_type = getattr(result, "content_type", None) or getattr(result, "media_type", None) \
+        or next((v for k, v in pairs if str(k).lower() == "content-type"), None) or "application/octet-stream"
+    headers = {str(k): str(v) for k, v in pairs if str(k).lower() not in _SERVER_HEADERS}
+    return Reply(bytes(body), str(content_type), status, headers)
+
+
 def _reply(result: Any, accept: str, context: Context | None) -> Reply:
+    response = response_object(result)
+    if response is not None:
+        return response
     content_type = accept
     if isinstance(result, tuple) and len(result) == 2:
         result, content_type = result
