@@ -399,3 +399,23 @@ def test_csv_bodies_of_the_pandas_script_read_back(sklearn_dataframes: ScriptHan
                         names=["a", "b", "c", "d"])
     want = [round(float(p), 12) for p in sklearn_dataframes.model.predict(frame)]
     assert json.loads(reply.body) == {"scores": want}
+
+
+def test_the_xgboost_default_does_not_check_feature_names(tmp_path: Path) -> None:
+    """As the XGBoost container's default_predict_fn (validate_features=False): a booster trained on
+    a DataFrame answers CSV rows, alone and stacked."""
+    import pandas as pd
+    import xgboost
+
+    frame = pd.DataFrame(TRAIN_X, columns=["a", "b", "c", "d"])
+    booster = xgboost.train({"max_depth": 3}, xgboost.DMatrix(frame, label=TRAIN_Y), 6)
+    booster.save_model(tmp_path / "model.json")
+    handler = loaded(tmp_path, "import os\nimport xgboost\n\n\ndef model_fn(model_dir):\n"
+                               "    booster = xgboost.Booster()\n"
+                               "    booster.load_model(os.path.join(model_dir, 'model.json'))\n    return booster\n")
+    invocations = [csv_rows(TRAIN_X[i:i + 2]) for i in (0, 2)]
+    want = booster.predict(xgboost.DMatrix(frame.iloc[:4]))
+    replies = handler.invoke_batch(invocations)
+    assert [json.loads(r.body) for r in replies if isinstance(r, Reply)] == \
+        [json.loads(json.dumps(want[:2].tolist())), json.loads(json.dumps(want[2:4].tolist()))]
+    assert_byte_equal(replies, alone(handler, invocations))

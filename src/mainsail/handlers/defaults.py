@@ -79,13 +79,15 @@ def _xgboost_input(data: Any, content_type: str) -> Any:
 
 
 def _xgboost_predict(data: Any, model: Any) -> Any:
-    return model.predict(data)
+    # The XGBoost container's default: feature names are not checked (a booster trained on a
+    # DataFrame answers a CSV request, whose DMatrix has none).
+    return model.predict(data, validate_features=False)
 
 
 def _xgboost_predict_rows(rows: Any, model: Any) -> Any:
     import xgboost
 
-    return model.predict(xgboost.DMatrix(rows))
+    return model.predict(xgboost.DMatrix(rows), validate_features=False)
 
 
 def _pytorch_defaults() -> Defaults:
