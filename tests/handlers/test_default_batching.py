@@ -419,3 +419,24 @@ def test_the_xgboost_default_does_not_check_feature_names(tmp_path: Path) -> Non
     assert [json.loads(r.body) for r in replies if isinstance(r, Reply)] == \
         [json.loads(json.dumps(want[:2].tolist())), json.loads(json.dumps(want[2:4].tolist()))]
     assert_byte_equal(replies, alone(handler, invocations))
+
+
+def test_the_xgboost_default_reads_libsvm_and_refuses_json(xgboost_default: ScriptHandler, tmp_path: Path) -> None:
+    """The XGBoost container's default input_fn: LIBSVM (here predicted alone in a batch: a sparse
+    matrix does not stack), CSV with its own delimiter, and JSON refused (415) as the container does."""
+    import xgboost
+
+    from tests.codecs.test_xgboost_inputs import xgboost_reads
+
+    libsvm = b"0 0:0.5 2:-1.25\n1 1:2 3:0.75\n"
+    want = xgboost_default.model.predict(xgboost_reads(libsvm, tmp_path), validate_features=False)
+    invocations = [Invocation(libsvm, "text/libsvm", "application/json"),
+                   Invocation(b"0.5;0;-1.25;0", "text/csv", "application/json"),
+                   Invocation(b"[[1, 2, 3, 4]]", "application/json", "application/json")]
+    replies = xgboost_default.invoke_batch(invocations)
+    assert_byte_equal(replies, alone(xgboost_default, invocations))
+    first, second, third = replies
+    assert isinstance(first, Reply) and json.loads(first.body) == json.loads(json.dumps(want.tolist()))
+    csv_want = xgboost_default.model.predict(xgboost.DMatrix(np.array([[0.5, 0, -1.25, 0]])))
+    assert isinstance(second, Reply) and json.loads(second.body) == json.loads(json.dumps(csv_want.tolist()))
+    assert isinstance(third, MainsailError) and third.status_code == 415

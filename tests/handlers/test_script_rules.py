@@ -327,3 +327,21 @@ def test_a_script_can_ask_for_typed_frames(tmp_path: Path) -> None:
         assert r.text == '1,"x,y",2,"X,Y"\n2,z,4,Z\n'
         r = app.client.post("/invocations", content=b'1,"q"\n', headers={"content-type": "text/csv"})
         assert r.status_code == 500  # no column "a" in a header-less CSV: the script's own KeyError
+
+
+def test_a_native_librarys_error_reaches_the_client_without_its_clock_and_stack(tmp_path: Path) -> None:
+    """XGBoost's errors carry the time, a source line and a native stack trace: the client gets the
+    check that failed, the same every time."""
+    from mainsail.errors import ModelError
+    from mainsail.handlers.base import Invocation
+
+    script = write_script(tmp_path, (
+        "def model_fn(model_dir):\n    return None\n\n\n"
+        "def predict_fn(data, model):\n"
+        "    raise RuntimeError('[13:23:10] /src/learner.cc:1289: Check failed: 4 vs. 5 : Number of columns'\n"
+        "                       '\\nStack trace:\\n  [bt] (0) libxgboost.so(+0x2c1a8c)')\n"))
+    handler = ScriptHandler(script, tmp_path)
+    handler.load()
+    with pytest.raises(ModelError) as caught:
+        handler.invoke(Invocation(b"[1]", "application/json", "application/json"))
+    assert caught.value.message == "RuntimeError: Check failed: 4 vs. 5 : Number of columns"

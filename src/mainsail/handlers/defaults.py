@@ -1,8 +1,10 @@
 """Default handler functions, per framework, for scripts that leave some out.
 
 They reproduce the SageMaker framework containers' defaults: the inference toolkit's decoders and
-encoders, the scikit-learn container's ``float32`` cast and 2-D reshape with ``model.predict``, and
-the PyTorch toolkit's tensor conversion with ``model(data)`` under ``no_grad``.
+encoders, the scikit-learn container's ``float32`` cast and 2-D reshape with ``model.predict``, the
+XGBoost container's CSV / LIBSVM decoder (:mod:`mainsail.codecs.xgboost_inputs`) and
+``predict(..., validate_features=False)``, and the PyTorch toolkit's tensor conversion with
+``model(data)`` under ``no_grad``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mainsail.codecs import toolkit
+from mainsail.codecs import toolkit, xgboost_inputs
 from mainsail.errors import HandlerError
 
 
@@ -65,17 +67,10 @@ def _sklearn_predict(data: Any, model: Any) -> Any:
     return model.predict(data)
 
 
-def _xgboost_rows(data: Any, content_type: str) -> Any:
-    array = toolkit.decode(data, content_type)
-    if getattr(array, "ndim", 2) == 1:
-        array = array.reshape(1, -1)
-    return array
-
-
 def _xgboost_input(data: Any, content_type: str) -> Any:
     import xgboost
 
-    return xgboost.DMatrix(_xgboost_rows(data, content_type))
+    return xgboost.DMatrix(xgboost_inputs.rows(data, content_type))
 
 
 def _xgboost_predict(data: Any, model: Any) -> Any:
@@ -153,7 +148,7 @@ def defaults_for(framework: str) -> Defaults:
         return Defaults("sklearn", _sklearn_input, _sklearn_predict, _generic_output, stacks=True)
     if framework == "xgboost":
         return Defaults("xgboost", _xgboost_input, _xgboost_predict, _generic_output, stacks=True,
-                        rows_input_fn=_xgboost_rows, rows_predict_fn=_xgboost_predict_rows)
+                        rows_input_fn=xgboost_inputs.rows, rows_predict_fn=_xgboost_predict_rows)
     return Defaults("generic", _generic_input, _generic_predict, _generic_output)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -271,6 +272,16 @@ def _decode_text(body: bytes, content_type: str) -> str:
         raise BadRequest(f"body is not valid {charset}: byte offset {exc.start}: {exc.reason}") from None
 
 
+_NATIVE_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\] [^\s:]+:\d+: ")
+
+
+def _clean(message: str) -> str:
+    """A native library's error message without its clock time, source line and stack trace (as
+    XGBoost's: ``[13:23:10] .../learner.cc:1289: Check failed: ...\nStack trace: ...``)."""
+    message = message.split("\nStack trace:", 1)[0]
+    return _NATIVE_PREFIX.sub("", message.strip()).strip()
+
+
 def _translate(exc: Exception) -> MainsailError:
     """A user exception -> ours. A toolkit-style error carrying ``status_code`` keeps its status."""
     status = getattr(exc, "status_code", None)
@@ -278,7 +289,7 @@ def _translate(exc: Exception) -> MainsailError:
         unsupported = UnsupportedContentType(None)
         unsupported.message = " ".join(str(exc).split())
         return unsupported
-    message = getattr(exc, "message", None) or str(exc)
+    message = _clean(getattr(exc, "message", None) or str(exc))
     error = ModelError(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
     if isinstance(status, int) and 400 <= status <= 599:
         error.status_code = status

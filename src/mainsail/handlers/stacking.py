@@ -130,7 +130,10 @@ def same_outcome(a: Outcome, b: Outcome) -> bool:
     if isinstance(a, Reply) and isinstance(b, Reply):
         return (a.status, a.content_type, a.headers, a.body) == (b.status, b.content_type, b.headers, b.body)
     if isinstance(a, MainsailError) and isinstance(b, MainsailError):
-        return (type(a), a.status_code, a.message) == (type(b), b.status_code, b.message)
+        # A failed request was answered alone in the batch too (the batch is predicted again one
+        # request at a time when its stacked call fails); messages may differ where a library puts
+        # the time in them.
+        return (type(a), a.status_code) == (type(b), b.status_code)
     return False
 
 
