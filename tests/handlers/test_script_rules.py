@@ -301,6 +301,36 @@ def test_torchscript_model_pt_loads_without_model_fn(tmp_path: Path) -> None:
         assert json.loads(r.text) == [2.5, 3.5]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+def test_without_model_pt_the_one_pt_or_pth_file_loads_whatever_its_name(tmp_path: Path) -> None:
+    """The PyTorch container's default model_fn: model.pt, else exactly one *.pt / *.pth file."""
+    import torch
+
+    class Double(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    torch.jit.save(torch.jit.script(Double()), str(tmp_path / "classifier.pth"))
+    (tmp_path / "notes.txt").write_text("not a model")
+    handler = handler_for(tmp_path, "# no model_fn\n")
+    handler.load()
+    assert handler.model(torch.tensor([1.5])).tolist() == [3.0]
+
+    torch.jit.save(torch.jit.script(Double()), str(tmp_path / "other.pt"))
+    with pytest.raises(Exception, match=r"Exactly one \.pth or \.pt file is required for PyTorch models: "
+                                        r"\['classifier.pth', 'other.pt'\]"):
+        ModelRuntime(handler_for(tmp_path, "# no model_fn\n")).load()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+def test_a_pth_that_is_not_torchscript_fails_the_load_as_in_the_container(tmp_path: Path) -> None:
+    import torch
+
+    torch.save({"weight": torch.ones(2)}, tmp_path / "weights.pth")  # a state dict, not TorchScript
+    with pytest.raises(ModelLoadError, match="Please ensure model is saved using torchscript"):
+        ModelRuntime(handler_for(tmp_path, "# no model_fn\n")).load()
+
+
 def test_a_script_can_ask_for_typed_frames(tmp_path: Path) -> None:
     handler = handler_for(tmp_path, """
         from mainsail.codecs import default_registry

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mainsail.codecs import toolkit, xgboost_inputs
-from mainsail.errors import HandlerError
+from mainsail.errors import HandlerError, ModelLoadError
 
 
 @dataclass(frozen=True)
@@ -153,14 +153,26 @@ def defaults_for(framework: str) -> Defaults:
 
 
 def default_model_fn(model_dir: str, framework: str) -> Any:
-    """The containers' ``model_fn`` fallback: PyTorch loads a TorchScript ``model.pt``; others refuse."""
+    """The containers' ``model_fn`` fallback. The PyTorch container loads TorchScript: ``model.pt``,
+    else the one ``*.pt`` / ``*.pth`` file of the model directory, whatever its name (more than one
+    is its ``ValueError``, one that is not TorchScript its ``ModelLoadError``); the others refuse."""
     import os
 
     path = os.path.join(model_dir, "model.pt")
-    if framework in ("pytorch", "auto") and os.path.exists(path):
+    candidates = [path] if os.path.isfile(path) else sorted(
+        os.path.join(model_dir, name) for name in os.listdir(model_dir)
+        if os.path.splitext(name)[1] in (".pt", ".pth") and os.path.isfile(os.path.join(model_dir, name)))
+    if framework in ("pytorch", "auto") and (candidates or framework == "pytorch"):
+        if len(candidates) != 1:
+            raise HandlerError("Exactly one .pth or .pt file is required for PyTorch models: "
+                               f"{[os.path.basename(c) for c in candidates]}")
         import torch
 
-        return torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
+        try:
+            return torch.jit.load(candidates[0], map_location="cpu")  # type: ignore[no-untyped-call]
+        except RuntimeError as exc:
+            raise ModelLoadError(f"Failed to load {candidates[0]}. Please ensure model is saved using "
+                                 "torchscript.") from exc
     raise HandlerError(
         "Please provide a model_fn implementation: the script defines no model_fn "
         f"and no default applies to {model_dir}"
