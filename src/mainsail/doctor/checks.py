@@ -21,7 +21,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from mainsail.archives import safe_extract
 from mainsail.doctor.findings import State, human_size
 from mainsail.errors import HandlerError, InvalidModelArchive
-from mainsail.handlers.script import HANDLER_NAMES, bind, import_script
+from mainsail.handlers.script import HANDLER_NAMES, bind, container_module_hint, import_script
 from mainsail.serve.requirements import missing_requirements
 
 ARCHIVE_SIZE_WARNING = 10 * 1024**3
@@ -156,9 +156,11 @@ def import_user_script(script: Path, state: State) -> Any | None:
     except BaseException as exc:  # SystemExit at import time is a failure too
         sys.modules.pop(script.stem, None)
         fix = "fix the error above; the script must import without side effects that fail outside training"
-        if isinstance(exc.__cause__ or exc, ImportError):
-            fix = ("add the missing package to code/requirements.txt (the container pip-installs it), or install it "
-                   "here; run doctor with --install-requirements to install code/requirements.txt first")
+        cause = exc.__cause__ or exc
+        if isinstance(cause, ImportError):
+            fix = container_module_hint(cause) or (
+                "add the missing package to code/requirements.txt (the container pip-installs it), or install it "
+                "here; run doctor with --install-requirements to install code/requirements.txt first")
         state.add("error", "script.import", f"importing {script.name} failed: {_import_error_text(exc, script)}", fix)
         return None
     state.add("ok", "script.import", f"{script.name} imports")

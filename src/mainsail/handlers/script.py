@@ -84,6 +84,24 @@ def bind(name: str, fn: Callable[..., Any]) -> Bound:
     )
 
 
+#: modules the SageMaker framework containers ship, which scripts import: where each comes from here
+CONTAINER_MODULES = {
+    "sagemaker_inference": "the SageMaker inference toolkit ships in the framework containers: install it "
+                           "beside mainsail with pip install 'mainsail[toolkit]' (sagemaker-inference)",
+    "sagemaker_containers": "sagemaker-containers ships in the scikit-learn and XGBoost containers and does not "
+                            "install on Python 3.11; mainsail does not provide it yet",
+    "sagemaker_xgboost_container": "ships only in the XGBoost container; mainsail does not provide it yet",
+    "sagemaker_pytorch_serving_container": "ships only in the PyTorch container; mainsail does not provide it yet",
+    "sagemaker_sklearn_container": "ships only in the scikit-learn container; mainsail does not provide it yet",
+}
+
+
+def container_module_hint(exc: BaseException) -> str | None:
+    """Where the module an import failed on comes from, when a SageMaker container ships it."""
+    name = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    return CONTAINER_MODULES.get((name or "").split(".", 1)[0])
+
+
 def import_script(path: Path) -> Any:
     """Import the user script by file path, registered under its module name (so pickles find it)."""
     name = path.stem
@@ -99,7 +117,9 @@ def import_script(path: Path) -> Any:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(name, None)
-        raise ModelLoadError(f"importing {path.name} failed: {type(exc).__name__}: {exc}") from exc
+        hint = container_module_hint(exc)
+        raise ModelLoadError(f"importing {path.name} failed: {type(exc).__name__}: {exc}"
+                             + (f" ({hint})" if hint else "")) from exc
     return module
 
 
