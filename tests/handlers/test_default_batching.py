@@ -362,7 +362,8 @@ def calls(model_dir: Path) -> list[int]:
 
 def test_over_http_queued_requests_share_one_call_of_the_default_predict_fn(gated_forest: Path) -> None:
     bodies = ["0.1,0.2,0.3,0.4\n0.5,0.6,0.7,0.8", "1,2,3,4", "[[-0.5, 0.25, 2, 1]]", "[3, 2, 1, 0]"]
-    with serve_script(gated_forest, predict_placement="threads") as app:
+    # One predict thread: one model call at a time, so the requests queue behind the gated call.
+    with serve_script(gated_forest, predict_placement="threads", predict_threads=1) as app:
         assert app.runtime.batches
         kinds = ["text/csv", "text/csv", "application/json", "application/json"]
         answers_alone = [post(app, body, kind).content for body, kind in zip(bodies, kinds, strict=True)]
@@ -440,3 +441,46 @@ def test_the_xgboost_default_reads_libsvm_and_refuses_json(xgboost_default: Scri
     csv_want = xgboost_default.model.predict(xgboost.DMatrix(np.array([[0.5, 0, -1.25, 0]])))
     assert isinstance(second, Reply) and json.loads(second.body) == json.loads(json.dumps(csv_want.tolist()))
     assert isinstance(third, MainsailError) and third.status_code == 415
+
+
+RENDEZVOUS_SCRIPT = '''
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from sklearn.dummy import DummyRegressor
+
+HERE = None
+
+
+def model_fn(model_dir):
+    global HERE
+    HERE = Path(model_dir) / "arrived"
+    HERE.mkdir()
+    return DummyRegressor(constant=7.0, strategy="constant").fit([[0.0, 0.0]], [7.0])
+
+
+def input_fn(body, content_type):
+    """Waits (up to 20 s) until two requests are in input_fn together, as an input_fn waiting on
+    I/O would overlap with another."""
+    (HERE / uuid.uuid4().hex).touch()
+    deadline = time.monotonic() + 20
+    while len(os.listdir(HERE)) < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the other request never came in")
+        time.sleep(0.01)
+    return np.array([[float(x) for x in body.split(",")]], dtype=np.float32)
+'''
+
+
+def test_stacking_takes_no_concurrency_from_the_scripts_own_functions(tmp_path: Path) -> None:
+    """Two requests whose input_fn waits for the other: with stacking on, one worker still runs them
+    at once (as many batches as predict threads), as it would without batching."""
+    write_script(tmp_path, RENDEZVOUS_SCRIPT)
+    with serve_script(tmp_path, predict_placement="threads", predict_threads=2) as app:
+        assert app.runtime.batches
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda body: post(app, body, "text/csv"), ["1,2", "3,4"]))
+        assert [(a.status_code, a.json()) for a in answers] == [(200, [7.0]), (200, [7.0])]

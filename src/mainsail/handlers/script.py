@@ -151,6 +151,13 @@ class ScriptHandler:
         a framework default that predicts rows (the requests' rows are then stacked)."""
         return self._predict_batch is not None or self._stacker is not None
 
+    @property
+    def concurrent_batches(self) -> bool:
+        """Batches of stacked rows run the script's own ``input_fn`` / ``output_fn``, which may wait
+        on I/O: they run as many at once as unbatched calls would (the predict threads), so stacking
+        takes no concurrency away from the script."""
+        return self._stacker is not None
+
     def load(self) -> None:
         module = import_script(self.script)
         found = {n: getattr(module, n) for n in HANDLER_NAMES if callable(getattr(module, n, None))}

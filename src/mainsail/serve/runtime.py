@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ class ModelRuntime:
         self.timeout_s = timeout_s
         self.ready = False
         self.load_error: str | None = None
+        self.threads = threads
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="mainsail-predict")
         self.batching = batching
         """Adaptive batching, used when the loaded handler can batch (``batchable``)."""
@@ -133,7 +135,12 @@ class ModelRuntime:
         if self._batcher is None:  # in the running loop, after any fork
             handler: BatchHandler = self.handler  # type: ignore[assignment]
             assert self.batching is not None
-            self._batcher = Batcher(handler.invoke_batch, self._executor, self.batching,
+            config = self.batching
+            if getattr(handler, "concurrent_batches", False):
+                # Batches that run a script's own input_fn / output_fn: as many at once as calls
+                # without batching (they may wait on I/O), each carrying what queued meanwhile.
+                config = dataclasses.replace(config, slots=self.threads)
+            self._batcher = Batcher(handler.invoke_batch, self._executor, config,
                                     timeout_s=self.timeout_s, observe=self.observe_batch,
                                     placement=Placement(self.placement.mode, self.placement.loop_max_s))
         return await self._batcher.submit(invocation)  # PredictTimeout past the timeout
