@@ -26,6 +26,7 @@ from mainsail.handlers.base import Invocation, Reply
 from mainsail.handlers.script import ScriptHandler
 from tests.conftest import write_script
 from tests.serve.test_batching import batch_size_metric, post, serve_script, wait_for
+from tests.serve.test_batching import outcomes_alone as alone
 
 # The PyTorch container's default model_fn loads a TorchScript model.pt; torch deprecates the format.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
@@ -149,16 +150,6 @@ def request(draw: st.DrawFn) -> Invocation:
     else:
         body = json.dumps(rows if len(rows) > 1 or draw(st.booleans()) else rows[0])
     return Invocation(body.encode(), content_type, draw(st.sampled_from(["application/json", "text/csv"])))
-
-
-def alone(handler: ScriptHandler, invocations: list[Invocation]) -> list[Reply | MainsailError]:
-    answers: list[Reply | MainsailError] = []
-    for invocation in invocations:
-        try:
-            answers.append(handler.invoke(invocation))
-        except MainsailError as exc:
-            answers.append(exc)
-    return answers
 
 
 def assert_byte_equal(got: list[Reply | MainsailError], want: list[Reply | MainsailError]) -> None:
