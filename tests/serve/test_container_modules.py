@@ -75,6 +75,81 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def test_a_module_only_the_containers_ship_fails_the_load_saying_so(tmp_path: Path) -> None:
-    write_script(tmp_path, "import sagemaker_xgboost_container.encoder as xgb_encoders\n")
-    with pytest.raises(ModelLoadError, match="ships only in the XGBoost container"):
+    write_script(tmp_path, "from sagemaker_xgboost_container import data_utils\n")
+    with pytest.raises(ModelLoadError, match="ships only in the XGBoost container; mainsail provides its encoder"):
         ModelRuntime(ScriptHandler(tmp_path / "code" / "inference.py", tmp_path)).load()
+
+
+XGBOOST_SCRIPT = '''
+import os
+
+import xgboost as xgb
+import sagemaker_xgboost_container.encoder as xgb_encoders
+
+
+def model_fn(model_dir):
+    booster = xgb.Booster()
+    booster.load_model(os.path.join(model_dir, "xgboost-model.json"))
+    return booster
+
+
+def input_fn(request_body, request_content_type):
+    if request_content_type == "text/libsvm":
+        return xgb_encoders.libsvm_to_dmatrix(request_body)
+    if request_content_type == "text/csv":
+        return xgb_encoders.csv_to_dmatrix(request_body.rstrip("\\n"))
+    raise ValueError("Content type {} is not supported.".format(request_content_type))
+
+
+def predict_fn(input_data, model):
+    return model.predict(input_data)
+
+
+def output_fn(predictions, content_type):
+    if content_type == "application/jsonlines":
+        return xgb_encoders.json_to_jsonlines({"predictions": predictions.tolist()})
+    return ",".join(str(p) for p in predictions)
+'''
+
+
+def test_a_script_using_the_xgboost_containers_encoder_module(tmp_path: Path) -> None:
+    """The usual XGBoost script-mode script: its input_fn calls the container's own decoders."""
+    import sys
+
+    import xgboost as xgb
+
+    from mainsail.handlers import provided
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 4))
+    booster = xgb.train({"max_depth": 3}, xgb.DMatrix(x, label=x[:, 0] * 2 - x[:, 3]), 8)
+    booster.save_model(tmp_path / "xgboost-model.json")
+    write_script(tmp_path, XGBOOST_SCRIPT)
+    rows = np.array([[0.5, -1.0, 2.0, 0.25], [1.5, 0.0, -2.0, 3.0]])
+    want = booster.predict(xgb.DMatrix(rows))
+    with live_app(ScriptHandler(tmp_path / "code" / "inference.py", tmp_path)) as app:
+        csv = app.client.post("/invocations", content="0.5,-1,2,0.25\n1.5,0,-2,3\n",
+                              headers={"content-type": "text/csv", "accept": "text/csv"})
+        assert csv.status_code == 200, csv.text
+        assert csv.text == ",".join(str(p) for p in want)
+        libsvm = app.client.post("/invocations", content="0 0:0.5 1:-1 2:2 3:0.25\n0 0:1.5 1:0 2:-2 3:3\n",
+                                 headers={"content-type": "text/libsvm", "accept": "application/jsonlines"})
+        assert libsvm.status_code == 200, libsvm.text
+        assert [json.loads(line) for line in libsvm.text.splitlines()] == [float(p) for p in want]
+    module = sys.modules["sagemaker_xgboost_container.encoder"]
+    assert Path(module.__file__ or "").is_relative_to(provided.PATH)
+    assert sys.path.index(provided.PATH) > max(i for i, p in enumerate(sys.path) if "site-packages" in p)
+
+
+def test_the_provided_xgboost_encoder_functions() -> None:
+    from mainsail.errors import UnsupportedContentType
+    from mainsail.handlers.provided.sagemaker_xgboost_container import encoder
+
+    assert encoder.json_to_jsonlines('{"predictions": [1, {"a": 2}]}') == b'1\n{"a": 2}\n'
+    with pytest.raises(ValueError, match="not compatible for conversion to jsonlines"):
+        encoder.json_to_jsonlines({"a": [1], "b": [2]})
+    matrix = encoder.csv_to_dmatrix("1;2\n3;", dtype=np.float32)
+    assert (matrix.num_row(), matrix.num_col()) == (2, 2)
+    assert encoder.decode(b"0 3:1\n", "text/x-libsvm").num_col() == 4
+    with pytest.raises(UnsupportedContentType):
+        encoder.decode(b"[1]", "application/json")

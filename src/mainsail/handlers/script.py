@@ -39,6 +39,7 @@ from mainsail.errors import (
     UnsupportedContentType,
 )
 from mainsail.handlers import defaults as fw
+from mainsail.handlers import provided
 from mainsail.handlers.base import Invocation, Outcome, Reply, invoke_each
 from mainsail.handlers.context import Context
 from mainsail.handlers.stacking import Stacker
@@ -90,7 +91,8 @@ CONTAINER_MODULES = {
                            "beside mainsail with pip install 'mainsail[toolkit]' (sagemaker-inference)",
     "sagemaker_containers": "sagemaker-containers ships in the scikit-learn and XGBoost containers and does not "
                             "install on Python 3.11; mainsail does not provide it yet",
-    "sagemaker_xgboost_container": "ships only in the XGBoost container; mainsail does not provide it yet",
+    "sagemaker_xgboost_container": "ships only in the XGBoost container; mainsail provides its encoder module "
+                                   "(csv_to_dmatrix, libsvm_to_dmatrix, decode, json_to_jsonlines) and no other yet",
     "sagemaker_pytorch_serving_container": "ships only in the PyTorch container; mainsail does not provide it yet",
     "sagemaker_sklearn_container": "ships only in the scikit-learn container; mainsail does not provide it yet",
 }
@@ -103,7 +105,10 @@ def container_module_hint(exc: BaseException) -> str | None:
 
 
 def import_script(path: Path) -> Any:
-    """Import the user script by file path, registered under its module name (so pickles find it)."""
+    """Import the user script by file path, registered under its module name (so pickles find it).
+    The container modules mainsail provides come after every installed package on the path."""
+    if provided.PATH not in sys.path:
+        sys.path.append(provided.PATH)
     name = path.stem
     code_dir = str(path.parent)
     if code_dir not in sys.path:

@@ -1,0 +1,14 @@
+"""Modules SageMaker's framework containers ship that mainsail provides itself, where the original
+cannot be installed here: each top-level package in this folder imports under its original name.
+
+The folder is appended to ``sys.path`` before a user script is imported (:data:`PATH`), after every
+installed package, so the original wins wherever it is installed. Provided so far:
+``sagemaker_xgboost_container.encoder`` (the XGBoost container's decoders, which scripts call from
+their own ``input_fn``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PATH = str(Path(__file__).resolve().parent)
