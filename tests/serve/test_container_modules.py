@@ -153,3 +153,88 @@ def test_the_provided_xgboost_encoder_functions() -> None:
     assert encoder.decode(b"0 3:1\n", "text/x-libsvm").num_col() == 4
     with pytest.raises(UnsupportedContentType):
         encoder.decode(b"[1]", "application/json")
+
+
+SKLEARN_SCRIPT = '''
+import os
+
+import joblib
+from sagemaker_containers.beta.framework import content_types, encoders, errors, worker
+
+
+def model_fn(model_dir):
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+
+
+def input_fn(input_data, content_type):
+    if content_type in (content_types.CSV, content_types.JSON):
+        return encoders.decode(input_data, content_type)
+    raise errors.UnsupportedFormatError(content_type)
+
+
+def predict_fn(input_data, model):
+    return model.predict(input_data.reshape(1, -1) if input_data.ndim == 1 else input_data)
+
+
+def output_fn(prediction, accept):
+    return worker.Response(encoders.encode(prediction, accept), mimetype=accept)
+'''
+
+
+def test_a_script_using_sagemaker_containers_beta_framework(tmp_path: Path) -> None:
+    """The scikit-learn container's usual script: encoders to decode and encode, worker.Response out."""
+    import joblib
+    from sklearn.linear_model import LinearRegression
+
+    joblib.dump(LinearRegression().fit([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [0.0, 2.0, 3.0]),
+                tmp_path / "model.joblib")
+    write_script(tmp_path, SKLEARN_SCRIPT)
+    with live_app(ScriptHandler(tmp_path / "code" / "inference.py", tmp_path)) as app:
+        csv = app.client.post("/invocations", content="1,1\n2,0", headers={"content-type": "text/csv",
+                                                                           "accept": "text/csv"})
+        assert (csv.status_code, csv.headers["content-type"]) == (200, "text/csv; charset=utf-8")
+        assert [float(v) for v in csv.text.split()] == pytest.approx([5.0, 4.0])
+        js = app.client.post("/invocations", content="[0.5, 1]", headers={"content-type": "application/json",
+                                                                          "accept": "application/json"})
+        assert (js.status_code, js.headers["content-type"]) == (200, "application/json")
+        assert js.json() == pytest.approx([4.0])
+        refused = app.client.post("/invocations", content="x", headers={"content-type": "text/plain"})
+        assert refused.status_code == 415 and "text/plain is not supported" in refused.json()["message"]
+        unknown_accept = app.client.post("/invocations", content="1,1", headers={"content-type": "text/csv",
+                                                                                 "accept": "image/png"})
+        assert unknown_accept.status_code == 415
+
+
+def test_the_provided_sagemaker_containers_encoders_match_the_originals_rules() -> None:
+    from mainsail.handlers.provided.sagemaker_containers import _encoders as encoders
+    from mainsail.handlers.provided.sagemaker_containers import _errors as errors
+
+    assert encoders.encode(np.array([1.5, 2.0]), "text/csv") == "1.5\n2.0\n"  # a 1-D array is a column
+    assert encoders.encode([[1, 2], [3, 4]], "text/csv") == "1,2\n3,4\n"
+    assert encoders.encode(np.array([[1.5, 2]]), "application/json") == "[[1.5, 2.0]]"
+    decoded = encoders.decode("1,2\n3,4", "text/csv")
+    assert decoded.dtype == np.float64 and decoded.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert encoders.decode("7", "text/csv").shape == ()  # squeezed, as the original
+    assert encoders.decode("a,b", "text/csv").tolist() == ["a", "b"]  # strings stay strings without a dtype
+    with pytest.raises(errors.ClientError, match="dtype is: float32"):
+        encoders.csv_to_numpy("a,b", dtype="float32")
+    assert encoders.decode(_npy(np.arange(3)), "application/x-npy").tolist() == [0, 1, 2]
+    with pytest.raises(errors.ClientError):
+        encoders.decode(_npy(np.array([{"a": 1}], dtype=object)), "application/x-npy")  # no pickles
+    with pytest.raises(errors.UnsupportedFormatError, match="Content type text/csv; charset=utf-8 is not"):
+        encoders.decode("1", "text/csv; charset=utf-8")  # matched exactly, as the original
+
+
+def test_the_provided_worker_response() -> None:
+    from mainsail.handlers.provided.sagemaker_containers import _worker as worker
+    from mainsail.handlers.script import response_object
+
+    made = response_object(worker.Response(["a,", b"b"], status="201 CREATED", mimetype="text/csv",
+                                           headers={"X-Id": "7"}))
+    assert made is not None
+    assert (made.status, made.content_type, made.body, made.headers) == (
+        201, "text/csv; charset=utf-8", b"a,b", {"X-Id": "7"})
+    default = worker.Response("{}")
+    assert (default.status_code, default.content_type, default.get_data(as_text=True)) == (200, "application/json", "{}")
+    typed = worker.Response(b"x", headers=[("Content-Type", "application/x-thing")])
+    assert typed.content_type == "application/x-thing" and typed.mimetype == "application/x-thing"

@@ -90,7 +90,8 @@ CONTAINER_MODULES = {
     "sagemaker_inference": "the SageMaker inference toolkit ships in the framework containers: install it "
                            "beside mainsail with pip install 'mainsail[toolkit]' (sagemaker-inference)",
     "sagemaker_containers": "sagemaker-containers ships in the scikit-learn and XGBoost containers and does not "
-                            "install on Python 3.11; mainsail does not provide it yet",
+                            "install on Python 3.11; mainsail provides beta.framework's content_types, encoders, "
+                            "errors and worker.Response, and no other part yet",
     "sagemaker_xgboost_container": "ships only in the XGBoost container; mainsail provides its encoder module "
                                    "(csv_to_dmatrix, libsvm_to_dmatrix, decode, json_to_jsonlines) and no other yet",
     "sagemaker_pytorch_serving_container": "ships only in the PyTorch container; mainsail does not provide it yet",

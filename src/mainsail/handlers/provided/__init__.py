@@ -4,7 +4,9 @@ cannot be installed here: each top-level package in this folder imports under it
 The folder is appended to ``sys.path`` before a user script is imported (:data:`PATH`), after every
 installed package, so the original wins wherever it is installed. Provided so far:
 ``sagemaker_xgboost_container.encoder`` (the XGBoost container's decoders, which scripts call from
-their own ``input_fn``).
+their own ``input_fn``) and ``sagemaker_containers.beta.framework``'s ``content_types``,
+``encoders``, ``errors`` and ``worker.Response`` (what scikit-learn and XGBoost scripts import).
+Their modules import each other relatively, so they work under either name.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""``sagemaker_containers.beta`` (provided by mainsail): see :mod:`.framework`."""
