@@ -91,19 +91,19 @@ _decoders_map: dict[str, Callable[[Any], Any]] = {
     _content_types.NPY: npy_to_numpy, _content_types.CSV: csv_to_numpy, _content_types.JSON: json_to_numpy}
 
 
-def decode(obj: Any, content_type: str) -> Any:
-    """``obj`` decoded by the decoder of ``content_type`` (matched exactly, as the original)."""
+def _codec(table: dict[str, Callable[[Any], Any]], content_type: str) -> Callable[[Any], Any]:
+    """The function for ``content_type`` (matched exactly, as the original), or its 415."""
     try:
-        decoder = _decoders_map[content_type]
+        return table[content_type]
     except KeyError:
         raise _errors.UnsupportedFormatError(content_type) from None
-    return decoder(obj)
+
+
+def decode(obj: Any, content_type: str) -> Any:
+    """``obj`` decoded by the decoder of ``content_type``."""
+    return _codec(_decoders_map, content_type)(obj)
 
 
 def encode(array_like: Any, content_type: str) -> Any:
-    """``array_like`` encoded for ``content_type`` (matched exactly, as the original)."""
-    try:
-        encoder = _encoders_map[content_type]
-    except KeyError:
-        raise _errors.UnsupportedFormatError(content_type) from None
-    return encoder(array_like)
+    """``array_like`` encoded for ``content_type``."""
+    return _codec(_encoders_map, content_type)(array_like)
