@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mainsail.codecs.base import MediaType, decode_text
 from mainsail.codecs.toolkit import CSV, media_type_of
 from mainsail.errors import BadRequest, UnsupportedContentType
 
@@ -25,12 +26,7 @@ TYPES = (CSV, *LIBSVM_TYPES)
 
 
 def _text(data: str | bytes) -> str:
-    if isinstance(data, str):
-        return data
-    try:
-        return bytes(data).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"body is not valid utf-8: byte offset {exc.start}: {exc.reason}") from None
+    return data if isinstance(data, str) else decode_text(bytes(data), MediaType(CSV))
 
 
 def csv_rows(data: str | bytes) -> np.ndarray:

@@ -338,8 +338,10 @@ def response_object(result: Any) -> Reply | None:
     response object: a werkzeug / Flask ``Response`` (the scikit-learn and XGBoost containers'
     ``worker.Response`` is one: Flask sends it as it is) or anything else with an ``int``
     ``status_code`` and a body (``get_data()`` or ``body``); ``None`` for any other result."""
+    if isinstance(result, (bytes, str, dict, list, tuple)):  # what output_fn returns most often
+        return None
     status = getattr(result, "status_code", None)
-    if not isinstance(status, int) or isinstance(result, (bytes, str, dict, list, tuple)):
+    if not isinstance(status, int):
         return None
     get_data = getattr(result, "get_data", None)
     body = get_data() if callable(get_data) else getattr(result, "body", None)

@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from mainsail.codecs import toolkit
+
 from . import _content_types, _errors
 
 
 def array_to_npy(array_like: Any) -> bytes:
     """An array-like object in the NPY format."""
-    buffer = io.BytesIO()
-    np.save(buffer, array_like)
-    return buffer.getvalue()
+    return toolkit.encode_npy(array_like)
 
 
 def npy_to_numpy(npy_array: bytes) -> np.ndarray:
