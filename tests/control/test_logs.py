@@ -16,6 +16,7 @@ from mainsail.aws.logs import files as logs
 from mainsail.aws.logs.api import LogsApi
 from mainsail.aws.logs.errors import InvalidParameterException, ResourceNotFoundException
 from mainsail.aws.logs.patterns import parse_pattern
+from mainsail.serve.access_log import FLUSH_S
 from tests.control.helpers import INFERENCE_BAD, WAIT, Plane, deploy, make_model_dir
 
 GROUP = "/aws/sagemaker/Endpoints/ep"
@@ -347,11 +348,15 @@ def test_boto3_logs_client_reads_instance_logs(plane: Plane, tmp_path: Path) -> 
         "message"].endswith("loading the linear model")
     assert cw.filter_log_events(logGroupName=group, startTime=int(time.time() * 1000) + 60_000)["events"] == []
 
-    # pagination with a small limit (the boto3 paginator follows nextToken) gives what one call gives
-    everything = cw.filter_log_events(logGroupName=group)["events"]
+    # pagination with a small limit (the boto3 paginator follows nextToken) gives what one call gives. The
+    # access log is written in batches (serve.access_log.FLUSH_S) with each request's own time, so a line can
+    # land after the call that read the lines around it: both reads end at a time whose lines are all written.
+    until = int(time.time() * 1000)
+    time.sleep(FLUSH_S + 1.0)
+    everything = cw.filter_log_events(logGroupName=group, endTime=until)["events"]
     assert len(everything) > 6
     paged = [e for page in cw.get_paginator("filter_log_events").paginate(
-        logGroupName=group, PaginationConfig={"PageSize": 2}) for e in page["events"]]
+        logGroupName=group, endTime=until, PaginationConfig={"PageSize": 2}) for e in page["events"]]
     assert [e["eventId"] for e in paged] == [e["eventId"] for e in everything]
 
     stream = f"AllTraffic/i-0-{port}"
