@@ -168,6 +168,28 @@ def write_script(model_dir: Path, source: str, name: str = "inference.py") -> Pa
     return path
 
 
+def make_wheel(directory: Path, name: str, version: str, module_source: str, requires: tuple[str, ...] = ()) -> Path:
+    """A pure-Python wheel of package ``name`` (module ``name``), written by hand: what pip and uv install."""
+    import zipfile
+
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    dist_info = f"{name}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {r}\n" for r in requires)
+    files = {
+        f"{name}/__init__.py": module_source,
+        f"{dist_info}/METADATA": metadata,
+        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{path},,\n" for path in files) + f"{dist_info}/RECORD,,\n"
+    directory.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+        zf.writestr(f"{dist_info}/RECORD", record)
+    return wheel
+
+
 def _numbers_close(got: Any, want: Any, atol: float) -> bool:
     if isinstance(got, dict) and isinstance(want, dict):
         return got.keys() == want.keys() and all(_numbers_close(got[k], want[k], atol) for k in got)

@@ -8,6 +8,7 @@ import os
 import pickle
 import tarfile
 import textwrap
+from importlib import metadata
 from pathlib import Path
 
 import joblib
@@ -244,15 +245,23 @@ def test_no_model_fn_and_no_default(tmp_path: Path) -> None:
 def test_requirements_missing_and_version_mismatch(tmp_path: Path) -> None:
     import numpy
 
-    requirements = f"mainsail-no-such-package-xyz==1.0\nnumpy=={numpy.__version__}\nnumpy<1.0\n# comment\n"
+    tqdm = metadata.version("tqdm")
+    requirements = (f"mainsail-no-such-package-xyz==1.0\nnumpy=={numpy.__version__}\nnumpy>1.26,<9\ntqdm<1.0\n"
+                    "# comment\n")
     findings = diagnose(script_model(tmp_path, SCRIPT, requirements=requirements), invoke=False)
     missing = by_check(findings, "requirements.missing", "warning")
     assert len(missing) == 1 and "mainsail-no-such-package-xyz==1.0" in missing[0].message
     assert "mainsail serve" in (missing[0].fix or "") and "pip install" in (missing[0].fix or "")
     mismatch = by_check(findings, "requirements.version", "warning")
-    assert len(mismatch) == 1 and f"numpy<1.0 but {numpy.__version__} is installed" in mismatch[0].message
-    assert f"`numpy=={numpy.__version__}`" in (mismatch[0].fix or "")
+    assert len(mismatch) == 1 and f"tqdm<1.0 but {tqdm} is installed" in mismatch[0].message
+    assert "installs tqdm<1.0 for this model" in mismatch[0].message
     assert not errors(findings)
+
+    # a range no version of which mainsail runs with is a conflict, before any deployment
+    findings = diagnose(script_model(tmp_path / "old", SCRIPT, requirements="numpy<1.0\n"), invoke=False)
+    (conflict,) = by_check(findings, "requirements.conflict", "error")
+    assert f"asks for numpy<1.0 (installed here: {numpy.__version__}), but mainsail needs numpy>=" in conflict.message
+    assert f"`numpy=={numpy.__version__}`" in (conflict.fix or "")
 
 
 def test_entry_point_not_found(tmp_path: Path) -> None:

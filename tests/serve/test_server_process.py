@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import SCRIPTS, ServerProcess, write_script
+from tests.conftest import SCRIPTS, ServerProcess, make_wheel, write_script
 
 SEED_002_INFERENCE = Path(__file__).resolve().parents[2] / "examples" / "sdk" / "seed_002" / "inference.py"
 
@@ -211,24 +211,6 @@ def test_a_model_that_cannot_load_exits_with_the_reason(tmp_path: Path, home: Pa
         server.stop()
 
 
-def _make_wheel(directory: Path, name: str, version: str, module_source: str) -> Path:
-    import zipfile
-
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
-    dist_info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": module_source,
-        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = "".join(f"{path},,\n" for path in files) + f"{dist_info}/RECORD,,\n"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, text in files.items():
-            zf.writestr(path, text)
-        zf.writestr(f"{dist_info}/RECORD", record)
-    return wheel
-
-
 def test_code_requirements_are_installed_once_and_cached(tmp_path: Path, home: Path) -> None:
     model_dir = tmp_path / "model"
     write_script(model_dir, textwrap.dedent("""
@@ -238,11 +220,11 @@ def test_code_requirements_are_installed_once_and_cached(tmp_path: Path, home: P
         def transform_fn(model, body, content_type, accept):
             return mainsail_test_dep.ANSWER
     """))
-    wheel = _make_wheel(model_dir / "code", "mainsail_test_dep", "1.0", "ANSWER = 'from the wheel'\n")
+    wheel = make_wheel(model_dir / "code", "mainsail_test_dep", "1.0", "ANSWER = 'from the wheel'\n")
     (model_dir / "code" / "requirements.txt").write_text(f"./{wheel.name}\n")
     with ServerProcess([str(model_dir), "--workers", "1"], home=home) as server:
         assert httpx.post(server.url + "/invocations", content=b"").text == "from the wheel"
-    installed = list((home / "requirements").iterdir())
+    installed = [p for p in (home / "requirements").iterdir() if not p.name.startswith(".")]
     assert len(installed) == 1 and (installed[0] / "mainsail_test_dep").is_dir()
 
     # Told not to install, a requirement that is missing is reported (and the script fails to import).

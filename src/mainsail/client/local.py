@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import sys
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -209,7 +208,7 @@ def load(model_dir: str | os.PathLike[str], entry_point: str | None = None, *, s
     from mainsail.handlers import build_handler
     from mainsail.serve.app import create_app
     from mainsail.serve.model_dir import prepare_model
-    from mainsail.serve.requirements import install_requirements, missing_requirements
+    from mainsail.serve.requirements import imported_elsewhere, missing_requirements, prepare_requirements, put_first
     from mainsail.serve.runtime import ModelRuntime
     from mainsail.settings import ServeSettings
 
@@ -222,9 +221,13 @@ def load(model_dir: str | os.PathLike[str], entry_point: str | None = None, *, s
         if prepared.code_dir is not None and (prepared.code_dir / "requirements.txt").is_file():
             requirements = prepared.code_dir / "requirements.txt"
             if settings.install_requirements:
-                extra = str(install_requirements(requirements, settings.home / "requirements"))
-                if extra not in sys.path:
-                    sys.path.append(extra)
+                # In this process, not a worker of its own: the overlay goes first, but what the process has
+                # imported already stays (said, not silently).
+                paths = prepare_requirements(requirements, settings.home / "requirements").paths
+                if imported := imported_elsewhere(paths):
+                    logger.warning("%s pins %s, which this process has imported already: the imported version is "
+                                   "used here (mainsail serve uses the pin)", requirements, ", ".join(imported))
+                put_first(paths)
             elif missing := missing_requirements(requirements):
                 logger.warning("%s is not satisfied (not installing, as asked): %s", requirements, "; ".join(missing))
         handler = build_handler(prepared.model_dir, prepared.script, framework=settings.framework,

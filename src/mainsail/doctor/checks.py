@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from mainsail.archives import safe_extract
 from mainsail.doctor.findings import State, human_size
 from mainsail.errors import HandlerError, InvalidModelArchive
 from mainsail.handlers.script import HANDLER_NAMES, bind, container_module_hint, import_script
-from mainsail.serve.requirements import missing_requirements
+from mainsail.serve.requirements import mainsail_needs, missing_requirements
 
 ARCHIVE_SIZE_WARNING = 10 * 1024**3
 EXTRACTED_SIZE_WARNING = 30 * 1024**3
@@ -115,6 +118,7 @@ def check_requirements(requirements: Path, state: State) -> None:
     if not missing:
         state.add("ok", "requirements", f"every line of code/{requirements.name} is satisfied by this environment")
         return
+    needs = mainsail_needs()
     for entry in missing:
         if "(installed:" in entry:
             spec, _, installed = entry.partition(" (installed: ")
@@ -123,16 +127,55 @@ def check_requirements(requirements: Path, state: State) -> None:
                 name = Requirement(spec).name
             except InvalidRequirement:
                 name = spec
+            if conflict := _conflict(spec, needs):
+                state.add("error", "requirements.conflict",
+                          f"code/requirements.txt asks for {spec} (installed here: {installed}), but {conflict}: "
+                          "the serving process cannot use both",
+                          f"relax the pin to a version mainsail runs with (`{name}=={installed}`), or serve with "
+                          "--no-install-requirements (the installed version is used)")
+                continue
             state.add("warning", "requirements.version",
-                      f"code/requirements.txt asks for {spec} but {installed} is installed: the SageMaker container "
-                      f"pip-installs {spec}, mainsail serve keeps the installed {installed}",
-                      f"pin the version you test with (`{name}=={installed}`) or `pip install '{spec}'` here")
+                      f"code/requirements.txt asks for {spec} but {installed} is installed: as the SageMaker "
+                      f"container does, mainsail serve installs {spec} for this model and its workers import it "
+                      f"before the environment's {installed}",
+                      f"nothing to do if {spec} is the version you mean; `mainsail doctor --install-requirements` "
+                      "resolves the file and tries the script with it")
         else:
             state.add("warning", "requirements.missing",
                       f"code/requirements.txt needs {entry}, which is not installed here",
                       f"`mainsail serve` installs it at start (--install-requirements, the default), or "
                       f"`pip install '{entry}'`; `mainsail doctor --install-requirements` does the same before the "
                       "import check")
+
+
+def _candidates(*specifiers: SpecifierSet) -> set[str]:
+    """Versions near every boundary the specifiers name: enough to tell whether two ranges meet."""
+    out: set[str] = set()
+    for specifier in specifiers:
+        for clause in specifier:
+            text = clause.version.rstrip(".*")
+            try:
+                release = Version(text).release
+            except InvalidVersion:
+                continue
+            out.add(text)
+            for i in range(len(release)):
+                out.add(".".join(map(str, [*release[:i], release[i] + 1])))
+    return out
+
+
+def _conflict(spec: str, needs: dict[str, list[tuple[str, SpecifierSet]]]) -> str | None:
+    """Why no version ``spec`` allows can run in the serving process, when none can."""
+    try:
+        req = Requirement(spec)
+    except InvalidRequirement:
+        return None
+    for who, specifier in needs.get(canonicalize_name(req.name), []):
+        if not any(req.specifier.contains(v, prereleases=True) and specifier.contains(v, prereleases=True)
+                   for v in _candidates(req.specifier, specifier)):
+            via = "mainsail" if who == "mainsail" else f"mainsail (through {who})"
+            return f"{via} needs {req.name}{specifier}"
+    return None
 
 
 def _import_error_text(exc: BaseException, script: Path) -> str:

@@ -29,7 +29,12 @@ from mainsail.doctor.limits import check_sample_size, check_settings
 from mainsail.doctor.trial import load_and_invoke
 from mainsail.errors import MainsailError
 from mainsail.serve.model_dir import is_archive, prepare_model
-from mainsail.serve.requirements import install_requirements
+from mainsail.serve.requirements import (
+    RequirementsConflict,
+    imported_elsewhere,
+    prepare_requirements,
+    put_first,
+)
 from mainsail.settings import ServeSettings
 
 
@@ -121,10 +126,25 @@ def _diagnose(path: Path, state: State, *, entry_point: str | None, source_dir: 
         if requirements is not None and requirements.is_file():
             if install:
                 try:
-                    sys.path.append(str(install_requirements(requirements, settings.home / "requirements")))
-                    state.add("ok", "requirements.install", "code/requirements.txt installed (mainsail's cache)")
+                    overlay = prepare_requirements(requirements, settings.home / "requirements")
+                except RequirementsConflict as exc:
+                    state.add("error", "requirements.conflict", exc.message,
+                              "relax the pin to a version mainsail runs with, or serve with "
+                              "--no-install-requirements (the installed version is used)")
                 except MainsailError as exc:
                     state.add("error", "requirements.install", exc.message, "fix the requirement pip names")
+                else:
+                    if overlay.changes:
+                        state.add("ok", "requirements.install",
+                                  "code/requirements.txt installed for this model (mainsail's cache), used before "
+                                  "the environment's packages: " + ", ".join(c.describe() for c in overlay.changes))
+                    else:
+                        state.add("ok", "requirements.install", "this environment satisfies code/requirements.txt")
+                    if imported := imported_elsewhere(overlay.paths):
+                        state.add("warning", "requirements.imported",
+                                  f"doctor has imported {', '.join(imported)} already, so its trial uses the "
+                                  "installed version; mainsail serve's workers use the pinned one")
+                    put_first(overlay.paths)
             else:
                 check_requirements(requirements, state)
         module = import_user_script(prepared.script, state)

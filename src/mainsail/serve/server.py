@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from mainsail.serve.model_dir import prepare_model
-from mainsail.serve.requirements import install_requirements, missing_requirements
+from mainsail.serve.requirements import missing_requirements, prepare_requirements
 from mainsail.serve.workers import Supervisor
 from mainsail.settings import ServeSettings
 
@@ -15,15 +15,15 @@ logger = logging.getLogger(__name__)
 def run_server(settings: ServeSettings) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code."""
     prepared = prepare_model(settings)
-    extra_paths: list[str] = []
+    first_paths: list[str] = []
     if prepared.code_dir is not None:
         requirements = prepared.code_dir / "requirements.txt"
         if requirements.is_file():
             if settings.install_requirements:
-                extra_paths.append(str(install_requirements(requirements, settings.home / "requirements")))
+                first_paths = prepare_requirements(requirements, settings.home / "requirements").paths
             else:
                 missing = missing_requirements(requirements)
                 if missing:
                     logger.warning("%s is not satisfied (not installing, as asked): %s",
                                    requirements, "; ".join(missing))
-    return Supervisor(settings, prepared, extra_paths).run()
+    return Supervisor(settings, prepared, first_paths).run()

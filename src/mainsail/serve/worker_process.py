@@ -19,6 +19,7 @@ from mainsail.handlers import build_handler
 from mainsail.handlers.base import Handler
 from mainsail.log import configure_logging
 from mainsail.serve.model_dir import PreparedModel
+from mainsail.serve.requirements import put_first
 from mainsail.serve.runtime import ModelRuntime
 from mainsail.settings import ServeSettings
 
@@ -56,7 +57,7 @@ def new_runtime(handler: Handler, settings: ServeSettings) -> ModelRuntime:
     return ModelRuntime.from_settings(handler, settings)
 
 
-def worker_main(settings: ServeSettings, prepared: PreparedModel, extra_paths: list[str],
+def worker_main(settings: ServeSettings, prepared: PreparedModel, first_paths: list[str],
                 address: tuple[str, int], loaded: Event, go: Event) -> None:
     """Entry point of one (spawned) worker process: load, listen, then serve until SIGTERM.
 
@@ -64,7 +65,7 @@ def worker_main(settings: ServeSettings, prepared: PreparedModel, extra_paths: l
     ``go``: the supervisor first stops answering 503 itself.
     """
     configure_logging(settings.log_level)
-    sys.path.extend(p for p in extra_paths if p not in sys.path)
+    put_first(first_paths)  # already there (the supervisor spawned it so): kept first
     try:
         runtime = new_runtime(new_handler(settings, prepared), settings)
         runtime.load()

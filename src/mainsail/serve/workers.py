@@ -49,6 +49,7 @@ from mainsail.serve.preload import (
     torch_threads,
     torch_threads_after_fork,
 )
+from mainsail.serve.requirements import imported_elsewhere, put_first
 from mainsail.serve.runtime import ModelRuntime
 from mainsail.serve.worker_process import (
     EXIT_LOAD_FAILED,
@@ -85,10 +86,12 @@ class Supervisor:
     """Starts, watches, replaces and stops the workers of one ``mainsail serve``."""
 
     def __init__(self, settings: ServeSettings, prepared: PreparedModel,
-                 extra_paths: list[str] | None = None) -> None:
+                 first_paths: list[str] | None = None) -> None:
         self.settings = settings
         self.prepared = prepared
-        self.extra_paths = list(extra_paths or [])
+        self.first_paths = list(first_paths or [])
+        """Directories that go before the environment on the workers' ``sys.path`` (the requirements'
+        overlay: its pins win)."""
         self._ctx = multiprocessing.get_context("spawn")
         self._fork_ctx = multiprocessing.get_context("fork")
         self.preloaded: ModelRuntime | None = None
@@ -141,9 +144,16 @@ class Supervisor:
             loaded, go = self._ctx.Event(), self._ctx.Event()
             process = self._ctx.Process(
                 target=worker_main, name=name,
-                args=(self.settings, self.prepared, self.extra_paths, self.address, loaded, go),
+                args=(self.settings, self.prepared, self.first_paths, self.address, loaded, go),
             )
-            process.start()
+            # A spawned child takes this process's sys.path before it unpickles its arguments (which
+            # imports mainsail, numpy ...): with the overlay first then, the child imports the pins only.
+            saved = sys.path[:]
+            put_first(self.first_paths)
+            try:
+                process.start()
+            finally:
+                sys.path[:] = saved
         worker = Worker(process, loaded, go, self._generation)
         self._workers.append(worker)
         return worker
@@ -156,7 +166,11 @@ class Supervisor:
         if self.settings.workers < 2:
             logger.info("one worker: nothing to share, so it loads the model itself (preload needs 2+ workers)")
             return None
-        sys.path.extend(p for p in self.extra_paths if p not in sys.path)
+        if imported := imported_elsewhere(self.first_paths):
+            logger.info("not preloading the model, each worker loads its own copy: code/requirements.txt pins "
+                        "%s, which this process has imported already", ", ".join(imported))
+            return None
+        put_first(self.first_paths)
         try:
             handler = new_handler(self.settings, self.prepared)
             safe, reason = preload_safe(handler, self.settings)

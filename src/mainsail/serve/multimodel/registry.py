@@ -36,7 +36,7 @@ from mainsail.handlers import build_handler
 from mainsail.serve.http import JSON_TYPE
 from mainsail.serve.model_dir import DEFAULT_ENTRY_POINT, extract_cached, is_archive
 from mainsail.serve.multimodel.memory import MultiModelMetrics, files_size, process_rss
-from mainsail.serve.requirements import install_requirements, missing_requirements
+from mainsail.serve.requirements import missing_requirements, prepare_requirements
 from mainsail.serve.runtime import ModelRuntime
 from mainsail.settings import ServeSettings
 
@@ -194,9 +194,14 @@ class ModelRegistry:
         if not requirements.is_file():
             return
         if self.settings.install_requirements:
-            target = str(install_requirements(requirements, self.settings.home / "requirements"))
-            if target not in sys.path:
-                sys.path.append(target)
+            overlay = prepare_requirements(requirements, self.settings.home / "requirements")
+            # The models of a multi-model endpoint share this process: an overlay goes after the environment,
+            # so one model's pin cannot change what another imports. What it would have replaced is said.
+            if overlay.replaced:
+                logger.warning("%s pins %s; the models of a multi-model endpoint share one process, so the "
+                               "installed version is used", requirements,
+                               ", ".join(f"{c.name}=={c.version} (installed: {c.installed})" for c in overlay.replaced))
+            sys.path.extend(p for p in overlay.paths if p not in sys.path)
             return
         missing = missing_requirements(requirements)
         if missing:
