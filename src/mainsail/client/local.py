@@ -206,6 +206,7 @@ def load(model_dir: str | os.PathLike[str], entry_point: str | None = None, *, s
     # The serving stack (starlette, the handlers, pydantic settings) is imported on the first load only:
     # `mainsail.load`, `from mainsail.client import ...` and the CLI's client commands stay cheap.
     from mainsail.handlers import build_handler
+    from mainsail.handlers.gpus import gpu_for, set_worker_gpu
     from mainsail.serve.app import create_app
     from mainsail.serve.model_dir import prepare_model
     from mainsail.serve.requirements import imported_elsewhere, missing_requirements, prepare_requirements, put_first
@@ -230,6 +231,7 @@ def load(model_dir: str | os.PathLike[str], entry_point: str | None = None, *, s
                 put_first(paths)
             elif missing := missing_requirements(requirements):
                 logger.warning("%s is not satisfied (not installing, as asked): %s", requirements, "; ".join(missing))
+        set_worker_gpu(gpu_for(settings.device, 0))  # this process is the one worker
         handler = build_handler(prepared.model_dir, prepared.script, framework=settings.framework,
                                 model_name=settings.model_name, settings=settings)
         runtime = ModelRuntime.from_settings(handler, settings)

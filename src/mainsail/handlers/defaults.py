@@ -17,6 +17,7 @@ import numpy as np
 
 from mainsail.codecs import toolkit, xgboost_inputs
 from mainsail.errors import HandlerError, ModelLoadError
+from mainsail.handlers.gpus import torch_device
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def _xgboost_predict_rows(rows: Any, model: Any) -> Any:
 def _pytorch_defaults() -> Defaults:
     import torch
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch_device(torch)
 
     def input_fn(data: Any, content_type: str) -> Any:
         array = toolkit.decode(data, content_type)
@@ -114,7 +115,7 @@ def prepare_pytorch_model(model: Any) -> Any:
     """Once at load (the toolkit does it on every request): move to the device, eval mode."""
     import torch
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch_device(torch)
     model = model.to(device)
     model.eval()
     return model

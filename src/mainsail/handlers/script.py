@@ -42,6 +42,7 @@ from mainsail.handlers import defaults as fw
 from mainsail.handlers import provided
 from mainsail.handlers.base import Invocation, Outcome, Reply, invoke_each
 from mainsail.handlers.context import Context
+from mainsail.handlers.gpus import worker_gpu
 from mainsail.handlers.stacking import Stacker
 
 logger = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class ScriptHandler:
         if "transform_fn" in found and "predict_batch_fn" in found:
             raise HandlerError("predict_batch_fn batches input_fn's results: it cannot be used with transform_fn")
         bound = {n: bind(n, fn) for n, fn in found.items()}
-        context = Context(self.model_name, str(self.model_dir))
+        context = Context(self.model_name, str(self.model_dir), gpu_id=worker_gpu())
         model_dir = str(self.model_dir)
         if "pre_model_fn" in bound:
             bound["pre_model_fn"](context, model_dir)
@@ -271,7 +272,7 @@ class ScriptHandler:
         return _reply(_guard(self._output, context, prediction, invocation.accept), invocation.accept, context)
 
     def _request_context(self, invocation: Invocation) -> Context:
-        return Context(self.model_name, str(self.model_dir), request_id=invocation.request_id,
+        return Context(self.model_name, str(self.model_dir), gpu_id=worker_gpu(), request_id=invocation.request_id,
                        request_header=invocation.headers)
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from mainsail.errors import MainsailError
 from mainsail.handlers import build_handler
 from mainsail.handlers.base import Handler
+from mainsail.handlers.gpus import set_worker_gpu
 from mainsail.log import configure_logging
 from mainsail.serve.model_dir import PreparedModel
 from mainsail.serve.requirements import put_first
@@ -58,7 +59,7 @@ def new_runtime(handler: Handler, settings: ServeSettings) -> ModelRuntime:
 
 
 def worker_main(settings: ServeSettings, prepared: PreparedModel, first_paths: list[str],
-                address: tuple[str, int], loaded: Event, go: Event) -> None:
+                address: tuple[str, int], loaded: Event, go: Event, gpu_id: int | None = None) -> None:
     """Entry point of one (spawned) worker process: load, listen, then serve until SIGTERM.
 
     After loading it opens its listener (connections queue there), signals ``loaded`` and waits for
@@ -66,6 +67,7 @@ def worker_main(settings: ServeSettings, prepared: PreparedModel, first_paths: l
     """
     configure_logging(settings.log_level)
     put_first(first_paths)  # already there (the supervisor spawned it so): kept first
+    set_worker_gpu(gpu_id)
     try:
         runtime = new_runtime(new_handler(settings, prepared), settings)
         runtime.load()

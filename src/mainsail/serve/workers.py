@@ -41,6 +41,7 @@ from typing import Any
 import orjson
 
 from mainsail.errors import MainsailError
+from mainsail.handlers.gpus import gpu_for, visible_gpus
 from mainsail.serve.model_dir import PreparedModel
 from mainsail.serve.preload import (
     AfterFork,
@@ -72,6 +73,8 @@ class Worker:
     loaded: Event
     go: Event
     generation: int
+    slot: int = 0
+    """Its place among the generation's workers: which GPU it serves on (``handlers.gpus``)."""
     started: float = field(default_factory=time.monotonic)
     retired: bool = False
     """Told to stop (reload): its exit is expected, not a crash to replace."""
@@ -132,6 +135,8 @@ class Supervisor:
 
     def _spawn(self) -> Worker:
         name = f"mainsail-worker-{self._generation}"
+        used = {w.slot for w in self._workers if w.generation == self._generation and not w.retired}
+        slot = next(i for i in range(len(used) + 1) if i not in used)
         if self.preloaded is not None:
             loaded, go = self._fork_ctx.Event(), self._fork_ctx.Event()
             process: BaseProcess = self._fork_ctx.Process(
@@ -144,7 +149,8 @@ class Supervisor:
             loaded, go = self._ctx.Event(), self._ctx.Event()
             process = self._ctx.Process(
                 target=worker_main, name=name,
-                args=(self.settings, self.prepared, self.first_paths, self.address, loaded, go),
+                args=(self.settings, self.prepared, self.first_paths, self.address, loaded, go,
+                      gpu_for(self.settings.device, slot)),
             )
             # A spawned child takes this process's sys.path before it unpickles its arguments (which
             # imports mainsail, numpy ...): with the overlay first then, the child imports the pins only.
@@ -154,7 +160,7 @@ class Supervisor:
                 process.start()
             finally:
                 sys.path[:] = saved
-        worker = Worker(process, loaded, go, self._generation)
+        worker = Worker(process, loaded, go, self._generation, slot)
         self._workers.append(worker)
         return worker
 
@@ -165,6 +171,11 @@ class Supervisor:
             return None
         if self.settings.workers < 2:
             logger.info("one worker: nothing to share, so it loads the model itself (preload needs 2+ workers)")
+            return None
+        if gpu_for(self.settings.device, 0) is not None:
+            logger.info("not preloading the model: each worker loads its own copy on its GPU (MAINSAIL_DEVICE=%s, "
+                        "%d visible; context.system_properties['gpu_id']; MAINSAIL_DEVICE=cpu preloads)",
+                        self.settings.device, visible_gpus())
             return None
         if imported := imported_elsewhere(self.first_paths):
             logger.info("not preloading the model, each worker loads its own copy: code/requirements.txt pins "

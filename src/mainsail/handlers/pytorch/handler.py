@@ -37,6 +37,7 @@ from mainsail.features.output import encode_scores
 from mainsail.features.tabular import TabularPreprocessor
 from mainsail.features.text import TextPipeline, pipelines_from_hyperparameters, resolve_tokenizer
 from mainsail.handlers.base import Invocation, Outcome, Reply, invoke_each
+from mainsail.handlers.gpus import worker_gpu
 from mainsail.handlers.pytorch.loading import load_model_artifacts, load_pytorch_model
 from mainsail.handlers.pytorch.registry import default_model_registry
 from mainsail.handlers.script import import_script
@@ -137,11 +138,14 @@ class TorchNetwork:
 
 
 def _resolve_device(device: str) -> str:
-    if device != "auto":
+    if device not in ("auto", "cuda"):
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto" and not torch.cuda.is_available():
+        return "cpu"
+    gpu = worker_gpu()  # workers spread over the visible GPUs
+    return "cuda" if gpu is None else f"cuda:{gpu}"
 
 
 class PyTorchHandler:
