@@ -7,7 +7,8 @@ included, is its ``UnsupportedFormatError`` (here a 415). Deliberate leniencies,
 container: trailing newlines are dropped (the container's split leaves an empty last row), a first
 line whose delimiter cannot be sniffed (one column) is read with ``,``, and a body that is not
 numbers or whose rows differ in length is a 400 naming the problem.
-``application/x-recordio-protobuf`` (read there with ``mlio``) is not read yet.
+``application/x-recordio-protobuf`` is read by :mod:`mainsail.codecs.recordio` (labels ignored, as
+there; an all-zero sparse record, an error in the container's current reader, is a row of zeros).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from mainsail.codecs import recordio
 from mainsail.codecs.base import MediaType, decode_text
+from mainsail.codecs.recordio import RECORDIO_PROTOBUF
 from mainsail.codecs.toolkit import CSV, media_type_of
 from mainsail.errors import BadRequest, UnsupportedContentType
 
 LIBSVM_TYPES = ("text/libsvm", "text/x-libsvm")
-TYPES = (CSV, *LIBSVM_TYPES)
+TYPES = (CSV, *LIBSVM_TYPES, RECORDIO_PROTOBUF)
 
 
 def _text(data: str | bytes) -> str:
@@ -85,10 +88,13 @@ def libsvm_matrix(data: str | bytes) -> Any:
 
 def rows(data: str | bytes, content_type: str | None) -> Any:
     """The container's decode, stopping before the DMatrix: a float64 array for CSV, a CSR matrix
-    for LIBSVM; a 415 for any other type."""
+    for LIBSVM, the records' rows for RecordIO-protobuf (:mod:`mainsail.codecs.recordio`); a 415 for any
+    other type."""
     media = media_type_of(content_type)
     if media == CSV:
         return csv_rows(data)
     if media in LIBSVM_TYPES:
         return libsvm_matrix(data)
+    if media == RECORDIO_PROTOBUF:
+        return recordio.read_rows(data.encode() if isinstance(data, str) else bytes(data))
     raise UnsupportedContentType(content_type, list(TYPES))

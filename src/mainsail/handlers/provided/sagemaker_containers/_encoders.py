@@ -1,7 +1,7 @@
 """``sagemaker_containers`` encoders and decoders (``beta.framework.encoders``), with the original's
 functions, signatures and output. One deliberate difference: ``npy_to_numpy`` refuses pickled
-arrays (the original loads them with ``allow_pickle=True``, which runs code from the request);
-``array_to_recordio_protobuf`` is not provided yet.
+arrays (the original loads them with ``allow_pickle=True``, which runs code from the request).
+``array_to_recordio_protobuf`` writes with :mod:`mainsail.codecs.recordio`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mainsail.codecs import toolkit
+from mainsail.codecs import recordio, toolkit
 
 from . import _content_types, _errors
 
@@ -81,8 +81,12 @@ def array_to_csv(array_like: Any) -> str:
 
 
 def array_to_recordio_protobuf(array_like: Any, labels: Any = None) -> bytes:
-    """Not provided yet: RecordIO-protobuf needs SageMaker's record schema."""
-    raise NotImplementedError("array_to_recordio_protobuf is not provided by mainsail yet")
+    """Rows (a 1-D array is one row; a SciPy sparse matrix stays sparse) as RecordIO-protobuf records,
+    byte for byte what the SDK's ``RecordSerializer`` writes."""
+    shape = getattr(array_like, "shape", None)
+    if shape is None or len(shape) not in (1, 2):
+        raise AssertionError("Expecting a 1 or 2 dimensional array")
+    return recordio.write_records(array_like, labels)
 
 
 _encoders_map: dict[str, Callable[[Any], Any]] = {

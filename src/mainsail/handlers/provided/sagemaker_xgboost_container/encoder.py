@@ -3,7 +3,8 @@
 ``json_to_jsonlines`` with the original's signatures and results. Differences: a trailing newline
 in a CSV body is dropped (the original's split makes an empty last row, an error there); malformed
 bodies raise mainsail's 400 and an unsupported type its 415 (the original's
-``UnsupportedFormatError``); ``recordio_protobuf_to_dmatrix`` (``mlio`` there) is not provided yet.
+``UnsupportedFormatError``); ``recordio_protobuf_to_dmatrix`` reads with :mod:`mainsail.codecs.recordio`
+(an all-zero sparse record is a row of zeros, an error in the original's current reader).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import xgboost as xgb
 
-from mainsail.codecs import xgboost_inputs
+from mainsail.codecs import recordio, xgboost_inputs
 
 
 def csv_to_dmatrix(input: str | bytes, dtype: Any = None) -> xgb.DMatrix:  # noqa: A002 (the original's name)
@@ -29,8 +30,14 @@ def libsvm_to_dmatrix(string_like: str | bytes) -> xgb.DMatrix:
     return xgb.DMatrix(xgboost_inputs.libsvm_matrix(string_like))
 
 
+def recordio_protobuf_to_dmatrix(string_like: bytes) -> xgb.DMatrix:
+    """A RecordIO-protobuf body (the SDK's ``RecordSerializer``) as a DMatrix of its feature rows."""
+    return xgb.DMatrix(recordio.read_rows(bytes(string_like)))
+
+
 def decode(obj: str | bytes, content_type: str) -> xgb.DMatrix:
-    """A ``text/csv`` or ``text/libsvm`` body as a DMatrix; any other type is unsupported (415)."""
+    """A ``text/csv``, ``text/libsvm`` or ``application/x-recordio-protobuf`` body as a DMatrix; any other
+    type is unsupported (415)."""
     return xgb.DMatrix(xgboost_inputs.rows(obj, content_type))
 
 
