@@ -75,7 +75,7 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def test_a_module_only_the_containers_ship_fails_the_load_saying_so(tmp_path: Path) -> None:
-    write_script(tmp_path, "from sagemaker_xgboost_container import data_utils\n")
+    write_script(tmp_path, "from sagemaker_xgboost_container import checkpointing\n")
     with pytest.raises(ModelLoadError, match="ships only in the XGBoost container; mainsail provides its encoder"):
         ModelRuntime(ScriptHandler(tmp_path / "code" / "inference.py", tmp_path)).load()
 

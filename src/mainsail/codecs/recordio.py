@@ -100,9 +100,14 @@ _TENSORS = {"float32_tensor": np.float32, "float64_tensor": np.float64, "int32_t
 def read_rows(body: bytes) -> Any:
     """The feature rows of a RecordIO-protobuf body: a 2-D array when every record is dense, else a SciPy
     CSR matrix (a sparse record's width is its ``shape``, else its largest key + 1)."""
+    return read_labeled(body)[0]
+
+
+def read_labeled(body: bytes) -> tuple[Any, np.ndarray]:
+    """:func:`read_rows` with each record's ``label["values"]`` (its first value; NaN where none)."""
     cls = record_class()
-    dense: list[np.ndarray] = []
-    sparse: list[tuple[np.ndarray, np.ndarray, int]] = []
+    labels: list[float] = []
+    entries: list[tuple[np.ndarray, np.ndarray | None, int]] = []  # values, keys (None: dense), width
     for number, payload in enumerate(split_records(body), 1):
         record = cls()
         try:
@@ -111,6 +116,10 @@ def read_rows(body: bytes) -> Any:
             raise BadRequest(f"RecordIO record {number} is not a protobuf Record: {exc}") from None
         if "values" not in record.features:
             raise BadRequest(f"RecordIO record {number} has no features['values']")
+        label = record.label["values"] if "values" in record.label else None
+        label_kind = label.WhichOneof("value") if label is not None else None
+        label_values = getattr(label, label_kind).values if label is not None and label_kind in _TENSORS else []
+        labels.append(float(label_values[0]) if len(label_values) else float("nan"))
         value = record.features["values"]
         kind = value.WhichOneof("value")
         if kind not in _TENSORS:
@@ -124,21 +133,22 @@ def read_rows(body: bytes) -> Any:
             width = int(tensor.shape[0]) if tensor.shape else (int(keys.max()) + 1 if len(keys) else 0)
             if len(keys) and int(keys.max()) >= width:
                 raise BadRequest(f"RecordIO record {number}: key {int(keys.max())} is outside its shape {width}")
-            sparse.append((values, keys, width))
+            entries.append((values, keys, width))
         else:
-            dense.append(values)
-    if sparse:
+            entries.append((values, None, len(values)))
+    if any(keys is not None for _, keys, _ in entries):
         from scipy.sparse import csr_matrix
 
-        width = max([w for _, _, w in sparse] + [len(v) for v in dense])
-        rows = sparse + [(v, np.arange(len(v), dtype=np.int64), width) for v in dense]
+        width = max(w for _, _, w in entries)
+        rows = [(v, np.arange(len(v), dtype=np.int64) if k is None else k, width) for v, k, _ in entries]
         indptr = np.cumsum([0] + [len(k) for _, k, _ in rows])
         data = np.concatenate([v for v, _, _ in rows]) if rows else np.array([])
-        return csr_matrix((data, np.concatenate([k for _, k, _ in rows]), indptr), shape=(len(rows), width))
-    widths = {len(v) for v in dense}
+        matrix = csr_matrix((data, np.concatenate([k for _, k, _ in rows]), indptr), shape=(len(rows), width))
+        return matrix, np.array(labels)
+    widths = {w for _, _, w in entries}
     if len(widths) != 1:
         raise BadRequest(f"RecordIO records have different lengths: {sorted(widths)}")
-    return np.vstack(dense)
+    return np.vstack([v for v, _, _ in entries]), np.array(labels)
 
 
 def write_records(array: Any, labels: Any = None) -> bytes:

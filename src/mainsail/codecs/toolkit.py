@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from typing import Any
 
@@ -58,8 +59,9 @@ def decode_json(text: str | bytes) -> np.ndarray:
         raise BadRequest(f"JSON body does not form an array: {exc}") from None
 
 
-def _csv_fast(text: str) -> np.ndarray | None:
-    """One line of plain numbers -> the same 1-D float array genfromtxt gives, or None."""
+def _csv_fast(text: str, numeric: bool) -> np.ndarray | None:
+    """One line of plain numbers -> the same 1-D array genfromtxt gives, or None: ``int64`` when every
+    field is an integer (``dtype=None``, as the toolkit asks) unless ``numeric``, else ``float64``."""
     line = text[:-1] if text.endswith("\n") else text
     if not line or "\n" in line or "\r" in line or "#" in line or '"' in line:
         return None
@@ -70,6 +72,9 @@ def _csv_fast(text: str) -> np.ndarray | None:
             return None
         if "_" in stripped:
             return None
+    if not numeric and all(_INT.fullmatch(f.strip()) for f in fields):
+        ints = np.array([int(f) for f in fields], dtype=np.int64)
+        return ints[0] if ints.size == 1 else ints
     try:
         values = np.array([float(f) for f in fields], dtype=np.float64)
     except ValueError:
@@ -77,14 +82,25 @@ def _csv_fast(text: str) -> np.ndarray | None:
     return values[0] if values.size == 1 else values
 
 
-def decode_csv(text: str) -> np.ndarray:
-    fast = _csv_fast(text)
+_INT = re.compile(r"[+-]?[0-9]{1,18}")
+
+
+def decode_csv(text: str, numeric: bool = False) -> np.ndarray:
+    """The toolkit's ``np.genfromtxt(body, dtype=None, delimiter=",")``: each column's type inferred
+    (integer-only CSV is ``int64``, ``True``/``False`` bool, words strings). Columns of different types,
+    a structured array there (nothing can predict on it), are ``float64`` here; so is everything with
+    ``numeric`` (genfromtxt's default dtype: a word is NaN)."""
+    fast = _csv_fast(text, numeric)
     if fast is not None:
         return np.asarray(fast)
     with warnings.catch_warnings():
         # genfromtxt warns on an empty body; the toolkit returns the empty array it gives.
         warnings.simplefilter("ignore", UserWarning)
         try:
+            if not numeric and text.strip():
+                inferred: np.ndarray = np.genfromtxt(io.StringIO(text), dtype=None, delimiter=",", encoding=None)
+                if inferred.dtype.names is None:
+                    return inferred
             array: np.ndarray = np.genfromtxt(io.StringIO(text), delimiter=",")
             return array
         except ValueError as exc:
@@ -115,13 +131,14 @@ def decode_npz(data: bytes) -> Any:
         raise BadRequest(f"body is not a valid NPZ sparse matrix: {exc}") from None
 
 
-def decode(data: str | bytes, content_type: str | None) -> Any:
-    """The toolkit's ``decoder.decode``: the body (``str`` for JSON/CSV) to a numpy array."""
+def decode(data: str | bytes, content_type: str | None, numeric: bool = False) -> Any:
+    """The toolkit's ``decoder.decode``: the body (``str`` for JSON/CSV) to a numpy array (CSV read as
+    floats with ``numeric``: see :func:`decode_csv`)."""
     kind = media_type_of(content_type)
     if kind == JSON:
         return decode_json(data)
     if kind == CSV:
-        return decode_csv(data if isinstance(data, str) else data.decode("utf-8"))
+        return decode_csv(data if isinstance(data, str) else data.decode("utf-8"), numeric)
     if kind == NPY:
         return decode_npy(data if isinstance(data, bytes) else data.encode("utf-8"))
     if kind == NPZ:

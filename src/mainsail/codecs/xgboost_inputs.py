@@ -58,14 +58,29 @@ def libsvm_matrix(data: str | bytes) -> Any:
     it with ``xgboost.DMatrix``): ``label index:value ...`` per line, indices as written (zero-based),
     a ``qid:`` pair and ``#`` comments skipped, an index not written is missing; a SciPy CSR matrix
     (XGBoost's text reader is deprecated since 3.1, so the body is parsed here)."""
+    matrix, _ = libsvm_labeled(data)
+    return matrix
+
+
+def libsvm_labeled(data: str | bytes) -> tuple[Any, np.ndarray]:
+    """:func:`libsvm_matrix` with each line's label: its first token when that is not an ``index:value``
+    pair (a line without one has NaN)."""
     from scipy.sparse import csr_matrix
 
     indptr, indices, values = [0], [], []
+    labels: list[float] = []
     width = 0
     for number, raw in enumerate(_text(data).splitlines(), 1):
         line = raw.split("#", 1)[0].split()
         if not line:
             continue
+        label = float("nan")
+        if ":" not in line[0]:
+            try:
+                label = float(line[0])
+            except ValueError:
+                raise BadRequest(f"LIBSVM line {number}: label {line[0]!r} is not a number") from None
+        labels.append(label)
         for token in line[0 if ":" in line[0] else 1:]:
             key, colon, value = token.partition(":")
             if key == "qid":
@@ -82,8 +97,9 @@ def libsvm_matrix(data: str | bytes) -> Any:
         indptr.append(len(indices))
     if len(indptr) == 1:
         raise BadRequest("LIBSVM body holds no rows")
-    return csr_matrix((np.array(values, dtype=np.float32), np.array(indices, dtype=np.int64),
-                       np.array(indptr, dtype=np.int64)), shape=(len(indptr) - 1, width))
+    matrix = csr_matrix((np.array(values, dtype=np.float32), np.array(indices, dtype=np.int64),
+                         np.array(indptr, dtype=np.int64)), shape=(len(indptr) - 1, width))
+    return matrix, np.array(labels)
 
 
 def rows(data: str | bytes, content_type: str | None) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mainsail.codecs import toolkit, xgboost_inputs
-from mainsail.errors import HandlerError, ModelLoadError
+from mainsail.errors import BadRequest, HandlerError, ModelLoadError
 from mainsail.handlers.gpus import torch_device
 
 
@@ -56,11 +56,16 @@ def _generic_output(prediction: Any, accept: str) -> tuple[bytes, str]:
 
 
 def _sklearn_input(data: Any, content_type: str) -> Any:
-    array = toolkit.decode(data, content_type)
+    # CSV as floats (an empty field or a word NaN): the float32 cast below would make a filled integer
+    # of an empty field otherwise
+    array = toolkit.decode(data, content_type, numeric=True)
     if toolkit.media_type_of(content_type) in toolkit.UTF8_TYPES:
         if array.ndim == 1:
             array = array.reshape(1, -1)
-        return array.astype(np.float32)
+        try:
+            return array.astype(np.float32)
+        except ValueError as exc:  # words in a JSON body: a 500 in the container, the client's error here
+            raise BadRequest(f"{toolkit.media_type_of(content_type)} body cannot be read as numbers: {exc}") from None
     return array
 
 

@@ -92,11 +92,14 @@ CONTAINER_MODULES = {
                            "beside mainsail with pip install 'mainsail[toolkit]' (sagemaker-inference)",
     "sagemaker_containers": "sagemaker-containers ships in the scikit-learn and XGBoost containers and does not "
                             "install on Python 3.11; mainsail provides beta.framework's content_types, encoders, "
-                            "errors and worker.Response, and no other part yet",
-    "sagemaker_xgboost_container": "ships only in the XGBoost container; mainsail provides its encoder module "
-                                   "(csv_to_dmatrix, libsvm_to_dmatrix, decode, json_to_jsonlines) and no other yet",
-    "sagemaker_pytorch_serving_container": "ships only in the PyTorch container; mainsail does not provide it yet",
-    "sagemaker_sklearn_container": "ships only in the scikit-learn container; mainsail does not provide it yet",
+                            "errors and worker.Response, and entry_point, and no other part (its training side)",
+    "sagemaker_xgboost_container": "ships only in the XGBoost container; mainsail provides its encoder, data_utils "
+                                   "and distributed modules, and no other (its training and serving internals)",
+    "sagemaker_pytorch_serving_container": "ships only in the PyTorch container; mainsail provides its default "
+                                           "inference handler (default_pytorch_inference_handler), and no other part "
+                                           "(TorchServe's)",
+    "sagemaker_sklearn_container": "ships only in the scikit-learn container; mainsail provides serving's default "
+                                   "functions and exceptions, and no other part",
 }
 
 

@@ -103,7 +103,7 @@ class XGBoostAlgorithmHandler:
         except UnicodeDecodeError as exc:
             raise BadRequest(f"body is not valid utf-8: byte offset {exc.start}") from None
         if kind == CSV:
-            rows = np.atleast_2d(toolkit.decode_csv(text.strip()))
+            rows = np.atleast_2d(toolkit.decode_csv(text.strip(), numeric=True))
             expected = self.booster.num_features()
             if rows.shape[1] != expected:
                 raise BadRequest(f"expected {expected} features per CSV row, got {rows.shape[1]}")
