@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Framework = Literal["auto", "generic", "sklearn", "pytorch", "xgboost"]
+Framework = Literal["auto", "generic", "sklearn", "pytorch", "xgboost", "huggingface"]
 
 
 def _env(*names: str) -> AliasChoices:

@@ -42,7 +42,7 @@ def serve(
         help="Type for a missing or */* Accept [env SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT]")] = None,
     framework: Annotated[str | None, typer.Option(
         help="Whose container defaults a script falls back to: auto, generic, sklearn, pytorch, "
-        "xgboost [env MAINSAIL_FRAMEWORK; default auto: judged from the loaded model]")] = None,
+        "xgboost, huggingface [env MAINSAIL_FRAMEWORK; default auto: judged from the loaded model]")] = None,
     install_requirements: Annotated[bool | None, typer.Option(
         "--install-requirements/--no-install-requirements",
         help="pip-install code/requirements.txt (cached), or only report what is missing")] = None,
@@ -131,7 +131,7 @@ def doctor(
     source_dir: Annotated[str | None, typer.Option(
         "--source-dir", help="Directory or sourcedir.tar.gz holding the script "
         "[env SAGEMAKER_SUBMIT_DIRECTORY]")] = None,
-    framework: Annotated[str | None, typer.Option(help="auto, generic, sklearn, pytorch, xgboost")] = None,
+    framework: Annotated[str | None, typer.Option(help="auto, generic, sklearn, pytorch, xgboost, huggingface")] = None,
     sample: Annotated[str | None, typer.Option(help="A request body to send in a trial invocation")] = None,
     sample_content_type: Annotated[str | None, typer.Option(
         "--sample-content-type", help="Its Content-Type [default: from the file extension]")] = None,

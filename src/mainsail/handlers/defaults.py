@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from mainsail.codecs import toolkit, xgboost_inputs
+from mainsail.codecs import huggingface, toolkit, xgboost_inputs
 from mainsail.errors import BadRequest, HandlerError, ModelLoadError
-from mainsail.handlers.gpus import torch_device
+from mainsail.handlers.gpus import torch_device, worker_gpu
 
 
 @dataclass(frozen=True)
@@ -126,10 +126,21 @@ def prepare_pytorch_model(model: Any) -> Any:
     return model
 
 
+def _transformers_object(obj: Any) -> bool:
+    return (type(obj).__module__ or "").split(".", 1)[0] == "transformers"
+
+
 def detect_framework(model: Any) -> str:
-    """Which container's defaults fit a loaded model, judged by the model's own type."""
+    """Which container's defaults fit a loaded model, judged by the model's own type: a ``transformers``
+    pipeline, or a tuple / list / dict holding ``transformers`` objects (``(model, tokenizer)``), is the
+    Hugging Face container's."""
     import sys
 
+    parts = list(model.values()) if isinstance(model, dict) else list(model) if isinstance(model, tuple | list) else []
+    pipelines = sys.modules.get("transformers.pipelines")
+    if (pipelines is not None and isinstance(model, pipelines.Pipeline)) or any(
+            _transformers_object(p) for p in parts[:8]):
+        return "huggingface"
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         return "pytorch"
@@ -147,7 +158,53 @@ def detect_framework(model: Any) -> str:
     return "generic"
 
 
+def _huggingface_predict(data: Any, model: Any) -> Any:
+    """The Hugging Face container's ``predict``: ``model(inputs, **parameters)`` from the decoded dict
+    (anything else is the inputs themselves)."""
+    if isinstance(data, dict):
+        inputs = data.pop("inputs", data)
+        parameters = data.pop("parameters", None)
+    else:
+        inputs, parameters = data, None
+    return model(inputs, **parameters) if parameters is not None else model(inputs)
+
+
+HF_TASK_BY_HEAD = {
+    "ForSequenceClassification": "text-classification", "ForTokenClassification": "token-classification",
+    "ForQuestionAnswering": "question-answering", "ForMaskedLM": "fill-mask", "ForCausalLM": "text-generation",
+    "ForConditionalGeneration": "text2text-generation", "Model": "feature-extraction",
+}
+
+
+def huggingface_model_fn(model_dir: str) -> Any:
+    """The Hugging Face container's model loading: a ``transformers`` pipeline of ``HF_TASK``, else of the
+    task the ``architectures`` in ``config.json`` name (``...ForSequenceClassification`` →
+    ``text-classification`` ...), on this worker's GPU when there is one."""
+    import json
+    import os
+
+    task = os.environ.get("HF_TASK")
+    config = os.path.join(model_dir, "config.json")
+    if not task and os.path.isfile(config):
+        with open(config) as f:
+            architectures = json.load(f).get("architectures") or []
+        for head, name in HF_TASK_BY_HEAD.items():
+            if architectures and str(architectures[0]).endswith(head):
+                task = name
+                break
+    if not task:
+        raise HandlerError("set HF_TASK to the pipeline task (e.g. text-classification): no config.json architecture "
+                           f"in {model_dir} names one")
+    from transformers import pipeline
+
+    gpu = worker_gpu()
+    return pipeline(task, model=model_dir, tokenizer=model_dir,  # type: ignore[call-overload]
+                    device=-1 if gpu is None else gpu)
+
+
 def defaults_for(framework: str) -> Defaults:
+    if framework == "huggingface":
+        return Defaults("huggingface", huggingface.decode, _huggingface_predict, huggingface.encode)
     if framework == "pytorch":
         return _pytorch_defaults()
     if framework == "sklearn":
@@ -158,12 +215,26 @@ def defaults_for(framework: str) -> Defaults:
     return Defaults("generic", _generic_input, _generic_predict, _generic_output)
 
 
+def _hf_config(model_dir: str) -> bool:
+    """Whether ``model_dir`` holds a ``transformers`` checkpoint (``config.json`` naming architectures)."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            return bool(json.load(f).get("architectures"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def default_model_fn(model_dir: str, framework: str) -> Any:
     """The containers' ``model_fn`` fallback. The PyTorch container loads TorchScript: ``model.pt``,
     else the one ``*.pt`` / ``*.pth`` file of the model directory, whatever its name (more than one
     is its ``ValueError``, one that is not TorchScript its ``ModelLoadError``); the others refuse."""
     import os
 
+    if framework == "huggingface" or (framework == "auto" and (os.environ.get("HF_TASK") or _hf_config(model_dir))):
+        return huggingface_model_fn(model_dir)
     path = os.path.join(model_dir, "model.pt")
     candidates = [path] if os.path.isfile(path) else sorted(
         os.path.join(model_dir, name) for name in os.listdir(model_dir)
