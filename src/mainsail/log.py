@@ -18,6 +18,15 @@ class LineFormatter(logging.Formatter):
         self.is_default = (fmt in (None, LINE_FORMAT) and datefmt is None and style == "%")
 
 
+class QuietErrors(logging.Filter):
+    """Drops a record whose exception says it was logged already (``quiet_in_logs``): uvicorn's
+    "Exception in ASGI application" traceback for a stream the server aborted on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not getattr(exc, "quiet_in_logs", False)
+
+
 def configure_logging(level: str = "info", *, access_log: bool = True) -> None:
     level_name = level.upper()
     logging.config.dictConfig({
@@ -26,12 +35,13 @@ def configure_logging(level: str = "info", *, access_log: bool = True) -> None:
         "formatters": {
             "plain": {"()": LineFormatter},
         },
+        "filters": {"quiet": {"()": QuietErrors}},
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"},
         },
         "root": {"handlers": ["stderr"], "level": level_name},
         "loggers": {
-            "uvicorn.error": {"level": level_name},
+            "uvicorn.error": {"level": level_name, "filters": ["quiet"]},
             "uvicorn.access": {"level": "WARNING"},
             "httpx": {"level": "WARNING"},  # one line per health check otherwise
             "mainsail.access": {"level": level_name if access_log else "WARNING"},

@@ -33,6 +33,7 @@ from mainsail.hosting.calls import Call, Operation
 from mainsail.hosting.store import StateStore
 from mainsail.jobs.async_inference import AsyncInference
 from mainsail.jobs.transform import api as transform
+from mainsail.routing.response_stream import ResponseStreams, is_response_stream
 from mainsail.routing.router import Router, is_invocation
 from mainsail.settings import ControlSettings
 
@@ -50,10 +51,13 @@ class ControlPlaneApp:
     def __init__(self, app: Starlette, router: Router) -> None:
         self.app = app
         self.router = router
+        self.streams = ResponseStreams(router)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_invocation(scope) and not s3.claims_before_control(scope):
             await self.router.serve_invocation(scope, receive, send)
+        elif is_response_stream(scope) and not s3.claims_before_control(scope):
+            await self.streams.serve(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 

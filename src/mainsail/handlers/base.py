@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from mainsail.errors import MainsailError, ModelError
 
@@ -29,12 +29,18 @@ class Invocation:
 
 @dataclass(slots=True)
 class Reply:
-    """What a handler answers: an encoded body, its type, and optionally a status and headers."""
+    """What a handler answers: an encoded body, its type, and optionally a status and headers.
+
+    A streamed answer has ``chunks`` instead of a body: an iterator (or async iterator) of
+    ``(bytes, content type or None)`` pairs, each sent as it is produced; the first pair's content type
+    (else ``content_type``) is the response's. The server iterates it off the event loop and closes it
+    (``close()`` / ``aclose()``) when the client goes away."""
 
     body: bytes
     content_type: str
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    chunks: Any = None
 
 
 class Handler(Protocol):

@@ -44,6 +44,7 @@ from mainsail.handlers.base import Invocation, Outcome, Reply, invoke_each
 from mainsail.handlers.context import Context
 from mainsail.handlers.gpus import worker_gpu
 from mainsail.handlers.stacking import Stacker
+from mainsail.handlers.streaming import chunks_of, is_stream
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +218,15 @@ class ScriptHandler:
             assert self._input and self._predict and self._output
             features = _guard(self._input, context, data, content_type)
             prediction = _guard(self._predict, context, features, self.model)
+            if is_stream(prediction):  # each item through output_fn as it comes
+                output = self._output
+                return _streamed(chunks_of(prediction, _translate, lambda item: output(context, item, accept)),
+                                 accept, context)
             result = _guard(self._output, context, prediction, accept)
+        if isinstance(result, tuple) and len(result) == 2 and is_stream(result[0]):  # (stream, content type)
+            return _streamed(chunks_of(result[0], _translate), str(result[1]), context)
+        if is_stream(result):
+            return _streamed(chunks_of(result, _translate), accept, context)
         return _reply(result, accept, context)
 
     def invoke_batch(self, invocations: Sequence[Invocation]) -> list[Outcome]:
@@ -361,6 +370,13 @@ def response_object(result: Any) -> Reply | None:
         or next((v for k, v in pairs if str(k).lower() == "content-type"), None) or "application/octet-stream"
     headers = {str(k): str(v) for k, v in pairs if str(k).lower() not in _SERVER_HEADERS}
     return Reply(bytes(body), str(content_type), status, headers)
+
+
+def _streamed(chunks: Any, accept: str, context: Context | None) -> Reply:
+    """A streamed reply (its status and headers from the context, as :func:`_reply`)."""
+    reply = _reply(b"", accept, context)
+    reply.chunks = chunks
+    return reply
 
 
 def _reply(result: Any, accept: str, context: Context | None) -> Reply:

@@ -89,6 +89,19 @@ class Router:
         """``InvokeEndpoint``: the instance's answer; runtime errors are raised."""
         started = time.perf_counter()
         name = urllib.parse.unquote(request.path_params["name"])
+        variant, address, body = await self.admit(request, name)
+        if TARGET_MODEL in request.headers:  # multi-model endpoints
+            return await self.target_models.invoke(request, name, variant, address, body, started)
+        if variant.multi_model:
+            raise ValidationError(f"Endpoint {name} is a multi-model endpoint: name the model to use with "
+                                  "TargetModel (X-Amzn-SageMaker-Target-Model).")
+        async with self.traffic.lease(name, variant, address) as address:
+            return await self.forward(request, name, variant, address, body, started)
+
+    async def admit(self, request: Request, name: str) -> tuple[Variant, Address | None, bytes]:
+        """A runtime request to endpoint ``name`` checked (it exists and serves, the body is within
+        6 MB) and given a variant and an instance (``None``: a variant scaled to zero, started by
+        :meth:`Traffic.lease`), with its body; what fails raises the runtime's error."""
         table = await self.tables.get(name)
         if table is None:
             raise ValidationError(f"Endpoint {name} of account {ACCOUNT} not found.")
@@ -110,13 +123,7 @@ class Router:
             raise ServiceUnavailable(f"Endpoint {name} has no instance ready to serve"
                                      + (f" in variant {target}." if target else "."))
         variant, address = choice
-        if TARGET_MODEL in request.headers:  # multi-model endpoints
-            return await self.target_models.invoke(request, name, variant, address, body, started)
-        if variant.multi_model:
-            raise ValidationError(f"Endpoint {name} is a multi-model endpoint: name the model to use with "
-                                  "TargetModel (X-Amzn-SageMaker-Target-Model).")
-        async with self.traffic.lease(name, variant, address) as address:
-            return await self.forward(request, name, variant, address, body, started)
+        return variant, address, body
 
     async def forward(self, request: Request, name: str, variant: Variant, address: Address, body: bytes,
                       started: float) -> Response:

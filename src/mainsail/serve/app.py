@@ -23,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mainsail.errors import MainsailError
+from mainsail.handlers.base import Reply
 from mainsail.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mainsail.serve.access_log import AccessLog, AccessLogWriter
 from mainsail.serve.http import (
@@ -37,6 +38,7 @@ from mainsail.serve.http import (
 )
 from mainsail.serve.metrics import Metrics
 from mainsail.serve.runtime import ModelRuntime
+from mainsail.serve.streaming import first_chunk, send_stream
 from mainsail.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -90,12 +92,15 @@ class ServingApp:
         endpoints = self.endpoints
         started = time.perf_counter()
         model_seconds: float | None = None
+        streamed: Reply | None = None
         # ASGI servers give header names lowercased; the first of repeated headers wins.
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])}
         try:
             body = await receive_body(receive, headers.get("content-length"), endpoints.limit)
             invocation = make_invocation(body, headers, endpoints.default_accept)
             reply, model_seconds = await endpoints.runtime.invoke(invocation)
+            if reply.chunks is not None:
+                streamed = reply
             status, media_type, payload, extra = reply.status, reply.content_type, reply.body, reply.headers
         except Disconnected:
             return
@@ -108,9 +113,38 @@ class ServingApp:
             logger.exception("invocation failed")
             status, media_type, extra = 500, JSON_TYPE, {}
             payload = orjson.dumps({"error": "InternalError", "message": f"{type(exc).__name__}: {exc}"})
+        if streamed is not None:  # outside the try: a stream aborted mid-way must reach the server
+            await self._stream(scope, receive, send, streamed, started, model_seconds)
+            return
         await send_response(send, status, media_type, payload, extra)
         elapsed = time.perf_counter() - started
         endpoints.metrics.record(status, None if model_seconds is None else model_seconds * 1e6, elapsed * 1e6)
+        self.access.add(scope.get("client"), "POST", "/invocations", status, elapsed * 1e3)
+
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send, reply: Reply, started: float,
+                      model_seconds: float | None) -> None:
+        """A streamed reply (``mainsail.serve.streaming``); an error before its first chunk is answered as
+        any error."""
+        try:
+            first = await first_chunk(reply)
+        except MainsailError as exc:
+            if exc.status_code >= 500:
+                logger.error("invocation failed: %s", exc.message, exc_info=exc.__cause__ or False)
+            status = exc.status_code
+            await send_response(send, status, JSON_TYPE, orjson.dumps(exc.to_dict()), {})
+        else:
+            status = reply.status
+            try:
+                await send_stream(send, receive, reply, first)
+            finally:
+                elapsed = time.perf_counter() - started
+                self.endpoints.metrics.record(status, None if model_seconds is None else model_seconds * 1e6,
+                                              elapsed * 1e6)
+                self.access.add(scope.get("client"), "POST", "/invocations", status, elapsed * 1e3)
+            return
+        elapsed = time.perf_counter() - started
+        self.endpoints.metrics.record(status, None, elapsed * 1e6)
         self.access.add(scope.get("client"), "POST", "/invocations", status, elapsed * 1e3)
 
 
