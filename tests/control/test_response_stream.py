@@ -148,3 +148,35 @@ def test_a_client_that_goes_away_frees_the_instance(streaming: Any, tmp_path: Pa
     started = time.monotonic()
     assert parts(invoke(rt, {"n": 2})) == [b"tok0 ", b"tok1 "]
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.slow
+def test_the_python_api_and_the_cli_stream(streaming: Any, plane: Plane, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from mainsail.client import Endpoint
+    from mainsail.client.errors import MainsailClientError
+
+    endpoint = Endpoint("streamer", url=plane.url)
+    assert list(endpoint.invoke_stream({"n": 3})) == [b"tok0 ", b"tok1 ", b"tok2 "]
+    parts_seen: list[bytes] = []
+    with pytest.raises(MainsailClientError) as failed:
+        for part in endpoint.invoke_stream({"n": 2, "fail": True}):
+            parts_seen.append(part)
+    assert parts_seen == [b"tok0 ", b"tok1 "] and "ModelStreamError" in str(failed.value.code)
+
+    gate = tmp_path / "cli-gate"
+    os.mkfifo(gate)
+    command = [sys.executable, "-m", "mainsail.cli", "invoke", "streamer", "--stream", "--url", plane.url,
+               "--body", json.dumps({"n": 3, "gate": str(gate)})]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.read(5) == b"tok0 "  # printed while the generator waits on the gate
+        with open(gate, "w") as opened:
+            opened.write("go")
+        rest, _ = proc.communicate(timeout=60)
+    assert rest == b"tok1 tok2 " and proc.returncode == 0
+    broken = subprocess.run([*command[:-2], "--body", json.dumps({"n": 1, "fail": True})], capture_output=True,
+                            timeout=60)
+    assert broken.returncode != 0 and broken.stdout == b"tok0 " and b"ModelStreamError" in broken.stderr

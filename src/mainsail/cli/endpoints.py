@@ -258,6 +258,8 @@ def invoke(
     custom_attributes: Annotated[str | None, typer.Option(
         "--custom-attributes", help="X-Amzn-SageMaker-Custom-Attributes for the model")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Report variant and content type on stderr")] = False,
+    stream: Annotated[bool, typer.Option(
+        "--stream", "-s", help="InvokeEndpointWithResponseStream: print the parts as they arrive")] = False,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """Send one request to an endpoint; the response body goes to stdout unchanged."""
@@ -269,6 +271,11 @@ def invoke(
                            ("CustomAttributes", custom_attributes)):
             if value is not None:
                 kwargs[key] = value
+        if stream:
+            if target_model is not None:
+                raise Fail("--stream cannot name a --target-model (InvokeEndpointWithResponseStream has none)", 2)
+            _invoke_stream(api, kwargs, verbose)
+            return
         answer = api.runtime.invoke_endpoint(**kwargs)
         data: bytes = answer["Body"].read()
         if verbose:
@@ -279,6 +286,24 @@ def invoke(
         typer.echo(data, nl=False)
         if sys.stdout.isatty() and not data.endswith(b"\n"):
             typer.echo("")
+
+
+def _invoke_stream(api: Api, kwargs: dict[str, Any], verbose: bool) -> None:
+    """Each PayloadPart written to stdout as it arrives (flushed); a ModelStreamError fails the command."""
+    answer = api.runtime.invoke_endpoint_with_response_stream(**kwargs)
+    if verbose:
+        err(f"variant: {answer.get('InvokedProductionVariant', '-')}, content type: {answer.get('ContentType', '-')}")
+    out = sys.stdout.buffer
+    last = b""
+    for event in answer["Body"]:
+        part = event.get("PayloadPart", {}).get("Bytes", b"")
+        if part:
+            out.write(part)
+            out.flush()
+            last = part
+    if sys.stdout.isatty() and not last.endswith(b"\n"):
+        out.write(b"\n")
+        out.flush()
 
 
 def invoke_async(

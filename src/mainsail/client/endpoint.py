@@ -11,7 +11,7 @@ import contextlib
 import datetime as dt
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from mainsail.client.aws import (
@@ -103,6 +103,31 @@ class Endpoint:
             data: bytes = answer["Body"].read()
         return Response(data, answer.get("ContentType"), answer.get("InvokedProductionVariant"),
                         custom_attributes=answer.get("CustomAttributes"))
+
+    def invoke_stream(self, body: Any, content_type: str | None = None, accept: str | None = None,
+                      target_variant: str | None = None, custom_attributes: str | None = None,
+                      ) -> Iterator[bytes]:
+        """InvokeEndpointWithResponseStream: the answer's parts (bytes) as they arrive. A failure before
+        the first part raises at once; one during the stream (``ModelStreamError``) when it is reached."""
+        payload, sent_type = encode_body(body, content_type)
+        kwargs: dict[str, Any] = {"EndpointName": self.name, "Body": payload, "ContentType": sent_type}
+        for key, value in (("Accept", accept), ("TargetVariant", target_variant),
+                           ("CustomAttributes", custom_attributes)):
+            if value is not None:
+                kwargs[key] = value
+        with self._errors():
+            answer = self.runtime.invoke_endpoint_with_response_stream(**kwargs)
+        return self._parts(answer["Body"])
+
+    def _parts(self, events: Any) -> Iterator[bytes]:
+        try:
+            with self._errors():
+                for event in events:
+                    part = event.get("PayloadPart", {}).get("Bytes")
+                    if part:
+                        yield part
+        finally:
+            events.close()
 
     def invoke_async(self, input_location: str, content_type: str | None = None, accept: str | None = None,
                      inference_id: str | None = None) -> dict[str, str]:

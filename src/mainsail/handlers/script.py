@@ -281,7 +281,10 @@ class ScriptHandler:
     def _encode(self, predicted: tuple[Context | None, Any], invocation: Invocation) -> Reply:
         assert self._output is not None
         context, prediction = predicted
-        return _reply(_guard(self._output, context, prediction, invocation.accept), invocation.accept, context)
+        result = _guard(self._output, context, prediction, invocation.accept)
+        if is_stream(result):
+            return _streamed(chunks_of(result, _translate), invocation.accept, context)
+        return _reply(result, invocation.accept, context)
 
     def _request_context(self, invocation: Invocation) -> Context:
         return Context(self.model_name, str(self.model_dir), gpu_id=worker_gpu(), request_id=invocation.request_id,
