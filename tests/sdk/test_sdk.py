@@ -126,6 +126,8 @@ def test_sdk_v3_core_resources(up: Up, tmp_path: Path) -> None:
                     str(_archive(tmp_path, 4, code=True)))
     assert "status: InService" in result.stdout and "listed: ['core-endpoint']" in result.stdout
     assert "invoke: [1]" in result.stdout and "deleted: []" in result.stdout
+    assert "stream: [1] application/json" in result.stdout  # InvokeEndpointWithResponseStream, one part
+    assert "sdk stream: ok" in result.stdout or "'EventStream' object has no attribute" in result.stdout
     _no_leftovers(up)
 
 
