@@ -224,6 +224,23 @@ def _async(args: argparse.Namespace) -> int:
     return 1 if bench.errors else 0
 
 
+def _streaming(args: argparse.Namespace) -> int:
+    from bench import streaming
+    from bench.report import write_section
+
+    command = "python -m bench " + shlex.join(sys.argv[1:])
+    bench = streaming.run_streaming_benchmark(
+        requests=50 if args.quick else 200, large_mb=10.0 if args.quick else 50.0, repeats=2 if args.quick else 5,
+        command=command, log=lambda line: print(line, file=sys.stderr, flush=True))
+    print()
+    print(streaming.results_table(bench))
+    print()
+    print("\n".join(streaming.checks(bench)))
+    write_section(args.out, "streaming", streaming.render_section(bench))
+    print(f"\nwrote the streaming section of {args.out} ({bench.wall_s:.0f} s in all)")
+    return 0
+
+
 def _memory(args: argparse.Namespace) -> int:
     from bench import memory
 
@@ -345,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
                            help="markdown file to update (default docs/benchmarks.md)")
     transform.add_argument("--quick", action="store_true", help="a smoke run: 40000 rows, one instance")
     transform.set_defaults(func=_transform, duration=1.0, rounds=1, warmup=None)
+    streaming = commands.add_parser(
+        "streaming", help="InvokeEndpointWithResponseStream: time to the first part and streamed throughput")
+    streaming.add_argument("--quick", action="store_true", help="a smoke run: 50 requests, a 10 MiB answer")
+    streaming.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                           help="markdown file to update (default docs/benchmarks.md)")
+    streaming.set_defaults(func=_streaming, duration=1.0, rounds=1, warmup=None)
     memory = commands.add_parser(
         "memory", help="PSS of mainsail serve with 1, 2 and 4 workers, preload on vs off (MiniLM PyTorch, tabular)")
     memory.add_argument("--models", default="pytorch,tabular", help="pytorch, tabular or both (default both)")

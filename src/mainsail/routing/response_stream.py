@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 SUFFIX = "/invocations-response-stream"
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 ERROR_BODY_LIMIT = 64 * 1024
+RELAY_QUEUE = 8
+"""Events read ahead of the client (each at most one read of the instance's socket, 1 MiB)."""
 
 
 def is_response_stream(scope: Scope) -> bool:
@@ -132,34 +134,46 @@ class ResponseStreams:
 
     async def _relay(self, send: Send, receive: Receive, first: bytes | None, pieces: AsyncIterator[bytes],
                      name: str, variant: str, log_arn: str) -> None:
-        """The instance's body as PayloadPart events, then the end (or a ModelStreamError event)."""
+        """The instance's body as PayloadPart events, then the end (or a ModelStreamError event).
+
+        Reading the instance and writing the client overlap: a reader task encodes the pieces into a
+        short queue (at most ``RELAY_QUEUE`` events ahead) while this task writes them out."""
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(RELAY_QUEUE)
+
+        async def read() -> None:
+            try:
+                async for piece in pieces:
+                    if piece:
+                        await queue.put(eventstream.event("PayloadPart", piece))
+            except ForwardError as exc:
+                code = "ModelInvocationTimeExceeded" if "timed out" in str(exc) else "StreamBroken"
+                message = (f"Your model {variant} in endpoint {name} stopped its response stream: {exc}. "
+                           f"See {log_arn} for more information.")
+                await queue.put(eventstream.exception("ModelStreamError", Message=message, ErrorCode=code))
+            await queue.put(None)
+
         gone = asyncio.ensure_future(_disconnected(receive))
+        reader = asyncio.ensure_future(read()) if first is not None else None
         try:
             if first:
                 await send({"type": "http.response.body", "body": eventstream.event("PayloadPart", first),
                             "more_body": True})
-            while first is not None:
-                step = asyncio.ensure_future(anext(pieces, None))
+            while reader is not None:
+                step = asyncio.ensure_future(queue.get())
                 await asyncio.wait((step, gone), return_when=asyncio.FIRST_COMPLETED)
                 if not step.done():  # the client went away: stop reading (the exchange is closed after)
                     step.cancel()
-                    with contextlib.suppress(BaseException):
-                        await step
                     return
-                try:
-                    piece = step.result()
-                except ForwardError as exc:
-                    code = "ModelInvocationTimeExceeded" if "timed out" in str(exc) else "StreamBroken"
-                    message = (f"Your model {variant} in endpoint {name} stopped its response stream: {exc}. "
-                               f"See {log_arn} for more information.")
-                    await send({"type": "http.response.body", "body": eventstream.exception(
-                        "ModelStreamError", Message=message, ErrorCode=code), "more_body": True})
+                message = step.result()
+                if message is None:
                     break
-                if piece is None:
-                    break
-                if piece:
-                    await send({"type": "http.response.body", "body": eventstream.event("PayloadPart", piece),
-                                "more_body": True})
+                await send({"type": "http.response.body", "body": message, "more_body": True})
+            if reader is not None:
+                await reader  # its own failure (a bug of ours), if any, is raised here
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gone.cancel()
+            if reader is not None and not reader.done():
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
