@@ -123,6 +123,14 @@ def test_failures_before_and_during_the_stream(streaming: Any, plane: Plane) -> 
         rt.invoke_endpoint_with_response_stream(EndpointName="nope", Body=b"{}")
     assert missing.value.response["Error"]["Code"] == "ValidationError"
     assert "Endpoint nope" in missing.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as too_big:
+        rt.invoke_endpoint_with_response_stream(EndpointName="streamer", Body=b" " * (6 * 1024 * 1024 + 1))
+    assert too_big.value.response["Error"]["Code"] == "ValidationError"
+    assert "exceeds the limit" in too_big.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as no_variant:
+        invoke(rt, {"n": 1}, TargetVariant="Nope")
+    assert no_variant.value.response["Error"]["Code"] == "ValidationError"
+    assert parts(invoke(rt, {"n": 1}, TargetVariant="AllTraffic")) == [b"tok0 "]
     assert parts(invoke(rt, {"n": 2})) == [b"tok0 ", b"tok1 "]  # the endpoint serves on
 
 
