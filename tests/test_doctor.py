@@ -168,7 +168,7 @@ def test_script_that_fails_to_import(tmp_path: Path, source: str, expected: str)
 
 
 def test_a_module_the_containers_ship_is_not_sent_to_requirements_txt(tmp_path: Path) -> None:
-    findings = diagnose(script_model(tmp_path, "from sagemaker_containers.beta.framework import env\n"))
+    findings = diagnose(script_model(tmp_path, "from sagemaker_containers.beta.framework import trainer\n"))
     (failed,) = by_check(findings, "script.import", "error")
     assert "sagemaker_containers" in failed.message
     assert failed.fix and "requirements.txt" not in failed.fix and "Python 3.11" in failed.fix

@@ -227,7 +227,7 @@ def test_the_provided_sagemaker_containers_encoders_match_the_originals_rules() 
 
 def test_the_provided_worker_response() -> None:
     from mainsail.handlers.provided.sagemaker_containers import _worker as worker
-    from mainsail.handlers.script import response_object
+    from mainsail.handlers.replies import response_object
 
     made = response_object(worker.Response(["a,", b"b"], status="201 CREATED", mimetype="text/csv",
                                            headers={"X-Id": "7"}))

@@ -27,8 +27,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from mainsail.codecs import toolkit
 from mainsail.errors import (
     BadRequest,
@@ -43,6 +41,7 @@ from mainsail.handlers import provided
 from mainsail.handlers.base import Invocation, Outcome, Reply, invoke_each
 from mainsail.handlers.context import Context
 from mainsail.handlers.gpus import worker_gpu
+from mainsail.handlers.replies import reply_for, streamed
 from mainsail.handlers.stacking import Stacker
 from mainsail.handlers.streaming import chunks_of, is_stream
 
@@ -220,14 +219,14 @@ class ScriptHandler:
             prediction = _guard(self._predict, context, features, self.model)
             if is_stream(prediction):  # each item through output_fn as it comes
                 output = self._output
-                return _streamed(chunks_of(prediction, _translate, lambda item: output(context, item, accept)),
+                return streamed(chunks_of(prediction, _translate, lambda item: output(context, item, accept)),
                                  accept, context)
             result = _guard(self._output, context, prediction, accept)
         if isinstance(result, tuple) and len(result) == 2 and is_stream(result[0]):  # (stream, content type)
-            return _streamed(chunks_of(result[0], _translate), str(result[1]), context)
+            return streamed(chunks_of(result[0], _translate), str(result[1]), context)
         if is_stream(result):
-            return _streamed(chunks_of(result, _translate), accept, context)
-        return _reply(result, accept, context)
+            return streamed(chunks_of(result, _translate), accept, context)
+        return reply_for(result, accept, context)
 
     def invoke_batch(self, invocations: Sequence[Invocation]) -> list[Outcome]:
         """``input_fn`` per request, one ``predict_batch_fn`` call (or one stacked call of the
@@ -283,8 +282,8 @@ class ScriptHandler:
         context, prediction = predicted
         result = _guard(self._output, context, prediction, invocation.accept)
         if is_stream(result):
-            return _streamed(chunks_of(result, _translate), invocation.accept, context)
-        return _reply(result, invocation.accept, context)
+            return streamed(chunks_of(result, _translate), invocation.accept, context)
+        return reply_for(result, invocation.accept, context)
 
     def _request_context(self, invocation: Invocation) -> Context:
         return Context(self.model_name, str(self.model_dir), gpu_id=worker_gpu(), request_id=invocation.request_id,
@@ -346,64 +345,3 @@ def _translate(exc: Exception) -> MainsailError:
 
 
 #: headers of a response object that the server writes itself
-_SERVER_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding", "connection", "date", "server"})
-
-
-def response_object(result: Any) -> Reply | None:
-    """``output_fn``'s (or ``transform_fn``'s) result as the HTTP response it stands for, when it is a
-    response object: a werkzeug / Flask ``Response`` (the scikit-learn and XGBoost containers'
-    ``worker.Response`` is one: Flask sends it as it is) or anything else with an ``int``
-    ``status_code`` and a body (``get_data()`` or ``body``); ``None`` for any other result."""
-    if isinstance(result, (bytes, str, dict, list, tuple)):  # what output_fn returns most often
-        return None
-    status = getattr(result, "status_code", None)
-    if not isinstance(status, int):
-        return None
-    get_data = getattr(result, "get_data", None)
-    body = get_data() if callable(get_data) else getattr(result, "body", None)
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    if not isinstance(body, (bytes, bytearray, memoryview)):
-        return None
-    if not 100 <= status <= 599:
-        raise ModelError(f"output_fn returned a {type(result).__name__} with status {status}")
-    raw = getattr(result, "headers", None) or {}
-    pairs = list(raw.items()) if hasattr(raw, "items") else list(raw)
-    content_type = getattr(result, "content_type", None) or getattr(result, "media_type", None) \
-        or next((v for k, v in pairs if str(k).lower() == "content-type"), None) or "application/octet-stream"
-    headers = {str(k): str(v) for k, v in pairs if str(k).lower() not in _SERVER_HEADERS}
-    return Reply(bytes(body), str(content_type), status, headers)
-
-
-def _streamed(chunks: Any, accept: str, context: Context | None) -> Reply:
-    """A streamed reply (its status and headers from the context, as :func:`_reply`)."""
-    reply = _reply(b"", accept, context)
-    reply.chunks = chunks
-    return reply
-
-
-def _reply(result: Any, accept: str, context: Context | None) -> Reply:
-    response = response_object(result)
-    if response is not None:
-        return response
-    content_type = accept
-    if isinstance(result, tuple) and len(result) == 2:
-        result, content_type = result
-    if isinstance(result, bytes):
-        body = result
-    elif isinstance(result, str):
-        body = result.encode("utf-8")
-    elif isinstance(result, (bytearray, memoryview)):
-        body = bytes(result)
-    else:
-        # Multi Model Server JSON-encodes what is neither bytes nor str; so do we.
-        body = orjson.dumps(result, default=toolkit.tolist)
-    reply = Reply(body, str(content_type))
-    if context is not None and context.request_processor:
-        status, _ = context.get_response_status(0)
-        reply.status = status
-        headers = context.get_response_headers(0)
-        if "content-type" in headers:
-            reply.content_type = headers.pop("content-type")
-        reply.headers.update(headers)
-    return reply

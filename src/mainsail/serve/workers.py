@@ -36,7 +36,6 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import orjson
 
@@ -50,6 +49,7 @@ from mainsail.serve.preload import (
     torch_threads,
     torch_threads_after_fork,
 )
+from mainsail.serve.reload import FileWatcher
 from mainsail.serve.requirements import imported_elsewhere, put_first
 from mainsail.serve.runtime import ModelRuntime
 from mainsail.serve.worker_process import (
@@ -222,7 +222,7 @@ class Supervisor:
             return 0
         for _ in range(self.settings.workers):
             self._spawn()
-        watcher = _FileWatcher(self._watched_paths()) if self.settings.reload else None
+        watcher = FileWatcher(self._watched_paths()) if self.settings.reload else None
         fast_deaths = 0
         while not self._stop.is_set():
             sentinels = [w.process.sentinel for w in self._workers]
@@ -385,34 +385,3 @@ def _answer_503(conn: socket.socket) -> None:
         pass
     finally:
         conn.close()
-
-
-class _FileWatcher:
-    """Polls modification times; cheap enough for the development ``--reload`` mode."""
-
-    def __init__(self, roots: list[Path]) -> None:
-        self.roots = roots
-        self._last = self._snapshot()
-
-    def _snapshot(self) -> Any:
-        state: dict[str, float] = {}
-        for root in self.roots:
-            if root.is_file():
-                state[str(root)] = root.stat().st_mtime
-                continue
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = [d for d in dirnames if d != "__pycache__" and not d.startswith(".")]
-                for name in filenames:
-                    path = os.path.join(dirpath, name)
-                    try:
-                        state[path] = os.stat(path).st_mtime
-                    except OSError:
-                        continue
-        return state
-
-    def changed(self) -> bool:
-        current = self._snapshot()
-        if current != self._last:
-            self._last = current
-            return True
-        return False

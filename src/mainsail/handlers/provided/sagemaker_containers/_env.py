@@ -9,6 +9,8 @@ import logging
 import multiprocessing
 import os
 
+from mainsail.handlers.gpus import visible_gpus
+
 SAGEMAKER_BASE_PATH = os.path.join("/opt", "ml")
 BASE_PATH_ENV = "SAGEMAKER_BASE_DIR"
 base_dir = os.environ.get(BASE_PATH_ENV, SAGEMAKER_BASE_PATH)
@@ -22,8 +24,6 @@ output_data_dir = os.path.join(output_dir, "data")
 
 def num_gpus() -> int:
     """GPUs visible to this process (counted without importing torch)."""
-    from mainsail.handlers.gpus import visible_gpus
-
     return visible_gpus()
 
 

@@ -1,6 +1,6 @@
 """``sagemaker_containers`` ``worker.Response``: what the scikit-learn and XGBoost containers' Flask
 app sends as it is. Here a small object with Flask's ``Response`` constructor and the parts mainsail
-reads when ``output_fn`` returns it (:func:`mainsail.handlers.script.response_object`): the status,
+reads when ``output_fn`` returns it (:func:`mainsail.handlers.replies.response_object`): the status,
 the body (``get_data``), the content type (charset added to text types as werkzeug does) and the
 headers. Flask's ``Request`` and ``Worker`` (the container's own app) are not provided."""
 

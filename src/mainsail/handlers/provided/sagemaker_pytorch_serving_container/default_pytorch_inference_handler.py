@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mainsail.errors import ModelLoadError as _Failed
 from mainsail.handlers import defaults as _defaults
 
 try:  # the real toolkit's base class where it is installed (mainsail[toolkit])
@@ -29,8 +30,6 @@ class DefaultPytorchInferenceHandler(_Base):  # type: ignore[misc,valid-type,unu
     VALID_CONTENT_TYPES = ("application/json", "application/x-npy")
 
     def default_model_fn(self, model_dir: str, context: Any = None) -> Any:
-        from mainsail.errors import ModelLoadError as _Failed
-
         try:
             model = _defaults.default_model_fn(model_dir, "pytorch")
         except _Failed as exc:
