@@ -168,6 +168,21 @@ def write_script(model_dir: Path, source: str, name: str = "inference.py") -> Pa
     return path
 
 
+def open_gate_and_wait(gate: Path, marker: Path, timeout: float = 20.0) -> str:
+    """Open the FIFO ``gate`` a streaming script blocks on (from a thread: opening blocks until the script
+    reads), then wait, bounded, for the script to write ``marker``; its text ("" if it never came)."""
+
+    def release() -> None:
+        with open(gate, "w") as opened:
+            opened.write("go")
+
+    threading.Thread(target=release, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return marker.read_text() if marker.exists() else ""
+
+
 def make_wheel(directory: Path, name: str, version: str, module_source: str, requires: tuple[str, ...] = ()) -> Path:
     """A pure-Python wheel of package ``name`` (module ``name``), written by hand: what pip and uv install."""
     import zipfile

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from botocore.eventstream import EventStreamBuffer
 from botocore.exceptions import ClientError, EventStreamError
 
+from tests.conftest import open_gate_and_wait
 from tests.control.helpers import WAIT, Plane, deploy
 
 STREAMING_SCRIPT = '''
@@ -144,15 +144,7 @@ def test_a_client_that_goes_away_frees_the_instance(streaming: Any, tmp_path: Pa
     assert next(events)["PayloadPart"]["Bytes"] == b"tok0 "
     response["Body"].close()  # the client goes away mid-stream
 
-    def release() -> None:
-        with open(gate, "w") as opened:
-            opened.write("go")
-
-    threading.Thread(target=release, daemon=True).start()
-    deadline = time.monotonic() + 20
-    while not closed.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert closed.read_text() == "closed"  # the generator was closed, not run to its 1000 tokens
+    assert open_gate_and_wait(gate, closed) == "closed"  # the generator was closed, not run to its 1000 tokens
     started = time.monotonic()
     assert parts(invoke(rt, {"n": 2})) == [b"tok0 ", b"tok1 "]
     assert time.monotonic() - started < 10

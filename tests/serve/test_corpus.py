@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from mainsail.handlers import provided
+from tests.codecs.test_xgboost_inputs import xgboost_reads
 from tests.conftest import ServerProcess
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
@@ -31,17 +32,6 @@ def model_dir_with(tmp_path: Path, script: str, name: str = "inference.py") -> P
     (model_dir / "code").mkdir(parents=True)
     shutil.copy(CORPUS / script, model_dir / "code" / name)
     return model_dir
-
-
-def xgboost_reads(body: bytes, tmp: Path) -> object:
-    """What the XGBoost container's libsvm_to_dmatrix does: the body written to a file, read by XGBoost."""
-    import xgboost
-
-    path = tmp / "body.libsvm"
-    path.write_bytes(body)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # XGBoost's text reader is deprecated since 3.1: still the oracle
-        return xgboost.DMatrix(f"{path}?format=libsvm")
 
 
 def booster(n_features: int, seed: int = 0) -> object:

@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from mainsail.handlers.streaming import chunk, is_stream
-from tests.conftest import ServerProcess, write_script
+from tests.conftest import ServerProcess, open_gate_and_wait, write_script
 
 SCRIPT = '''
 import asyncio
@@ -124,15 +122,7 @@ def test_a_client_that_goes_away_closes_the_generator(server: ServerProcess, tmp
         assert json.loads(next(response.iter_raw())) == {"token": 0}
     # gone; the generator, blocked on the gate, is closed once the gate opens, not run to its end
 
-    def release() -> None:
-        with open(gate, "w") as opened:
-            opened.write("go")
-
-    threading.Thread(target=release, daemon=True).start()
-    deadline = time.monotonic() + 20
-    while not closed.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert closed.read_text() == "closed"
+    assert open_gate_and_wait(gate, closed) == "closed"
     assert lines(post_stream(server, {"n": 2}).text) == [{"token": 0}, {"token": 1}]
 
 
