@@ -24,7 +24,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from mainsail.aws import eventstream
 from mainsail.aws.identity import endpoint_log_group_arn, region_of
@@ -72,12 +72,23 @@ class ResponseStreams:
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         name = urllib.parse.unquote(scope["path"][len(PREFIX):-len(SUFFIX)])
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            await self._serve(request, name, receive, send)
+            await self._serve(request, name, receive, tracked)
         except RuntimeApiError as exc:
             await exc.response()(scope, receive, send)
-        except Exception as exc:  # a bug of ours: the runtime's 500, and the router serves on
+        except Exception as exc:  # a bug of ours: the runtime's 500 (or, mid-stream, the stream's end)
             logger.exception("InvokeEndpointWithResponseStream failed")
+            if started:
+                await send({"type": "http.response.body", "body": eventstream.exception(
+                    "InternalStreamFailure", Message=f"{type(exc).__name__}: {exc}"), "more_body": False})
+                return
             await RuntimeApiError(500, "InternalFailure", f"{type(exc).__name__}: {exc}").response()(
                 scope, receive, send)
 
