@@ -100,7 +100,7 @@ def test_a_pin_that_mainsail_cannot_run_with_fails_before_any_request(tmp_path: 
         server.stop()
     assert f"code/requirements.txt needs orjson 0.1, but mainsail needs orjson>=3.9, installed here: {ORJSON}" in log
     assert "--no-install-requirements" in log
-    assert not (home / "requirements").exists()  # nothing installed
+    assert not [p for p in (home / "requirements").iterdir() if not p.name.startswith(".")]  # nothing installed
 
 
 def test_torch_is_never_downloaded(tmp_path: Path, home: Path) -> None:
@@ -161,3 +161,23 @@ def test_doctor_reports_pins_and_conflicts(tmp_path: Path, home: Path, monkeypat
     (model_dir / "code" / "requirements.txt").write_text("--no-index\n--find-links ./wheels\ntqdm==0.0.1\n")
     findings = {(f.level, f.check): f for f in diagnose(model_dir, install_requirements=True)}
     assert f"tqdm 0.0.1 (installed here: {TQDM})" in findings["ok", "requirements.install"].message
+
+
+def test_instances_starting_together_install_once(tmp_path: Path, home: Path) -> None:
+    """The instances of one endpoint start at once: one installs the overlay, the others wait for it and
+    use it (nobody replaces an overlay another process imports from)."""
+    import subprocess
+    import sys
+
+    requirements = model_with(tmp_path, "tqdm==0.0.1\n") / "code" / "requirements.txt"
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"
+            "from pathlib import Path\nfrom mainsail.serve.requirements import prepare_requirements\n"
+            f"print('overlay', prepare_requirements(Path({str(requirements)!r}), Path({str(home / 'requirements')!r})).path)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(3)]
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outputs
+    assert sum("installing 1 package(s)" in out for out in outputs) == 1
+    assert len({line for out in outputs for line in out.splitlines() if line.startswith("overlay ")}) == 1
+    (overlay,) = [p for p in (home / "requirements").iterdir() if not p.name.startswith(".")]
+    assert (overlay / "tqdm" / "__init__.py").read_text() == "__version__ = '0.0.1 (pinned)'\n"

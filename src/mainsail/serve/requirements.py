@@ -22,6 +22,7 @@ the script imports. mainsail does the same per model, as an *overlay*:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -299,28 +300,40 @@ def _overlay(target: Path, changes: tuple[Change, ...]) -> Overlay:
 
 
 def prepare_requirements(requirements: Path, cache_root: Path) -> Overlay:
-    """Plan, check and install ``requirements`` (once per file and environment); the overlay to use."""
+    """Plan, check and install ``requirements`` (once per file and environment); the overlay to use.
+
+    Processes starting the same model at once (the instances of one endpoint) take turns on a lock file
+    per overlay: the first installs, the others find it installed. An overlay, once complete, is never
+    replaced (workers of other processes may be importing from it)."""
     digest = hashlib.sha256(requirements.read_bytes() + environment_key().encode()).hexdigest()[:24]
     target = cache_root / digest
     done = _load_done(target)
-    if done is not None:
-        if done.changes:
-            logger.info("%s: using the installed overlay %s (%s)", requirements, target,
-                        ", ".join(c.describe() for c in done.changes))
-        return done
+    if done is None:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        with open(cache_root / f".{digest}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            done = _load_done(target)
+            if done is None:
+                return _prepare(requirements, cache_root, target)
+    if done.changes:
+        logger.info("%s: using the installed overlay %s (%s)", requirements, target,
+                    ", ".join(c.describe() for c in done.changes))
+    return done
+
+
+def _prepare(requirements: Path, cache_root: Path, target: Path) -> Overlay:
     logger.info("resolving %s against this environment", requirements)
     changes = plan_requirements(requirements)
     conflicts = conflicts_with_mainsail(changes)
     if conflicts:
         raise RequirementsConflict("; ".join(conflicts) + ": the serving process cannot use both. Relax the pin, or "
                              "serve with --no-install-requirements to use the installed version")
-    cache_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".install-", dir=cache_root))
     try:
         if changes:
             _install(changes, staging, requirements.parent)
         (staging / _DONE).write_text(json.dumps({"changes": [c.__dict__ for c in changes]}, indent=1))
-        shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete one (a start killed mid-install)
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
