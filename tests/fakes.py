@@ -222,10 +222,10 @@ class FakeTransport:
         return upstream
 
     @asynccontextmanager
-    async def stream(self, address: Address, path: str, body: AsyncIterable[bytes], headers: Headers, *,
+    async def stream(self, address: Address, path: str, body: bytes | AsyncIterable[bytes], headers: Headers, *,
                      length: int | None, timeout: float) -> AsyncIterator[FakeStreamed]:
         self._live(address)
-        data = b"".join([chunk async for chunk in body])
+        data = body if isinstance(body, bytes) else b"".join([chunk async for chunk in body])
         assert length is None or len(data) == length
         upstream = await self.post(address, path, data, headers, timeout=timeout)
         yield FakeStreamed(upstream.status, upstream.headers, upstream.body)

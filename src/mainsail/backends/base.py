@@ -194,11 +194,12 @@ class Transport(Protocol):
         """``POST path`` with ``body`` to the instance at ``address``, within ``timeout`` seconds in all."""
         ...
 
-    def stream(self, address: Address, path: str, body: AsyncIterable[bytes], headers: Headers, *,
+    def stream(self, address: Address, path: str, body: bytes | AsyncIterable[bytes], headers: Headers, *,
                length: int | None, timeout: float) -> AbstractAsyncContextManager[StreamedResponse]:
-        """``POST path`` with a body streamed from ``body`` (``length`` bytes; ``None``: unknown);
-        the response once its head arrived, its body read inside the ``async with``. ``timeout``
-        bounds the whole exchange, reading included."""
+        """``POST path`` with a body streamed from ``body`` (``length`` bytes; ``None``: unknown), or
+        given whole (``bytes``: the transport may use a pooled connection); the response once its head
+        arrived, its body read inside the ``async with``. ``timeout`` bounds the whole exchange, reading
+        included."""
         ...
 
     def ping(self, address: Address, *, timeout: float = 1.0) -> bool:

@@ -87,8 +87,10 @@ class HttpTransport:
                    timeout: float) -> Upstream:
         return await self.forwarder.post(address.port, path, body, headers, timeout=timeout, host=address.host)
 
-    def stream(self, address: Address, path: str, body: AsyncIterable[bytes], headers: Headers, *,
+    def stream(self, address: Address, path: str, body: bytes | AsyncIterable[bytes], headers: Headers, *,
                length: int | None, timeout: float) -> AbstractAsyncContextManager[StreamedResponse]:
+        if isinstance(body, bytes):  # a body in hand (a response stream's request): a pooled connection
+            return self.forwarder.stream(address.port, path, body, headers, timeout=timeout, host=address.host)
         return stream(address.port, path, body, headers, length=length, timeout=timeout, host=address.host)
 
     def ping(self, address: Address, *, timeout: float = 1.0) -> bool:

@@ -27,15 +27,17 @@ The other way to reach an instance, for payloads too large to hold, is :func:`st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import Callable, Sequence
-from typing import cast
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, cast
 
 import httptools
 
 # The response and error types live in mainsail.backends.base, the streamed exchange in
 # mainsail.backends.streaming; they stay importable from here.
 from mainsail.backends.base import ForwardError, Upstream
+from mainsail.backends.pooled_stream import PooledStream
 from mainsail.backends.wire import DEFAULT_MAX_RESPONSE, add_header, request_bytes
 
 DEFAULT_MAX_IDLE = 256
@@ -67,8 +69,15 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._head_done = False
         self._delimited = False  # Content-Length or chunked: the body does not end with the connection
+        self._stream: PooledStream | None = None
 
     # -- the exchange -----------------------------------------------------------------------------
+
+    def exchange_stream(self, request: bytes) -> asyncio.Future[Any]:
+        """Send ``request``; the future is a :class:`PooledStream`, once the response's head arrived."""
+        waiter = self.exchange(request)
+        self._stream = PooledStream(self)
+        return waiter
 
     def exchange(self, request: bytes) -> asyncio.Future[Upstream]:
         """Send ``request``; the future is the response."""
@@ -123,7 +132,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         waiter = self._waiter
-        if waiter is None or waiter.done():  # bytes nobody asked for: the connection is unusable
+        if (waiter is None or waiter.done()) and self._stream is None:  # bytes nobody asked for: unusable
             self.abort()
             return
         self.received = True
@@ -141,6 +150,13 @@ class _Connection(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
         self.on_lost(self)
+        stream = self._stream
+        if stream is not None and stream.status:  # the head was given out: the body is the stream's
+            if not self._delimited:
+                stream.finish()  # a body that ends with the connection
+            else:
+                stream.fail(ForwardError(f"the instance closed the connection mid-response ({exc or 'EOF'})"))
+            return
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
@@ -164,15 +180,28 @@ class _Connection(asyncio.Protocol):
         self._status = self._parser.get_status_code()
         self._head_done = True
         self.keep_alive = self._parser.should_keep_alive()
+        stream, waiter = self._stream, self._waiter
+        if stream is not None and self._status >= 200 and waiter is not None and not waiter.done():
+            stream.status, stream.headers = self._status, self._headers
+            self._waiter = None
+            cast("asyncio.Future[Any]", waiter).set_result(stream)
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        if self._stream is not None:
+            self._stream.push(body)
+        else:
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
         if 100 <= self._status < 200:  # an informational response: the real one follows
             self._headers = {}
             self._head_done = False
             self._delimited = False
+            return
+        if self._stream is not None:
+            if not self._delimited:
+                self.keep_alive = self.keep_alive and self._status in (204, 304)
+            self._stream.finish()
             return
         waiter, self._waiter = self._waiter, None
         if waiter is None or waiter.done():  # a second response in the same read: unusable
@@ -236,6 +265,49 @@ class Forwarder:
             raise
         self._release(key, conn)
         return upstream
+
+    @contextlib.asynccontextmanager
+    async def stream(self, port: int, path: str, body: bytes, headers: Sequence[tuple[str, str]], *,
+                     timeout: float, host: str = "127.0.0.1") -> AsyncIterator[PooledStream]:
+        """``POST path`` with ``body`` over a pooled connection; the response once its head arrived, its
+        body read inside the ``async with`` (``timeout`` bounds it all). A response read to its end
+        gives its connection back to the pool; one left unread is closed."""
+        request = request_bytes(host, port, path, body, headers)
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._idle, self._open = loop, {}, set()
+        key = (host, port)
+        conn: _Connection | None = None
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                conn = self._take(key)
+                if conn is None:
+                    conn = await self._connect(host, port)
+                try:
+                    upstream: PooledStream = await conn.exchange_stream(request)
+                except ForwardError:
+                    if not (conn.reused and conn.unanswered and not conn.received):
+                        raise
+                    self._discard(conn)
+                    conn = await self._connect(host, port)  # the idle connection died under us
+                    upstream = await conn.exchange_stream(request)
+                yield upstream
+        except TimeoutError:
+            if conn is not None:
+                self._discard(conn)
+            if deadline.expired():
+                raise ForwardError(f"timed out after {timeout:g} s") from None
+            raise
+        except BaseException:
+            if conn is not None:
+                self._discard(conn)
+            raise
+        if upstream.done and upstream.error is None and not upstream._pieces:
+            conn._stream = None
+            self._release(key, conn)
+        else:
+            self._discard(conn)
 
     async def aclose(self) -> None:
         """Close every connection (requests still in flight fail with :class:`ForwardError`)."""

@@ -52,10 +52,6 @@ def is_response_stream(scope: Scope) -> bool:
             and path.endswith(SUFFIX) and len(path) > len(PREFIX) + len(SUFFIX))
 
 
-async def _one(body: bytes) -> AsyncIterator[bytes]:
-    yield body
-
-
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -114,7 +110,7 @@ class ResponseStreams:
 
             async def attempt(target: Address) -> StreamedResponse:
                 return await stack.enter_async_context(router.transport.stream(
-                    target, "/invocations", _one(body), headers, length=len(body), timeout=self.stream_timeout))
+                    target, "/invocations", body, headers, length=len(body), timeout=self.stream_timeout))
 
             try:
                 async with asyncio.timeout(router.timeout):
