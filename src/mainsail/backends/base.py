@@ -168,6 +168,16 @@ class StreamedResponse(Protocol):
         ...
 
 
+async def read_at_most(pieces: AsyncIterator[bytes], limit: int) -> bytes:
+    """At most ``limit`` bytes from ``pieces`` (the rest left unread): an error answer's body."""
+    out = bytearray()
+    async for piece in pieces:
+        out += piece
+        if len(out) >= limit:
+            break
+    return bytes(out[:limit])
+
+
 class BlockingClient(Protocol):
     """A blocking client for threads (batch transform's): connections kept until :meth:`close`."""
 

@@ -234,37 +234,17 @@ class Forwarder:
                    timeout: float, host: str = "127.0.0.1") -> Upstream:
         """``POST path`` with ``body`` to ``host:port``, within ``timeout`` seconds in all."""
         request = request_bytes(host, port, path, body, headers)
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # connections of another loop cannot be used (nor closed) here
-            self._loop, self._idle, self._open = loop, {}, set()
-        key = (host, port)
-        conn: _Connection | None = None
+        key = self._key(host, port)
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                conn = self._take(key)
-                if conn is None:
-                    conn = await self._connect(host, port)
-                try:
-                    upstream = await conn.exchange(request)
-                except ForwardError:
-                    if not (conn.reused and conn.unanswered and not conn.received):
-                        raise
-                    self._discard(conn)
-                    conn = await self._connect(host, port)  # the idle connection died under us
-                    upstream = await conn.exchange(request)
+                conn, upstream = await self._begin(key, request, streaming=False)
         except TimeoutError:
-            if conn is not None:
-                self._discard(conn)
             if deadline.expired():
                 raise ForwardError(f"timed out after {timeout:g} s") from None
             raise ForwardError(f"could not reach {host}:{port}: timed out") from None
-        except BaseException:  # ForwardError, cancellation
-            if conn is not None:
-                self._discard(conn)
-            raise
         self._release(key, conn)
-        return upstream
+        return cast(Upstream, upstream)
 
     @contextlib.asynccontextmanager
     async def stream(self, port: int, path: str, body: bytes, headers: Sequence[tuple[str, str]], *,
@@ -273,25 +253,12 @@ class Forwarder:
         body read inside the ``async with`` (``timeout`` bounds it all). A response read to its end
         gives its connection back to the pool; one left unread is closed."""
         request = request_bytes(host, port, path, body, headers)
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._loop, self._idle, self._open = loop, {}, set()
-        key = (host, port)
+        key = self._key(host, port)
         conn: _Connection | None = None
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                conn = self._take(key)
-                if conn is None:
-                    conn = await self._connect(host, port)
-                try:
-                    upstream: PooledStream = await conn.exchange_stream(request)
-                except ForwardError:
-                    if not (conn.reused and conn.unanswered and not conn.received):
-                        raise
-                    self._discard(conn)
-                    conn = await self._connect(host, port)  # the idle connection died under us
-                    upstream = await conn.exchange_stream(request)
+                conn, upstream = await self._begin(key, request, streaming=True)
                 yield upstream
         except TimeoutError:
             if conn is not None:
@@ -303,11 +270,35 @@ class Forwarder:
             if conn is not None:
                 self._discard(conn)
             raise
-        if upstream.done and upstream.error is None and not upstream._pieces:
+        if upstream.done and upstream.error is None and not upstream.pending:
             conn._stream = None
             self._release(key, conn)
         else:
             self._discard(conn)
+
+    def _key(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # connections of another loop cannot be used (nor closed) here
+            self._loop, self._idle, self._open = loop, {}, set()
+        return host, port
+
+    async def _begin(self, key: tuple[str, int], request: bytes, *, streaming: bool) -> tuple[_Connection, Any]:
+        """``request`` sent on a pooled connection (or a new one); the connection and its answer (the
+        response, or its :class:`PooledStream` once the head arrived). A reused connection that died
+        before answering is replaced once; on any failure the connection is discarded."""
+        conn = self._take(key) or await self._connect(*key)
+        try:
+            try:
+                return conn, await (conn.exchange_stream(request) if streaming else conn.exchange(request))
+            except ForwardError:
+                if not (conn.reused and conn.unanswered and not conn.received):
+                    raise
+                self._discard(conn)
+                conn = await self._connect(*key)  # the idle connection died under us
+                return conn, await (conn.exchange_stream(request) if streaming else conn.exchange(request))
+        except BaseException:  # ForwardError, cancellation (a timeout)
+            self._discard(conn)
+            raise
 
     async def aclose(self) -> None:
         """Close every connection (requests still in flight fail with :class:`ForwardError`)."""

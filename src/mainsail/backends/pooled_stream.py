@@ -8,7 +8,7 @@ import collections
 from collections.abc import AsyncIterator
 from typing import Any
 
-from mainsail.backends.base import ForwardError
+from mainsail.backends.base import ForwardError, read_at_most
 
 
 class PooledStream:
@@ -66,11 +66,11 @@ class PooledStream:
             self._wakeup = asyncio.get_running_loop().create_future()
             await self._wakeup
 
+    @property
+    def pending(self) -> bool:
+        """Whether pieces that arrived were not taken."""
+        return bool(self._pieces)
+
     async def read(self, limit: int) -> bytes:
         """At most ``limit`` bytes of the body (for error answers; the connection is then not reused)."""
-        out = bytearray()
-        async for piece in self.body():
-            out += piece
-            if len(out) >= limit:
-                break
-        return bytes(out[:limit])
+        return await read_at_most(self.body(), limit)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
-from mainsail.backends.base import ForwardError
+from mainsail.backends.base import ForwardError, read_at_most
 from mainsail.backends.wire import DEFAULT_MAX_RESPONSE, add_header, request_bytes
 
 STREAM_READ = 1 << 20  # bytes asked of the socket per read of a streamed response
@@ -98,12 +98,7 @@ class StreamedUpstream:
 
     async def read(self, limit: int) -> bytes:
         """At most ``limit`` bytes of the body (the rest is left unread): for error answers."""
-        out = bytearray()
-        async for piece in self.body():
-            out += piece
-            if len(out) >= limit:
-                break
-        return bytes(out[:limit])
+        return await read_at_most(self.body(), limit)
 
 
 @contextlib.asynccontextmanager
