@@ -114,38 +114,33 @@ class ServingApp:
             status, media_type, extra = 500, JSON_TYPE, {}
             payload = orjson.dumps({"error": "InternalError", "message": f"{type(exc).__name__}: {exc}"})
         if streamed is not None:  # outside the try: a stream aborted mid-way must reach the server
-            await self._stream(scope, receive, send, streamed, started, model_seconds)
+            status = streamed.status
+            try:
+                status = await self._stream(send, receive, streamed)
+            finally:
+                self._record(scope, status, model_seconds, started)
             return
         await send_response(send, status, media_type, payload, extra)
+        self._record(scope, status, model_seconds, started)
+
+    def _record(self, scope: Scope, status: int, model_seconds: float | None, started: float) -> None:
+        """The request's metrics and access-log line."""
         elapsed = time.perf_counter() - started
-        endpoints.metrics.record(status, None if model_seconds is None else model_seconds * 1e6, elapsed * 1e6)
+        self.endpoints.metrics.record(status, None if model_seconds is None else model_seconds * 1e6, elapsed * 1e6)
         self.access.add(scope.get("client"), "POST", "/invocations", status, elapsed * 1e3)
 
-
-    async def _stream(self, scope: Scope, receive: Receive, send: Send, reply: Reply, started: float,
-                      model_seconds: float | None) -> None:
-        """A streamed reply (``mainsail.serve.streaming``); an error before its first chunk is answered as
-        any error."""
+    async def _stream(self, send: Send, receive: Receive, reply: Reply) -> int:
+        """Send a streamed reply (``mainsail.serve.streaming``); an error before its first chunk is answered
+        as any error. Its status."""
         try:
             first = await first_chunk(reply)
         except MainsailError as exc:
             if exc.status_code >= 500:
                 logger.error("invocation failed: %s", exc.message, exc_info=exc.__cause__ or False)
-            status = exc.status_code
-            await send_response(send, status, JSON_TYPE, orjson.dumps(exc.to_dict()), {})
-        else:
-            status = reply.status
-            try:
-                await send_stream(send, receive, reply, first)
-            finally:
-                elapsed = time.perf_counter() - started
-                self.endpoints.metrics.record(status, None if model_seconds is None else model_seconds * 1e6,
-                                              elapsed * 1e6)
-                self.access.add(scope.get("client"), "POST", "/invocations", status, elapsed * 1e3)
-            return
-        elapsed = time.perf_counter() - started
-        self.endpoints.metrics.record(status, None, elapsed * 1e6)
-        self.access.add(scope.get("client"), "POST", "/invocations", status, elapsed * 1e3)
+            await send_response(send, exc.status_code, JSON_TYPE, orjson.dumps(exc.to_dict()), {})
+            return exc.status_code
+        await send_stream(send, receive, reply, first)
+        return reply.status
 
 
 def create_app(runtime: ModelRuntime, settings: ServeSettings, metrics: Metrics | None = None,

@@ -82,8 +82,9 @@ async def send_stream(send: Send, receive: Receive, reply: Reply, first: Any) ->
             step = asyncio.ensure_future(next_chunk(chunks))
             await asyncio.wait((step, gone), return_when=asyncio.FIRST_COMPLETED)
             if not step.done():  # the client went away while the handler was producing
-                step.add_done_callback(lambda _: None)
                 await asyncio.wait((step,))  # a thread cannot be interrupted: let its next() return
+                if not step.cancelled():
+                    step.exception()  # taken: a failure after the client left is nobody's answer
                 return False
             try:
                 item = step.result()
@@ -110,6 +111,3 @@ async def first_chunk(reply: Reply) -> Any:
     except BaseException:
         await close_chunks(reply.chunks)
         raise
-
-
-END = _END
