@@ -176,22 +176,15 @@ HF_TASK_BY_HEAD = {
 }
 
 
-def huggingface_model_fn(model_dir: str) -> Any:
+def huggingface_model_fn(model_dir: str, architecture: str | None) -> Any:
     """The Hugging Face container's model loading: a ``transformers`` pipeline of ``HF_TASK``, else of the
     task the ``architectures`` in ``config.json`` name (``...ForSequenceClassification`` →
     ``text-classification`` ...), on this worker's GPU when there is one."""
-    import json
     import os
 
     task = os.environ.get("HF_TASK")
-    config = os.path.join(model_dir, "config.json")
-    if not task and os.path.isfile(config):
-        with open(config) as f:
-            architectures = json.load(f).get("architectures") or []
-        for head, name in HF_TASK_BY_HEAD.items():
-            if architectures and str(architectures[0]).endswith(head):
-                task = name
-                break
+    if not task and architecture:
+        task = next((name for head, name in HF_TASK_BY_HEAD.items() if architecture.endswith(head)), None)
     if not task:
         raise HandlerError("set HF_TASK to the pipeline task (e.g. text-classification): no config.json architecture "
                            f"in {model_dir} names one")
@@ -215,16 +208,17 @@ def defaults_for(framework: str) -> Defaults:
     return Defaults("generic", _generic_input, _generic_predict, _generic_output)
 
 
-def _hf_config(model_dir: str) -> bool:
-    """Whether ``model_dir`` holds a ``transformers`` checkpoint (``config.json`` naming architectures)."""
+def _hf_architecture(model_dir: str) -> str | None:
+    """The first architecture ``config.json`` names (a ``transformers`` checkpoint), if any."""
     import json
     import os
 
     try:
         with open(os.path.join(model_dir, "config.json")) as f:
-            return bool(json.load(f).get("architectures"))
+            architectures = json.load(f).get("architectures") or []
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+    return str(architectures[0]) if architectures else None
 
 
 def default_model_fn(model_dir: str, framework: str) -> Any:
@@ -233,8 +227,9 @@ def default_model_fn(model_dir: str, framework: str) -> Any:
     is its ``ValueError``, one that is not TorchScript its ``ModelLoadError``); the others refuse."""
     import os
 
-    if framework == "huggingface" or (framework == "auto" and (os.environ.get("HF_TASK") or _hf_config(model_dir))):
-        return huggingface_model_fn(model_dir)
+    architecture = _hf_architecture(model_dir)
+    if framework == "huggingface" or (framework == "auto" and (os.environ.get("HF_TASK") or architecture)):
+        return huggingface_model_fn(model_dir, architecture)
     path = os.path.join(model_dir, "model.pt")
     candidates = [path] if os.path.isfile(path) else sorted(
         os.path.join(model_dir, name) for name in os.listdir(model_dir)
