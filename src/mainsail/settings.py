@@ -166,7 +166,18 @@ class ControlSettings(BaseSettings):
     one per vCPU of its instance type, as SageMaker's containers do, capped by this; a model's own
     ``SAGEMAKER_MODEL_SERVER_WORKERS`` is not capped."""
 
-    @field_validator("async_idle_seconds", "s3_endpoint_url", "region", "max_instance_workers", mode="before")
+    credentials: Path | None = Field(None, validation_alias=_env("MAINSAIL_CREDENTIALS"))
+    """A file in the shape of ``~/.aws/credentials``: the access keys whose SigV4 signatures are accepted
+    (and the IAM policy attached to each). Unset: any signature is accepted (loopback only)."""
+    insecure: bool = Field(False, validation_alias=_env("MAINSAIL_INSECURE"))
+    """Allow a bind beyond loopback without credentials (anyone who reaches the port may do anything)."""
+    certfile: Path | None = Field(None, validation_alias=_env("MAINSAIL_UP_CERTFILE"))
+    """TLS certificate (PEM): serve HTTPS."""
+    keyfile: Path | None = Field(None, validation_alias=_env("MAINSAIL_UP_KEYFILE"))
+    """TLS private key (PEM) of ``certfile``."""
+
+    @field_validator("async_idle_seconds", "s3_endpoint_url", "region", "max_instance_workers", "credentials",
+                     "certfile", "keyfile", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

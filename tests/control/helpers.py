@@ -53,8 +53,8 @@ class Plane(ThreadedServer):
     inference and the reconciler get the backend's transport."""
 
     def __init__(self, home: Path, *, serverless_idle: float | None = None, backend: Any = None,
-                 interval: float = 0.1) -> None:
-        given = {"home": home, "serverless_idle_seconds": serverless_idle}
+                 interval: float = 0.1, credentials: Path | None = None) -> None:
+        given = {"home": home, "serverless_idle_seconds": serverless_idle, "credentials": credentials}
         self.settings = ControlSettings(**{k: v for k, v in given.items() if v is not None})
         self.store = SQLiteStore(home / "state.db")
         self.backend = backend if backend is not None else LocalBackend(
@@ -78,10 +78,10 @@ class Plane(ThreadedServer):
         self.stop()
         self.store.close()
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, key: str = "x", secret: str = "x", **config: Any) -> Any:
         return boto3.client(service, endpoint_url=self.url, region_name=REGION,
-                            aws_access_key_id="x", aws_secret_access_key="x",
-                            config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+                            aws_access_key_id=key, aws_secret_access_key=secret,
+                            config=Config(retries={"max_attempts": 1, "mode": "standard"}, **config))
 
 
 def make_model_dir(root: Path, script: str, scale: float = 1.0) -> Path:

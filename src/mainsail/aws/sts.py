@@ -12,6 +12,7 @@ from xml.sax.saxutils import escape
 
 from starlette.responses import Response
 
+from mainsail.aws.auth.credentials import AccessKey
 from mainsail.aws.identity import ACCOUNT
 
 NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
@@ -23,12 +24,16 @@ def is_query_call(content_type: str | None) -> bool:
     return (content_type or "").split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded"
 
 
-def handle(body: bytes, request_id: str) -> Response:
+def handle(body: bytes, request_id: str, caller: AccessKey | None = None) -> Response:
+    """An STS call; ``GetCallerIdentity`` answers the signing key's user (``caller``), or mainsail's
+    one local user when signatures are not checked."""
     params = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
     action = params.get("Action", "")
     if action == "GetCallerIdentity":
+        arn = caller.arn if caller else f"arn:aws:iam::{ACCOUNT}:user/mainsail"
+        user_id = caller.user_id if caller else USER_ID
         xml = (f'<GetCallerIdentityResponse xmlns="{NAMESPACE}"><GetCallerIdentityResult>'
-               f"<Arn>arn:aws:iam::{ACCOUNT}:user/mainsail</Arn><UserId>{USER_ID}</UserId>"
+               f"<Arn>{escape(arn)}</Arn><UserId>{user_id}</UserId>"
                f"<Account>{ACCOUNT}</Account></GetCallerIdentityResult>"
                f"<ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata>"
                "</GetCallerIdentityResponse>")

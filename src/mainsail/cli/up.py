@@ -19,24 +19,39 @@ def up(
     max_instance_workers: Annotated[int | None, typer.Option(
         help="Most model-server workers one instance runs (an instance type asks for one per vCPU) "
              "[env MAINSAIL_UP_MAX_INSTANCE_WORKERS; default this host's cores]")] = None,
+    credentials: Annotated[str | None, typer.Option(
+        help="Access keys (a file shaped like ~/.aws/credentials, a `policy = FILE` per key) whose SigV4 "
+             "signatures are accepted; every other request is refused [env MAINSAIL_CREDENTIALS]")] = None,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Allow --host beyond loopback without --credentials (anyone may do anything)")] = False,
+    certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM): serve HTTPS")] = None,
+    keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM)")] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Run the control plane: the SageMaker hosting API and runtime API for boto3 and the SDK."""
     # here, not at the top: start-up cost (the CLI's other commands, serve first, never load the control plane)
     from pydantic import ValidationError
 
+    from mainsail.errors import MainsailError
     from mainsail.gateway.server import run_up
     from mainsail.settings import ControlSettings
 
     given: dict[str, Any] = {"host": host, "port": port, "home": Path(home) if home else None,
-                             "max_instance_workers": max_instance_workers}
+                             "max_instance_workers": max_instance_workers,
+                             "credentials": Path(credentials) if credentials else None,
+                             "insecure": insecure or None, "certfile": Path(certfile) if certfile else None,
+                             "keyfile": Path(keyfile) if keyfile else None}
     try:
         settings = ControlSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(log_level)
-    run_up(settings)
+    try:
+        run_up(settings)
+    except MainsailError as exc:  # the credentials or the exposure rules: nothing was started
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -14,9 +14,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mainsail.aws import sts
+from mainsail.aws.auth.credentials import KeyRing, load_credentials
 from mainsail.aws.errors import (
     ControlError,
     UnknownOperationException,
@@ -27,6 +28,7 @@ from mainsail.aws.protocol import json_body, respond
 from mainsail.aws.s3 import routes as s3
 from mainsail.aws.s3 import store as s3store
 from mainsail.backends.local import LocalBackend
+from mainsail.gateway.auth import IDENTITY, SignedRequests
 from mainsail.hosting import api as hosting_api
 from mainsail.hosting import endpoints
 from mainsail.hosting.calls import Call, Operation
@@ -63,13 +65,18 @@ class ControlPlaneApp:
 
 
 def create_control_app(store: StateStore, router: Router | None = None, *, settings: ControlSettings | None = None,
-                       home: Path | None = None, s3_root: Path | None = None) -> ControlPlaneApp:
+                       home: Path | None = None, s3_root: Path | None = None,
+                       keys: KeyRing | None = None) -> ASGIApp:
     """The control-plane ASGI app: SageMaker JSON 1.1 operations over ``store``, the runtime API
     (``router``; by default one over ``store`` reaching instances as the local backend does) and
     ``/metrics``. ``settings`` (read from the environment when not given) and ``home`` (default:
-    the settings') configure what the app itself runs: logs, async inference, S3, DescribeEndpoint."""
+    the settings') configure what the app itself runs: logs, async inference, S3, DescribeEndpoint.
+    With access ``keys`` (by default those of ``settings.credentials``), every request must be signed
+    by one of them and allowed by its policy (:class:`~mainsail.gateway.auth.SignedRequests`)."""
     if settings is None:
         settings = ControlSettings()  # the composition root: the one place the environment is read
+    if keys is None and settings.credentials is not None:
+        keys = load_credentials(settings.credentials)
     home = home or settings.home
     if router is None:
         backend = LocalBackend(home, max_model_bytes=settings.model_data_max_bytes, s3=settings.s3)
@@ -86,7 +93,7 @@ def create_control_app(store: StateStore, router: Router | None = None, *, setti
             op_name = target[len(TARGET_PREFIX):] if target and target.startswith(
                 TARGET_PREFIX) else None
             if target is None and sts.is_query_call(request.headers.get("content-type")):
-                return sts.handle(await request.body(), request_id)
+                return sts.handle(await request.body(), request_id, request.scope.get(IDENTITY))
             if target and target.startswith(logs.TARGET_PREFIX):  # CloudWatch Logs, over the log files
                 result = await run_in_threadpool(logs_api.call, target, await request.body(),
                                                  region_of(request.headers.get("authorization")))
@@ -120,4 +127,5 @@ def create_control_app(store: StateStore, router: Router | None = None, *, setti
     app = Starlette(routes=[s3_first, Route("/", dispatch, methods=["POST"]), router.route, async_api.route,
                             Route("/metrics", router.metrics_endpoint, methods=["GET"]), s3_last],
                     lifespan=lifespan)
-    return ControlPlaneApp(app, router)
+    control = ControlPlaneApp(app, router)
+    return SignedRequests(control, keys) if keys is not None else control

@@ -8,12 +8,15 @@ reconciler and every instance it started, then the store.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 
 import uvicorn
 
+from mainsail.aws.auth.credentials import KeyRing, load_credentials
 from mainsail.backends.local import LocalBackend
+from mainsail.errors import MainsailError
 from mainsail.gateway.app import create_control_app
 from mainsail.hosting.reconciler import Reconciler
 from mainsail.hosting.store import SQLiteStore
@@ -24,9 +27,45 @@ from mainsail.settings import ControlSettings
 logger = logging.getLogger(__name__)
 
 
+class ExposureError(MainsailError):
+    """``mainsail up`` would serve beyond loopback with nothing checking who calls."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the port on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve beyond this machine
+
+
+def secure_start(settings: ControlSettings) -> KeyRing | None:
+    """The access keys to check (``None``: none configured), after the exposure rules: a bind beyond
+    loopback needs credentials, or ``insecure`` (then a warning at every start); TLS needs both files."""
+    keys = load_credentials(settings.credentials) if settings.credentials is not None else None
+    if (settings.certfile is None) != (settings.keyfile is None):
+        raise ExposureError("TLS needs both --certfile and --keyfile")
+    for path in (settings.certfile, settings.keyfile):
+        if path is not None and not path.is_file():
+            raise ExposureError(f"cannot read the TLS file {path}")
+    if not is_loopback(settings.host) and keys is None:
+        if not settings.insecure:
+            raise ExposureError(
+                f"refusing to serve on {settings.host} without credentials: anyone who reaches the port could "
+                "create, invoke and delete endpoints and read every object. Give --credentials FILE (or "
+                "MAINSAIL_CREDENTIALS), bind to 127.0.0.1, or pass --insecure to accept the risk.")
+        logger.warning("INSECURE: serving on %s without credentials (--insecure): any caller may do anything",
+                       settings.host)
+    return keys
+
+
 def run_up(settings: ControlSettings) -> None:
     """Serve the SageMaker hosting, runtime, S3, Logs and STS APIs on ``settings.host:port`` until
-    stopped, with state, models and logs under ``settings.home``."""
+    stopped, with state, models and logs under ``settings.home``; raises :class:`ExposureError` or
+    :class:`~mainsail.aws.auth.credentials.CredentialsError` before anything starts."""
+    keys = secure_start(settings)
     root = settings.home
     root.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(root / "state.db")
@@ -45,13 +84,17 @@ def run_up(settings: ControlSettings) -> None:
     transforms = TransformRunner(store, backend, root, s3=settings.s3)
     transforms.start()
     host, port = settings.host, settings.port
-    logger.info("mainsail up: http://%s:%d (state in %s)", host, port, root)
+    scheme = "https" if settings.certfile else "http"
+    logger.info("mainsail up: %s://%s:%d (state in %s; %s)", scheme, host, port, root,
+                f"signed requests: {len(keys.keys)} key(s) from {keys.source}" if keys else "any signature accepted")
     # uvicorn re-raises the signal that stopped it once it has shut down; with this handler in place
     # that re-raise returns here, so the instances are stopped and the exit code is 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvicorn.run(create_control_app(store, router, settings=settings, s3_root=root / "s3"), host=host, port=port,
-                    log_config=None, access_log=False)
+        uvicorn.run(create_control_app(store, router, settings=settings, s3_root=root / "s3", keys=keys), host=host,
+                    port=port, log_config=None, access_log=False,
+                    ssl_certfile=str(settings.certfile) if settings.certfile else None,
+                    ssl_keyfile=str(settings.keyfile) if settings.keyfile else None)
     finally:
         # Instances do not outlive the control plane that owns them; the next `mainsail up` starts
         # them again (and adopts the ones a killed control plane left running).

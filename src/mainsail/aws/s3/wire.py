@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import hashlib
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, Protocol
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -85,17 +86,33 @@ def parse_xml(raw: bytes) -> ET.Element:
 # -- request bodies ------------------------------------------------------------------------------
 
 
+class ChunkSigner(Protocol):
+    """Checks each chunk's signature (``chunk``: its ``chunk-signature`` and its data's SHA-256) and a
+    signed trailer (``trailer``: ``x-amz-trailer-signature`` and the trailer lines it covers)."""
+
+    def chunk(self, signature: str | None, data_sha256: str) -> None: ...
+
+    def trailer(self, signature: str | None, trailer_text: str) -> None: ...
+
+
 class AwsChunkedDecoder:
-    """Decodes an ``aws-chunked`` body incrementally: ``<hex size>[;chunk-signature=...]\\r\\n<data>\\r\\n``
-    ... ``0[;...]\\r\\n`` then optional trailer lines (``x-amz-checksum-crc32:...``) and ``\\r\\n``."""
+    r"""Decodes an ``aws-chunked`` body incrementally: ``<hex size>[;chunk-signature=...]\r\n<data>\r\n``
+    ... ``0[;...]\r\n`` then optional trailer lines (``x-amz-checksum-crc32:...``) and ``\r\n``.
+    With a ``signer``, every chunk's signature (and a signed trailer's) is checked as it ends."""
 
     MAX_LINE = 8192
 
-    def __init__(self) -> None:
+    def __init__(self, signer: ChunkSigner | None = None, *, signed_trailer: bool = False) -> None:
         self.buf = bytearray()
         self.remaining = 0
         self.state = "size"  # size | data | crlf | trailer | done
         self.trailers: dict[str, str] = {}
+        self.signer = signer
+        self.signed_trailer = signed_trailer
+        self.chunk_signature: str | None = None
+        self.chunk_hash = hashlib.sha256()
+        self.trailer_text = ""
+        self.trailer_signature: str | None = None
 
     def _bad(self, why: str) -> S3Error:
         return S3Error("IncompleteBody", 400, f"The aws-chunked body is malformed: {why}.")
@@ -108,11 +125,16 @@ class AwsChunkedDecoder:
                 if not self.buf:
                     break
                 take = min(self.remaining, len(self.buf))
-                out.append(bytes(self.buf[:take]))
+                piece = bytes(self.buf[:take])
+                out.append(piece)
                 del self.buf[:take]
                 self.remaining -= take
+                if self.signer:
+                    self.chunk_hash.update(piece)
                 if self.remaining == 0:
                     self.state = "crlf"
+                    if self.signer:
+                        self.signer.chunk(self.chunk_signature, self.chunk_hash.hexdigest())
                 continue
             if self.state == "crlf":
                 if len(self.buf) < 2:
@@ -133,25 +155,39 @@ class AwsChunkedDecoder:
             line = bytes(self.buf[:end]).decode("latin-1")
             del self.buf[:end + 2]
             if self.state == "size":
+                size_text, _, extension = line.partition(";")
                 try:
-                    size = int(line.split(";", 1)[0].strip(), 16)
+                    size = int(size_text.strip(), 16)
                 except ValueError:
                     raise self._bad(f"bad chunk size {line[:40]!r}") from None
+                name, _, value = extension.partition("=")
+                self.chunk_signature = value.strip() if name.strip() == "chunk-signature" else None
+                self.chunk_hash = hashlib.sha256()
                 if size == 0:
                     self.state = "trailer"
+                    if self.signer:
+                        self.signer.chunk(self.chunk_signature, self.chunk_hash.hexdigest())
                 else:
                     self.remaining = size
                     self.state = "data"
             elif line == "":  # the end of the trailers
                 self.state = "done"
+                if self.signer and self.signed_trailer:
+                    self.signer.trailer(self.trailer_signature, self.trailer_text)
             else:
                 name, _, value = line.partition(":")
+                if name.strip().lower() == "x-amz-trailer-signature":
+                    self.trailer_signature = value.strip()
+                    continue
+                self.trailer_text += line + "\n"
                 self.trailers[name.strip().lower()] = value.strip()
         return out
 
     def finish(self) -> None:
         if self.state == "trailer" and not self.buf:
             self.state = "done"  # some clients omit the final CRLF
+            if self.signer and self.signed_trailer:
+                self.signer.trailer(self.trailer_signature, self.trailer_text)
         if self.state != "done":
             raise self._bad("the body ended early")
 
