@@ -97,7 +97,14 @@ class ServeSettings(BaseSettings):
     onnx_intra_op_threads: int | None = Field(None, ge=1, validation_alias=_env("ONNX_INTRA_OP_THREADS"))
     onnx_inter_op_threads: int | None = Field(None, ge=1, validation_alias=_env("ONNX_INTER_OP_THREADS"))
     home: Path = Field(default_factory=default_home, validation_alias=_env("MAINSAIL_HOME"))
+    api_key: str | None = Field(None, min_length=8, repr=False, validation_alias=_env("MAINSAIL_API_KEY"))
+    """A key every request but ``GET /ping`` must carry (``X-Api-Key`` or ``Authorization: Bearer``)."""
     model_name: str = Field("model", validation_alias=_env("MAINSAIL_MODEL_NAME"))
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -111,21 +111,21 @@ class UpProcess:
     """A real `mainsail up` (the CLI, in its own process group) on a free loopback port over ``home``."""
 
     def __init__(self, home: Path, *, port: int | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 30) -> None:
+                 timeout: float = 30, args: tuple[str, ...] = ()) -> None:
         self.home = home
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if '--certfile' in args else 'http'}://127.0.0.1:{self.port}"
         home.mkdir(parents=True, exist_ok=True)
         self.log = home.parent / f"up-{home.name}.log"
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mainsail.cli", "up", "--port", str(self.port), "--home", str(home)],
+                [sys.executable, "-m", "mainsail.cli", "up", "--port", str(self.port), "--home", str(home), *args],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "MAINSAIL_HOME": str(home), **(env or {})})
         deadline = time.monotonic() + timeout
         while True:
             try:
-                httpx.post(self.url + "/", timeout=1)
+                httpx.post(self.url + "/", timeout=1, verify=False)
                 return
             except httpx.TransportError:
                 assert time.monotonic() < deadline and self.proc.poll() is None, self.log_text()

@@ -44,12 +44,14 @@ def sdk_config_text(region: str) -> str:
     )
 
 
-def env_vars(url: str, region: str, config_path: Path) -> dict[str, str]:
-    """What an unmodified boto3 / SageMaker SDK script needs in its environment to use ``url``."""
-    return {
+def env_vars(url: str, region: str, config_path: Path, keys: tuple[str, str] = ("mainsail", "mainsail"),
+             ca_bundle: Path | None = None) -> dict[str, str]:
+    """What an unmodified boto3 / SageMaker SDK script needs in its environment to use ``url``
+    (signing with ``keys``: the dummy pair, or one that ``mainsail up --credentials`` accepts)."""
+    values = {
         "AWS_ENDPOINT_URL": url,  # every service: SageMaker, runtime, STS, Logs, S3
-        "AWS_ACCESS_KEY_ID": "mainsail",  # always: real credentials must not leave for AWS
-        "AWS_SECRET_ACCESS_KEY": "mainsail",
+        "AWS_ACCESS_KEY_ID": keys[0],  # always set: real credentials must not leave for AWS
+        "AWS_SECRET_ACCESS_KEY": keys[1],
         "AWS_DEFAULT_REGION": region,
         "AWS_REGION": region,
         "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata probes
@@ -57,6 +59,29 @@ def env_vars(url: str, region: str, config_path: Path) -> dict[str, str]:
         "SAGEMAKER_VALIDATE_ROLE": "false",  # SDK v3: no IAM calls to check the role
         "MAINSAIL_URL": url,  # the mainsail commands
     }
+    if ca_bundle is not None:
+        values["AWS_CA_BUNDLE"] = str(ca_bundle)  # a self-signed certificate of `mainsail up --certfile`
+    return values
+
+
+def profile_keys(path: Path, profile: str) -> tuple[str, str]:
+    """The access key pair of ``profile`` in a credentials file (``~/.aws/credentials`` shape)."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
+    try:
+        with path.expanduser().open(encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except (OSError, configparser.Error) as exc:
+        raise ValueError(f"cannot read the credentials file {path}: {exc}") from None
+    if profile not in parser:
+        raise ValueError(f"the credentials file {path} has no [{profile}] section "
+                         f"(it has: {', '.join(parser.sections()) or 'none'})")
+    key = parser[profile].get("aws_access_key_id", "").strip()
+    secret = parser[profile].get("aws_secret_access_key", "").strip()
+    if not key or not secret:
+        raise ValueError(f"[{profile}] in {path} needs aws_access_key_id and aws_secret_access_key")
+    return key, secret
 
 
 def _quote_fish(value: str) -> str:
@@ -92,6 +117,13 @@ def env(
     shell: Annotated[str, typer.Option(help="Syntax of the output: sh (bash, zsh), fish or powershell")] = "sh",
     home: Annotated[str | None, typer.Option(
         help="Where the SDK config file is written [env MAINSAIL_HOME; default ~/.mainsail]")] = None,
+    profile: Annotated[str | None, typer.Option(
+        help="Sign with this profile's keys from the credentials file that `mainsail up --credentials` "
+             "reads (instead of the dummy keys)")] = None,
+    credentials: Annotated[str | None, typer.Option(
+        help="The credentials file of --profile [env MAINSAIL_CREDENTIALS]")] = None,
+    ca_bundle: Annotated[str | None, typer.Option(
+        "--ca-bundle", help="CA bundle (PEM) that verifies an https --url (AWS_CA_BUNDLE)")] = None,
 ) -> None:
     """Print the environment for boto3 / SageMaker SDK scripts: eval "$(mainsail env)"."""
 
@@ -103,6 +135,21 @@ def env(
         raise typer.Exit(2)
     if not _valid_region(region):
         err(f"error: bad --region {region!r}")
+        raise typer.Exit(2)
+    keys = ("mainsail", "mainsail")
+    if profile is not None:
+        source = credentials or os.environ.get("MAINSAIL_CREDENTIALS")
+        if not source:
+            err("error: --profile needs --credentials FILE (or MAINSAIL_CREDENTIALS)")
+            raise typer.Exit(2)
+        try:
+            keys = profile_keys(Path(source), profile)
+        except ValueError as exc:
+            err(f"error: {exc}")
+            raise typer.Exit(2) from None
+    bundle = Path(ca_bundle).expanduser().resolve() if ca_bundle else None
+    if bundle is not None and not bundle.is_file():
+        err(f"error: --ca-bundle {ca_bundle} is not a file")
         raise typer.Exit(2)
     root = Path(home).expanduser() if home else default_home()  # MAINSAIL_HOME, as mainsail up reads it
     config = root.resolve() / f"sagemaker-sdk-config-{region}.yaml"
@@ -117,7 +164,7 @@ def env(
         err(f"error: cannot write {config}: {exc}")
         raise typer.Exit(1) from None
     kind = {"bash": "sh", "zsh": "sh", "pwsh": "powershell"}.get(shell, shell)
-    typer.echo(render_env(env_vars(url.rstrip("/"), region, config), ENV_UNSET, kind))
+    typer.echo(render_env(env_vars(url.rstrip("/"), region, config, keys, bundle), ENV_UNSET, kind))
     if kind == "sh":
         typer.echo('# run: eval "$(mainsail env)"')
 

@@ -65,6 +65,9 @@ def serve(
     models_memory_mb: Annotated[float | None, typer.Option(
         "--models-memory-mb", help="Multi-model: memory budget of the loaded models, LRU-evicted "
         "[env MAINSAIL_MULTI_MODEL_MEMORY_MB; default half the RAM]")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", help="Require this key (X-Api-Key or Authorization: Bearer) on every request but GET "
+        "/ping [env MAINSAIL_API_KEY; at least 8 characters]")] = None,
 ) -> None:
     """Serve one model with the SageMaker container contract (/ping, /invocations)."""
     # here, not at the top: start-up cost (pydantic and the serving stack load only for `serve`)
@@ -79,6 +82,7 @@ def serve(
         "log_level": log_level, "default_accept": default_accept, "framework": framework,
         "install_requirements": install_requirements, "reload": reload or None, "preload": preload,
         "batching": batching, "max_batch_size": max_batch_size, "max_batch_delay_ms": max_batch_delay_ms,
+        "api_key": api_key,
     }
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})

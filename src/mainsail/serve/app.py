@@ -26,6 +26,7 @@ from mainsail.errors import MainsailError
 from mainsail.handlers.base import Reply
 from mainsail.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mainsail.serve.access_log import AccessLog, AccessLogWriter
+from mainsail.serve.api_key import ApiKeyGate
 from mainsail.serve.http import (
     JSON_TYPE,
     Disconnected,
@@ -144,7 +145,7 @@ class ServingApp:
 
 
 def create_app(runtime: ModelRuntime, settings: ServeSettings, metrics: Metrics | None = None,
-               *, load_on_startup: bool = True) -> ServingApp:
+               *, load_on_startup: bool = True) -> ServingApp | ApiKeyGate:
     """Build the app. With ``load_on_startup`` the model loads in a thread while /ping says 503."""
     endpoints = Endpoints(runtime, settings, metrics or Metrics())
     runtime.observe_batch = endpoints.metrics.batch_size.observe
@@ -168,7 +169,8 @@ def create_app(runtime: ModelRuntime, settings: ServeSettings, metrics: Metrics 
         lifespan=lifespan,
     )
     access = AccessLogWriter()
-    return ServingApp(AccessLog(app, access), endpoints, access)
+    serving = ServingApp(AccessLog(app, access), endpoints, access)
+    return ApiKeyGate(serving, settings.api_key) if settings.api_key else serving
 
 
 async def _post_only(request: Request) -> Response:  # pragma: no cover - ServingApp answers POST

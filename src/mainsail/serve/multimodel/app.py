@@ -30,6 +30,7 @@ from mainsail.errors import BadRequest, MainsailError
 from mainsail.log import configure_logging
 from mainsail.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mainsail.serve.access_log import AccessLog
+from mainsail.serve.api_key import ApiKeyGate
 from mainsail.serve.http import error_response, http_error, json_response, make_invocation, read_body, unexpected
 from mainsail.serve.multimodel.memory import memory_budget_bytes
 from mainsail.serve.multimodel.registry import ModelRegistry
@@ -172,6 +173,8 @@ def create_multi_model_app(registry: ModelRegistry, settings: ServeSettings) -> 
         lifespan=lifespan,
     )
     app.add_middleware(AccessLog)
+    if settings.api_key:
+        app.add_middleware(ApiKeyGate, key=settings.api_key)
     return app
 
 
