@@ -23,10 +23,11 @@ demo: $(VENV)/.installed-demo
 	$(PY) examples/demo.py
 
 ## test: install the dev extras, build (once; cached outside the tree) the two SageMaker SDK
-## environments the SDK tests run their scripts with, and run the whole test suite.
+## environments and the AWS CLI's that the SDK and CLI tests run with, and run the whole test suite.
 test: $(VENV)/.installed-dev
 	PYTHON=$(PYTHON) scripts/sdk-venv 2 >/dev/null
 	PYTHON=$(PYTHON) scripts/sdk-venv 3 >/dev/null
+	PYTHON=$(PYTHON) scripts/sdk-venv awscli >/dev/null
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 ## bench: the serving benchmark; writes docs/benchmarks.md.
