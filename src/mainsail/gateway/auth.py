@@ -138,9 +138,7 @@ def denied_response(service: Service, key: AccessKey, action: str, resource: str
     why = ("with an explicit deny in an identity-based policy" if decision is Decision.EXPLICIT_DENY
            else f"because no identity-based policy allows the {action} action")
     message = f"User: {key.arn} is not authorized to perform: {action} on resource: {resource} {why}"
-    if service.protocol == "s3":
-        return _error(service, "AccessDenied", 403, message, method, path)
-    if service.protocol == "query":
+    if service.protocol in ("s3", "query"):
         return _error(service, "AccessDenied", 403, message, method, path)
     return _error(service, "AccessDeniedException", 400, message, method, path)
 

@@ -14,7 +14,7 @@ import functools
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -74,13 +74,17 @@ class Signed:
         return f"{self.date}/{self.region}/{self.service}/aws4_request"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Verified:
-    """An authenticated request: the key that signed it and what a chunked body is checked with."""
+    """An authenticated request: the key that signed it and the signature it carried."""
 
     key: AccessKey
     signed: Signed
-    signing_key: bytes = field(repr=False)
+
+    @property
+    def signing_key(self) -> bytes:
+        """SigV4's derived key, which a chunked body's signatures are checked with (derived only then)."""
+        return signing_key(self.key.secret_access_key, self.signed)
 
 
 def _fields(text: str) -> dict[str, str]:
@@ -242,7 +246,7 @@ def verify(signed: Signed, keys: KeyRing, *, method: str, raw_path: str, query_s
                           "documentation for details.", AWSAccessKeyId=signed.access_key_id,
                           StringToSign=string_to_sign, SignatureProvided=signed.signature,
                           CanonicalRequest=canonical)
-    return Verified(key, signed, signing_key(key.secret_access_key, signed))
+    return Verified(key, signed)
 
 
 @functools.cache
@@ -315,7 +319,7 @@ def _verify_v2(signed: Signed, key: AccessKey, method: str, raw_path: str, query
         raise AuthFailure("signature", "The request signature we calculated does not match the signature you "
                           "provided. Check your key and signing method.", AWSAccessKeyId=signed.access_key_id,
                           SignatureProvided=signed.signature)
-    return Verified(key, signed, b"")
+    return Verified(key, signed)
 
 
 def headers_host(headers: list[tuple[str, str]]) -> str:
