@@ -92,8 +92,8 @@ def _fields(text: str) -> dict[str, str]:
     for part in text.split(","):
         name, sep, value = part.strip().partition("=")
         if not sep:
-            raise AuthFailure("incomplete", f"Authorization header requires existence of either a "
-                              f"'X-Amz-Date' or a 'Date' header. Authorization={text[:200]}")
+            raise AuthFailure("incomplete", f"Authorization header requires each component to be of the form "
+                              f"key=value: {part.strip()[:60]!r}. Authorization={text[:200]}")
         out[name.strip()] = value.strip()
     return out
 
