@@ -14,6 +14,8 @@ class MainsailError(Exception):
     code: str = "InternalError"
     model_seconds: float | None = None
     """Time spent in the handler before it failed, when it failed there (for ModelLatency)."""
+    close_connection: bool = False
+    """The request body was left partly unread (``mainsail.drain``): the answer closes the connection."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -73,9 +73,11 @@ class Plane(ThreadedServer):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # in `mainsail up`'s order (gateway.server.run_up): the server and what its lifespan runs (async
+        # inference leaves unfinished requests queued), then the instances
+        self.stop()
         self.reconciler.stop(stop_instances=True)
         self.backend.stop_all()
-        self.stop()
         self.store.close()
 
     def client(self, service: str, key: str = "x", secret: str = "x", **config: Any) -> Any:

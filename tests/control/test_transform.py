@@ -339,6 +339,22 @@ def test_list_transform_jobs_filters_and_pagination(plane: TransformPlane) -> No
     assert sm.list_transform_jobs(StatusEquals="Stopping")["TransformJobSummaries"] == []
 
 
+def test_transform_jobs_are_tagged_like_other_resources(plane: TransformPlane) -> None:
+    sm = plane.client("sagemaker")
+    desc = _job(sm, "tagged", f"s3://{BUCKET}/absent-tagged/", f"s3://{BUCKET}/o", wait=False,
+                Tags=[{"Key": "team", "Value": "risk"}])
+    arn = desc["TransformJobArn"]
+    assert sm.list_tags(ResourceArn=arn)["Tags"] == [{"Key": "team", "Value": "risk"}]
+    sm.add_tags(ResourceArn=arn, Tags=[{"Key": "stage", "Value": "test"}, {"Key": "team", "Value": "ops"}])
+    assert {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=arn)["Tags"]} == {"team": "ops", "stage": "test"}
+    sm.delete_tags(ResourceArn=arn, TagKeys=["team"])
+    assert sm.list_tags(ResourceArn=arn)["Tags"] == [{"Key": "stage", "Value": "test"}]
+    _settle(sm, "tagged")  # the job's own updates keep its tags
+    assert sm.list_tags(ResourceArn=arn)["Tags"] == [{"Key": "stage", "Value": "test"}]
+    with pytest.raises(ClientError, match='Could not find transform job "arn:.*transform-job/nope"'):
+        sm.list_tags(ResourceArn=arn.replace("/tagged", "/nope"))
+
+
 def test_validation_and_not_found(plane: TransformPlane) -> None:
     sm = plane.client("sagemaker")
     base: dict[str, Any] = {

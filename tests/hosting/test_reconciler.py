@@ -214,3 +214,19 @@ def test_a_restart_adopts_running_instances_restarts_dead_ones_and_reaps_orphans
     assert revived is not revive and h.status("revive") == "InService"
     desc = h.describe("lost")
     assert desc["EndpointStatus"] == "Failed" and "file:///models/lost" in desc["FailureReason"]
+
+
+def test_list_endpoints_sorts_and_filters_by_status_before_paging(hosting: Hosting) -> None:
+    h = hosting
+    h.deploy("up")  # InService
+    h.model("broken", missing=True)
+    h.config("broken", {"VariantName": "AllTraffic", "ModelName": "broken"})
+    h.endpoint("broken")
+    h.settle("broken")  # Failed
+    h.config("new", {"VariantName": "AllTraffic", "ModelName": "up"})
+    h.endpoint("new")  # Creating: never stepped
+    listed = h.call("ListEndpoints", SortBy="Status", SortOrder="Ascending")["Endpoints"]
+    assert [(e["EndpointName"], e["EndpointStatus"]) for e in listed] == [
+        ("new", "Creating"), ("broken", "Failed"), ("up", "InService")]
+    page = h.call("ListEndpoints", SortBy="Status", SortOrder="Descending", StatusEquals="Failed", MaxResults=1)
+    assert [e["EndpointName"] for e in page["Endpoints"]] == ["broken"] and "NextToken" not in page

@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,12 +71,14 @@ class Violations:
         if len(value) > maximum:
             self.add(value, path, f"Member must have length less than or equal to {maximum}")
 
-    def raise_if_any(self) -> None:
+    def raise_if_any(self, error: Callable[[str], Exception] = ValidationException) -> None:
+        """Raise ``error`` (SageMaker's ValidationException; CloudWatch Logs says InvalidParameterException)
+        listing every failure, if there is one."""
         if not self.messages:
             return
         n = len(self.messages)
         noun = "error" if n == 1 else "errors"
-        raise ValidationException(f"{n} validation {noun} detected: " + "; ".join(self.messages))
+        raise error(f"{n} validation {noun} detected: " + "; ".join(self.messages))
 
 
 def require(body: dict[str, Any], member: str) -> str:

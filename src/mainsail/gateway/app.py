@@ -8,6 +8,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -27,10 +28,12 @@ from mainsail.aws.logs import api as logs
 from mainsail.aws.protocol import json_body, respond
 from mainsail.aws.s3 import routes as s3
 from mainsail.aws.s3 import store as s3store
+from mainsail.aws.shapes import InputCheck
 from mainsail.backends.local import LocalBackend
 from mainsail.gateway.auth import IDENTITY, SignedRequests
 from mainsail.hosting import api as hosting_api
 from mainsail.hosting import endpoints
+from mainsail.hosting import resources as hosting_resources
 from mainsail.hosting.calls import Call, Operation
 from mainsail.hosting.store import StateStore
 from mainsail.jobs.async_inference import AsyncInference
@@ -44,6 +47,13 @@ logger = logging.getLogger(__name__)
 TARGET_PREFIX = "SageMaker."
 
 OPERATIONS: dict[str, Operation] = {**hosting_api.OPERATIONS, **transform.OPERATIONS}
+#: every SageMaker input checked against botocore's model of the API before its operation runs
+SAGEMAKER_INPUTS = InputCheck("sagemaker", exempt={**hosting_resources.EXTENSIONS, **transform.EXTENSIONS})
+
+
+def _checked(operation: Operation, name: str, call: Call) -> dict[str, Any]:
+    SAGEMAKER_INPUTS.check(name, call.body)
+    return operation(call)
 
 
 class ControlPlaneApp:
@@ -102,8 +112,8 @@ def create_control_app(store: StateStore, router: Router | None = None, *, setti
             if operation is None:
                 raise UnknownOperationException(target)
             call = Call(store, region_of(request.headers.get("authorization")), json_body(await request.body()))
-            # SQLite calls block: keep them off the event loop
-            result = await run_in_threadpool(operation, call)
+            # SQLite calls (and the first load of the service model) block: keep them off the event loop
+            result = await run_in_threadpool(_checked, operation, str(op_name), call)
             if operation is endpoints.describe_endpoint:
                 result = await hosting_api.settle(call, result, settle_seconds)
             return respond(200, result, request_id)

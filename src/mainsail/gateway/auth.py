@@ -17,7 +17,6 @@ import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from xml.sax.saxutils import escape
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,6 +30,8 @@ from mainsail.aws.s3.files import S3Error
 from mainsail.aws.s3.routes import signed_for_s3
 from mainsail.aws.s3.wire import AwsChunkedDecoder, error_response
 from mainsail.aws.sts import NAMESPACE as STS_NAMESPACE
+from mainsail.aws.xmltext import xml_escape
+from mainsail.drain import drain_body
 from mainsail.routing.responses import MAX_PAYLOAD, payload_too_large
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def _error(service: Service, code: str, status: int, message: str, method: str, 
                         headers={"X-Amzn-ErrorType": code, "x-amzn-RequestId": request_id})
     if service.protocol == "query":
         xml = (f'<ErrorResponse xmlns="{STS_NAMESPACE}"><Error><Type>Sender</Type><Code>{code}</Code>'
-               f"<Message>{escape(message)}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>")
+               f"<Message>{xml_escape(message)}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>")
         return Response(xml, status_code=status, media_type="text/xml", headers={"x-amzn-RequestId": request_id})
     if service.protocol == "s3":
         return error_response(S3Error(code, status, message, **(fields or {})), request_id.replace("-", "")[:16]
@@ -248,7 +249,10 @@ class SignedRequests:
             if len(body) > MAX_API_BODY or (service.protocol == "rest-json" and len(body) > MAX_PAYLOAD):
                 response = (payload_too_large().response() if service.protocol == "rest-json" else _error(
                     service, "SerializationException", 413, "The request body is too large.", method, path))
-                response.headers["Connection"] = "close"
+                # the rest of the body read and thrown away first (mainsail.drain): a client still
+                # sending reads this answer, not a reset connection
+                if message.get("more_body", False) and not await drain_body(receive, headers, len(body)):
+                    response.headers["Connection"] = "close"
                 await response(scope, receive, send)
                 return
             if not message.get("more_body", False):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mainsail.aws.identity import sagemaker_arn
-from mainsail.aws.protocol import Violations, paginate, require
+from mainsail.aws.protocol import paginate, require
 from mainsail.hosting import resources as res
 from mainsail.hosting.store import Record, StateStore
 
@@ -47,28 +47,43 @@ def get_record(call: Call, kind: str, name: str) -> Record:
     return record
 
 
-def list_summaries(call: Call, kind: str, name_key: str, arn_key: str, out_key: str) -> dict[str, Any]:
-    """A List* answer: records filtered by NameContains / CreationTime, sorted, then paged."""
+def _stamp(record: Record, key: str) -> float:
+    return float(record.get(key) or record["CreationTime"])
+
+
+def _after(record: Record, key: str, limit: float) -> bool:
+    return _stamp(record, key) > limit
+
+
+def _before(record: Record, key: str, limit: float) -> bool:
+    return _stamp(record, key) < limit
+
+
+def list_summaries(call: Call, kind: str, name_key: str, arn_key: str, out_key: str, *,
+                   status_key: str | None = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A List* answer: records filtered by NameContains, CreationTime / LastModifiedTime and (with a
+    ``status_key``) StatusEquals, sorted by SortBy (Name, CreationTime, Status) and SortOrder, then
+    paged; each summary has the name, ARN, CreationTime and the ``extra`` members. The enums and
+    ranges were checked against the service model before the operation ran."""
     body = call.body
-    v = Violations()
     sort_by = body.get("SortBy", "CreationTime")
-    sort_order = body.get("SortOrder", "Descending")
-    if sort_by not in ("Name", "CreationTime"):
-        v.add(sort_by, "sortBy", "Member must satisfy enum value set: [Name, CreationTime]")
-    if sort_order not in ("Ascending", "Descending"):
-        v.add(sort_order, "sortOrder", "Member must satisfy enum value set: [Ascending, Descending]")
-    v.raise_if_any()
+    descending = body.get("SortOrder", "Descending") == "Descending"
     records = call.store.list(kind)
     contains = body.get("NameContains")
     if contains:
         records = [r for r in records if str(contains).lower() in r[name_key].lower()]
-    before, after = body.get("CreationTimeBefore"), body.get("CreationTimeAfter")
-    if before is not None:
-        records = [r for r in records if r["CreationTime"] < float(before)]
-    if after is not None:
-        records = [r for r in records if r["CreationTime"] > float(after)]
-    field = name_key if sort_by == "Name" else "CreationTime"
-    records.sort(key=lambda r: (r[field], r[name_key]), reverse=sort_order == "Descending")
-    summaries = [{name_key: r[name_key], arn_key: r[arn_key], "CreationTime": r["CreationTime"]}
-                 for r in records]
+    if status_key is not None and body.get("StatusEquals"):
+        records = [r for r in records if r.get(status_key) == body["StatusEquals"]]
+    for member, key, newer in (("CreationTimeAfter", "CreationTime", True),
+                               ("CreationTimeBefore", "CreationTime", False),
+                               ("LastModifiedTimeAfter", "LastModifiedTime", True),
+                               ("LastModifiedTimeBefore", "LastModifiedTime", False)):
+        if body.get(member) is not None:
+            limit = float(body[member])
+            keep = _after if newer else _before
+            records = [r for r in records if keep(r, key, limit)]
+    field = {"Name": name_key, "Status": status_key}.get(sort_by) or "CreationTime"
+    records.sort(key=lambda r: (r.get(field, ""), r[name_key]), reverse=descending)
+    summaries = [{name_key: r[name_key], arn_key: r[arn_key], "CreationTime": r["CreationTime"],
+                  **{k: r[k] for k in extra if k in r}} for r in records]
     return call.paginate(summaries, out_key, default_max=10)

@@ -146,18 +146,8 @@ def describe_endpoint(call: Call) -> dict[str, Any]:
 
 
 def list_endpoints(call: Call) -> dict[str, Any]:
-    out = list_summaries(call, ENDPOINT, "EndpointName", "EndpointArn", "Endpoints")
-    status = call.body.get("StatusEquals")
-    by_name = {r["EndpointName"]: r for r in call.store.list(ENDPOINT)}
-    page = []
-    for summary in out["Endpoints"]:
-        record = by_name.get(summary["EndpointName"])
-        if record is None or (status and record["EndpointStatus"] != status):
-            continue
-        page.append({**summary, "EndpointStatus": record["EndpointStatus"],
-                     "LastModifiedTime": record["LastModifiedTime"]})
-    out["Endpoints"] = page
-    return out
+    return list_summaries(call, ENDPOINT, "EndpointName", "EndpointArn", "Endpoints", status_key="EndpointStatus",
+                          extra=("EndpointStatus", "LastModifiedTime"))
 
 
 def _updatable(call: Call, name: str) -> Record:
@@ -245,6 +235,11 @@ def update_endpoint_weights_and_capacities(call: Call) -> dict[str, Any]:
             v.number(item.get("DesiredInstanceCount"), f"{path}.desiredInstanceCount", minimum=0)
     v.raise_if_any()
     assert isinstance(desired, list)
+    names = [item["VariantName"] for item in desired]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # one entry per variant: SageMaker does not let the last of two win
+        raise ValidationException(f"The variant name(s) [{', '.join(repeated)}] must be unique in "
+                                  "DesiredWeightsAndCapacities.")
     record = _updatable(call, name)
     by_name = {pv["VariantName"]: dict(pv) for pv in record["ProductionVariants"]}
     missing = [item["VariantName"] for item in desired if item["VariantName"] not in by_name]

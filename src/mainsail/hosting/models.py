@@ -68,7 +68,8 @@ def delete_endpoint_config(call: Call) -> dict[str, Any]:
 
 _ARN_KEYS = {res.MODEL: ("ModelArn", "ModelName"),
              res.ENDPOINT_CONFIG: ("EndpointConfigArn", "EndpointConfigName"),
-             ENDPOINT: ("EndpointArn", "EndpointName")}
+             ENDPOINT: ("EndpointArn", "EndpointName"),
+             res.TRANSFORM_JOB: ("TransformJobArn", "TransformJobName")}
 _RESOURCE_ARN_RE = re.compile(r"arn:aws[a-z-]*:sagemaker:[a-z0-9-]*:[0-9]{12}:(.+)")
 
 

@@ -12,7 +12,9 @@ from mainsail.aws.protocol import Violations
 
 MODEL = "model"
 ENDPOINT_CONFIG = "endpoint-config"
-KIND_LABELS = {MODEL: "model", ENDPOINT_CONFIG: "endpoint configuration", "endpoint": "endpoint"}
+TRANSFORM_JOB = "transform-job"  # its operations: mainsail.jobs.transform; tagged like the others
+KIND_LABELS = {MODEL: "model", ENDPOINT_CONFIG: "endpoint configuration", "endpoint": "endpoint",
+               TRANSFORM_JOB: "transform job"}
 
 NAME_PATTERN = "^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}"
 MODEL_NAME_PATTERN = "^[a-zA-Z0-9]([\\-a-zA-Z0-9]*[a-zA-Z0-9])?"
@@ -20,6 +22,20 @@ ROLE_PATTERN = "^arn:aws[a-z\\-]*:iam::\\d{12}:role/?[a-zA-Z_0-9+=,.@\\-_/]+"
 URL_PATTERN = "^(https|s3)://([^/]+)/?(.*)"
 # A mainsail extension to the real service: model data already on this machine.
 LOCAL_MODEL_DATA = re.compile(r"^(file://)?/.*")
+
+
+def local_path(value: object) -> bool:
+    """Whether ``value`` is a local path or ``file://`` URL: where mainsail takes one as well as S3."""
+    return isinstance(value, str) and LOCAL_MODEL_DATA.match(value) is not None
+
+
+#: mainsail's extensions of the service model's domains (see :class:`mainsail.aws.shapes.InputCheck`)
+EXTENSIONS = {
+    ("CreateModel", "primaryContainer.modelDataUrl"): local_path,
+    ("CreateModel", "containers.*.member.modelDataUrl"): local_path,
+    ("CreateModel", "primaryContainer.modelDataSource.s3DataSource.s3Uri"): local_path,
+    ("CreateModel", "containers.*.member.modelDataSource.s3DataSource.s3Uri"): local_path,
+}
 IMAGE_PATTERN = "^[\\S]+"
 TAG_PATTERN = "^([\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*)"
 _TAG_RE = re.compile(r"^[\w\s.:/=+\-@]*$")
@@ -175,8 +191,11 @@ def _validate_variant(v: Violations, variant: Any, path: str) -> None:
     v.number(variant.get("InitialVariantWeight"), f"{path}.initialVariantWeight", minimum=0)
     serverless = variant.get("ServerlessConfig")
     if isinstance(serverless, dict):
-        v.number(serverless.get("MemorySizeInMB"), f"{path}.serverlessConfig.memorySizeInMB",
-                 minimum=1024, maximum=6144)
+        memory = serverless.get("MemorySizeInMB")
+        v.number(memory, f"{path}.serverlessConfig.memorySizeInMB", minimum=1024, maximum=6144)
+        if isinstance(memory, (int, float)) and memory % 1024:  # the model's range; SageMaker also wants steps
+            v.add(memory, f"{path}.serverlessConfig.memorySizeInMB",
+                  "Member must be one of 1024, 2048, 3072, 4096, 5120, 6144 (MB)")
         v.number(serverless.get("MaxConcurrency"), f"{path}.serverlessConfig.maxConcurrency",
                  minimum=1, maximum=200)
 

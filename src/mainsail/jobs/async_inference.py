@@ -63,7 +63,8 @@ _ERROR_BODY = 64 * 1024  # bytes of an instance's error answer kept for the fail
 DEFAULT_TTL, DEFAULT_TIMEOUT, DEFAULT_CONCURRENCY = 6 * 3600, 900, 4
 COALESCE_S = 0.002
 """After a wake-up, how long the worker waits for more arrivals or completions to share its pass."""
-_THROTTLED: Final = "\0throttled"  # what _invoke returns for a request to keep queued
+#: what _invoke returns for a request to keep queued (throttled, or no instance ready yet)
+_THROTTLED: Final = "\0throttled"
 _HEADER = "x-amzn-sagemaker-"
 
 
@@ -245,7 +246,7 @@ class AsyncInference:
                 failure = f"Internal error: {type(exc).__name__}: {exc}"
         finally:
             await source.close()
-        if failure == _THROTTLED:  # serverless MaxConcurrency: stays queued for the next pass
+        if failure == _THROTTLED:  # serverless MaxConcurrency, or no instance ready: stays queued for the next pass
             return
         await self._finish(key, item, failure)
         self._kick.set()  # a slot is free: the next queued request starts now, not at the next poll
@@ -261,8 +262,11 @@ class AsyncInference:
         if not table.serving:
             return f"Endpoint {name} is not in service (status {table.status})."
         choice = traffic.pick(table, None)
+        if choice == "":  # serving, its instances still starting (a restart): stays queued until one is ready
+            traffic.wake()
+            return _THROTTLED
         if isinstance(choice, str):
-            return choice or f"Endpoint {name} has no instance ready to serve."
+            return choice
         variant, address = choice
         if variant.multi_model:
             return f"Endpoint {name} is a multi-model endpoint, which asynchronous inference does not serve."

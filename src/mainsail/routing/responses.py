@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from mainsail.aws.identity import ACCOUNT
 from mainsail.backends.base import Upstream
+from mainsail.drain import drain_body
 
 #: the largest InvokeEndpoint body (6 MB), as on SageMaker
 MAX_PAYLOAD = 6 * 1024 * 1024
@@ -34,11 +35,16 @@ class RuntimeApiError(Exception):
         self.code = code
         self.message = message
         self.extra = extra
+        #: the request body was left partly unread (:mod:`mainsail.drain`): the answer closes the connection
+        self.close_connection = False
 
     def response(self) -> Response:
         """The error as botocore parses it: ``X-Amzn-ErrorType`` + a JSON body with ``message``."""
+        headers = {"X-Amzn-ErrorType": self.code}
+        if self.close_connection:
+            headers["Connection"] = "close"
         return Response(json.dumps({"message": self.message, **self.extra}), status_code=self.status,
-                        media_type="application/json", headers={"X-Amzn-ErrorType": self.code})
+                        media_type="application/json", headers=headers)
 
 
 class ValidationError(RuntimeApiError):
@@ -91,6 +97,14 @@ def payload_too_large() -> ValidationError:
     """A real-time request body over :data:`MAX_PAYLOAD`."""
     return ValidationError(f"Request payload size exceeds the limit of {MAX_PAYLOAD} bytes "
                            f"({MAX_PAYLOAD // (1024 * 1024)} MB).")
+
+
+async def refuse_payload(request: Request) -> ValidationError:
+    """:func:`payload_too_large` for a body still coming in, once its rest is read and thrown away
+    (:func:`mainsail.drain.drain_body`), so the client reads the answer instead of a reset connection."""
+    error = payload_too_large()
+    error.close_connection = not await drain_body(request.receive, request.headers)
+    return error
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]

@@ -35,6 +35,7 @@ from mainsail.routing.responses import (
     ServiceUnavailable,
     ValidationError,
     payload_too_large,
+    refuse_payload,
     runtime_api,
 )
 from mainsail.routing.table import TableCache, Variant
@@ -111,12 +112,14 @@ class Router:
         internal = bool(request.scope.get("mainsail.internal"))  # async inference: up to 1 GB
         length = request.headers.get("content-length")
         if not internal and length is not None and length.isdigit() and int(length) > MAX_PAYLOAD:
-            raise payload_too_large()
+            raise await refuse_payload(request)
         body = await request.body()
         if len(body) > MAX_PAYLOAD and not internal:
             raise payload_too_large()
         target = request.headers.get("x-amzn-sagemaker-target-variant")
         choice = self.traffic.pick(table, target)
+        if choice == "":  # serving, but no instance is ready yet: wait for one, as SageMaker does
+            choice = await self.traffic.until_ready(name, target, self.timeout)
         if isinstance(choice, str):
             if choice:
                 raise ValidationError(choice)

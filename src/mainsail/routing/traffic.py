@@ -169,6 +169,24 @@ class Traffic:
                                          f"{self.cold_start_timeout:g} s (cold start).")
             await asyncio.sleep(0.02)
 
+    async def until_ready(self, endpoint: str, target: str | None,
+                          timeout: float) -> tuple[Variant, Address | None] | str:
+        """What :meth:`pick` answers once an instance is ready, for an endpoint that serves but has none
+        ready yet (its instances are starting: a restarted control plane, a replaced instance): SageMaker
+        holds such a request rather than fail it. Waits at most ``timeout`` seconds; then, or when the
+        endpoint stops serving, the reason there is none (``""``: still none ready)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.wake()
+            await asyncio.sleep(0.05)
+            table = await self.tables.get(endpoint)
+            if table is None or not table.serving:
+                return (f"Endpoint {endpoint} is "
+                        + (f"no longer in service (status {table.status})." if table else "gone."))
+            choice = self.pick(table, target)
+            if choice != "" or time.monotonic() > deadline:
+                return choice
+
     async def replacement(self, endpoint: str, variant: Variant, dead: Address,
                           wait: float = 10.0) -> Address | None:
         """Another ready instance of the variant than ``dead``, waiting (bounded) for the reconciler to

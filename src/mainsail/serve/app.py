@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mainsail.drain import CLOSE
 from mainsail.errors import MainsailError
 from mainsail.handlers.base import Reply
 from mainsail.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -97,7 +98,7 @@ class ServingApp:
         # ASGI servers give header names lowercased; the first of repeated headers wins.
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])}
         try:
-            body = await receive_body(receive, headers.get("content-length"), endpoints.limit)
+            body = await receive_body(receive, headers, endpoints.limit)
             invocation = make_invocation(body, headers, endpoints.default_accept)
             reply, model_seconds = await endpoints.runtime.invoke(invocation)
             if reply.chunks is not None:
@@ -109,7 +110,8 @@ class ServingApp:
             model_seconds = exc.model_seconds
             if exc.status_code >= 500:
                 logger.error("invocation failed: %s", exc.message, exc_info=exc.__cause__ or False)
-            status, media_type, payload, extra = exc.status_code, JSON_TYPE, orjson.dumps(exc.to_dict()), {}
+            status, media_type, payload = exc.status_code, JSON_TYPE, orjson.dumps(exc.to_dict())
+            extra = dict(CLOSE) if exc.close_connection else {}
         except Exception as exc:  # a bug of ours: a 500 with the reason, and the worker serves on
             logger.exception("invocation failed")
             status, media_type, extra = 500, JSON_TYPE, {}

@@ -1,6 +1,7 @@
 """HTTP plumbing shared by the data plane's apps (one model, and the multi-model container).
 
-Request bodies read with a limit (413 as soon as it is exceeded), the handler's view of a request
+Request bodies read with a limit (413 as soon as it is exceeded, the rest of the body thrown away
+first: ``mainsail.drain``), the handler's view of a request
 (``make_invocation``), a complete response sent over raw ASGI, and the one place errors become JSON
 bodies ``{"error": code, "message": text}``: ``error_response`` for ``MainsailError``, and the
 Starlette exception handlers ``http_error`` (404/405 ...) and ``unexpected`` (500).
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Send
 
+from mainsail.drain import CLOSE, drain_body
 from mainsail.errors import BadRequest, MainsailError, PayloadTooLarge
 from mainsail.handlers.base import Invocation
 
@@ -26,7 +28,8 @@ JSON_TYPE = "application/json"
 
 def error_response(exc: MainsailError) -> Response:
     """The one place an error becomes a response: ``{"error": code, "message": text}``."""
-    return Response(orjson.dumps(exc.to_dict()), status_code=exc.status_code, media_type=JSON_TYPE)
+    return Response(orjson.dumps(exc.to_dict()), status_code=exc.status_code, media_type=JSON_TYPE,
+                    headers=CLOSE if exc.close_connection else None)
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -35,22 +38,8 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise PayloadTooLarge(limit)
-        except ValueError:
-            raise BadRequest(f"invalid Content-Length header {declared!r}") from None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The request body, refused with 413 as :func:`receive_body` refuses it."""
+    return await receive_body(request.receive, request.headers, limit)
 
 
 def make_invocation(body: bytes, headers: Mapping[str, str], default_accept: str) -> Invocation:
@@ -69,15 +58,18 @@ class Disconnected(Exception):
     """The client went away before its request body arrived."""
 
 
-async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """A request body read from ASGI ``receive``, refused with 413 as soon as it exceeds ``limit``."""
+async def receive_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+    """A request body read from ASGI ``receive`` (``headers``: the request's, names in lower case),
+    refused with 413 as soon as it is known to exceed ``limit``: the rest of it is read and thrown
+    away first (:func:`mainsail.drain.drain_body`), so the client reads the 413."""
+    declared = headers.get("content-length")
     if declared is not None:
         try:
             size = int(declared)
         except ValueError:
             raise BadRequest(f"invalid Content-Length header {declared!r}") from None
         if size > limit:
-            raise PayloadTooLarge(limit)
+            raise await _too_large(receive, headers, limit, 0)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -86,11 +78,21 @@ async def receive_body(receive: Receive, declared: str | None, limit: int) -> by
             raise Disconnected
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
+        more = message.get("more_body", False)
         if size > limit:
-            raise PayloadTooLarge(limit)
+            if not more:
+                raise PayloadTooLarge(limit)
+            raise await _too_large(receive, headers, limit, size)
         chunks.append(chunk)
-        if not message.get("more_body", False):
+        if not more:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _too_large(receive: Receive, headers: Mapping[str, str], limit: int, received: int) -> PayloadTooLarge:
+    """The 413 of a body still coming in, once its rest is thrown away (or found too large to be)."""
+    error = PayloadTooLarge(limit)
+    error.close_connection = not await drain_body(receive, headers, received)
+    return error
 
 
 _CONTENT_TYPES: dict[str, bytes] = {}

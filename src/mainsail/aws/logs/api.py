@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mainsail.aws.errors import UnknownOperationException
 from mainsail.aws.identity import ACCOUNT
@@ -34,8 +34,11 @@ from mainsail.aws.logs.errors import InvalidParameterException, ResourceNotFound
 from mainsail.aws.logs.files import Budget, Event, LogFile, Paused, Window, backward, forward
 from mainsail.aws.logs.patterns import parse_pattern
 from mainsail.aws.protocol import json_body
+from mainsail.aws.shapes import InputCheck
 
 TARGET_PREFIX = "Logs_20140328."
+#: every input checked against botocore's model of CloudWatch Logs before its operation runs
+INPUTS = InputCheck("logs", error=InvalidParameterException)
 GROUP_PREFIX = "/aws/sagemaker/Endpoints/"
 #: Largest response (events' messages + 26 bytes each), as CloudWatch Logs.
 RESPONSE_BYTES = 1024 * 1024
@@ -99,12 +102,19 @@ class LogsApi:
 
     def call(self, target: str, raw: bytes, region: str) -> dict[str, Any]:
         """Run ``Logs_20140328.<Op>`` on the JSON body ``raw``."""
-        op = {"FilterLogEvents": self.filter_log_events, "GetLogEvents": self.get_log_events,
-              "DescribeLogStreams": self.describe_log_streams,
-              "DescribeLogGroups": self.describe_log_groups}.get(target[len(TARGET_PREFIX):])
-        if op is None:
+        name = target[len(TARGET_PREFIX):]
+        method = self.OPERATIONS.get(name)
+        if method is None:
             raise UnknownOperationException(target)
-        return op(json_body(raw), region)
+        body = json_body(raw)
+        INPUTS.check(name, body)
+        result: dict[str, Any] = getattr(self, method)(body, region)
+        return result
+
+    #: the operations served: their names, and the methods that answer them
+    OPERATIONS: ClassVar[dict[str, str]] = {
+        "FilterLogEvents": "filter_log_events", "GetLogEvents": "get_log_events",
+        "DescribeLogStreams": "describe_log_streams", "DescribeLogGroups": "describe_log_groups"}
 
     # -- groups and streams
 

@@ -24,7 +24,7 @@ from mainsail.hosting.store import Record
 from mainsail.jobs.transform.errors import ResourceInUse
 from mainsail.jobs.transform.records import parse_path
 
-TRANSFORM_JOB = "transform-job"
+TRANSFORM_JOB = res.TRANSFORM_JOB
 
 
 class TransformJobStatus(StrEnum):
@@ -44,6 +44,12 @@ _INTERNAL = ("Tags", "Progress", "Instances", "LastModifiedTime")
 _S3_URI = re.compile(r"^(https|s3)://([^/]+)/?(.*)")
 _LOCAL_URI = re.compile(r"^(file://)?/.*")
 _ENV_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,1023}")
+
+#: mainsail's extensions of the service model's domains: local input and output locations
+EXTENSIONS = {
+    ("CreateTransformJob", "transformInput.dataSource.s3DataSource.s3Uri"): res.local_path,
+    ("CreateTransformJob", "transformOutput.s3OutputPath"): res.local_path,
+}
 
 
 # -- validation and records ----------------------------------------------------------------------
@@ -99,9 +105,7 @@ def validate(body: dict[str, Any]) -> None:
                          "transformInput.dataSource.s3DataSource", required=True)
         if source:
             path = "transformInput.dataSource.s3DataSource"
-            if v.required(source.get("S3DataType"), f"{path}.s3DataType"):
-                _enum(v, source.get("S3DataType"), f"{path}.s3DataType",
-                      ("ManifestFile", "S3Prefix", "AugmentedManifestFile"))
+            v.required(source.get("S3DataType"), f"{path}.s3DataType")
             _uri(v, source.get("S3Uri"), f"{path}.s3Uri")
         v.string(tin.get("ContentType"), "transformInput.contentType", max_len=256)
         _enum(v, tin.get("CompressionType"), "transformInput.compressionType", ("None", "Gzip"))
@@ -134,8 +138,9 @@ def validate(body: dict[str, Any]) -> None:
     split = tin.get("SplitType") or "None"
     if split in ("RecordIO", "TFRecord"):
         raise ValidationException(f"SplitType {split} is not supported by mainsail; use Line or None.")
-    if source.get("S3DataType") == "AugmentedManifestFile":
-        raise ValidationException("S3DataType AugmentedManifestFile is not supported by mainsail.")
+    if source.get("S3DataType") not in ("ManifestFile", "S3Prefix"):
+        raise ValidationException(f"S3DataType {source.get('S3DataType')} is not supported by mainsail; "
+                                  "use S3Prefix or ManifestFile.")
     for key in ("InputFilter", "OutputFilter"):
         if processing.get(key):
             try:

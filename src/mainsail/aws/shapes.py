@@ -1,0 +1,229 @@
+"""Input validation driven by botocore's service model: what the AWS service itself checks of a JSON
+request before the operation runs (Coral's constraints), for every operation at once.
+
+:class:`InputCheck` walks an operation's input against its shape in botocore's model: members of the
+wrong JSON type (a ``SerializationException``, as AWS answers), and the constraints the model carries:
+``required`` members, string ``enum`` s, ``min`` / ``max`` (string and list lengths, map sizes, number
+ranges) and ``pattern`` s. All constraint failures are reported together, worded as SageMaker words them
+(``1 validation error detected: Value 'x' at 'sortBy' failed to satisfy constraint: ...``).
+
+The model's patterns are Java regular expressions; those Python's :mod:`re` cannot read as written
+(Unicode classes such as ``\\p{L}``) are translated to a class that accepts at least what Java's does,
+and the few left that cannot be translated are not checked (:data:`UNCHECKED_PATTERNS`): a value is
+never refused here that the service would accept.
+
+mainsail's own extensions of a member's domain (a ``ModelDataUrl`` that is a local path, say) are
+declared per operation and member path (``exempt``), so the model still checks everything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mainsail.aws.errors import SerializationException, ValidationException
+from mainsail.aws.protocol import Violations
+
+#: Java's Unicode classes as a range Python's ``re`` reads inside ``[...]``, as wide as Java's or wider
+_CLASSES = {
+    r"\p{L}": "A-Za-z\u00aa-\U0010ffff",
+    r"\p{M}": "\u0300-\U0010ffff",
+    r"\p{N}": "0-9\u00b2-\U0010ffff",
+    r"\p{Alnum}": "0-9A-Za-z",
+    r"\p{S}": "$+<=>^`|~\u00a2-\U0010ffff",
+    r"\p{P}": "!-#%-*,-/:;?@\\[-\\]_{}\u00a1-\U0010ffff",
+    r"\p{Z}": " \u00a0-\U0010ffff",
+    r"\p{Cc}": "\x00-\x1f\x7f-\x9f",
+    r"\p{Cf}": "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+               "\u2066-\u206f\ufeff\ufff9-\ufffb",
+    # a UTF-16 surrogate pair range in Java is the supplementary planes in Python
+    r"\uD800\uDC00-\uDBFF\uDFFF": "\U00010000-\U0010ffff",
+}
+_CLASS_RE = re.compile("|".join(re.escape(k) for k in _CLASSES))
+
+#: patterns of the loaded models that could not be translated, so are not checked
+UNCHECKED_PATTERNS: set[str] = set()
+
+
+@functools.lru_cache(maxsize=1024)
+def python_pattern(java: str) -> re.Pattern[str] | None:
+    """The model's (Java) ``pattern`` as a Python regular expression; ``None`` if it cannot be read."""
+    try:
+        return re.compile(_CLASS_RE.sub(lambda m: _CLASSES[m.group(0)], java))
+    except re.error:
+        UNCHECKED_PATTERNS.add(java)
+        return None
+
+
+_models: dict[str, Any] = {}
+_models_lock = threading.Lock()
+
+
+def service_model(service: str) -> Any:
+    """botocore's model of ``service`` (``botocore.model.ServiceModel``), loaded once (about 0.5 s for
+    SageMaker's)."""
+    model = _models.get(service)
+    if model is None:
+        with _models_lock:
+            model = _models.get(service)
+            if model is None:
+                import botocore.session  # only when a JSON API is first called
+
+                model = botocore.session.Session().get_service_model(service)
+                _models[service] = model
+    return model
+
+
+def _lower_first(name: str) -> str:
+    return name[:1].lower() + name[1:]
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, dict):
+        return "{...}"
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value[:8]) + (", ...]" if len(value) > 8 else "]")
+    return value
+
+
+class InputCheck:
+    """Checks the inputs of ``service`` 's operations against botocore's model of it.
+
+    ``exempt`` maps ``(operation, member path)`` (the path as the error names it, list indexes as
+    ``*``: ``"CreateModel", "primaryContainer.modelDataUrl"``) to a predicate: a value it accepts is
+    one of mainsail's extensions and is not checked against the model."""
+
+    def __init__(self, service: str,
+                 exempt: Mapping[tuple[str, str], Callable[[Any], bool]] | None = None,
+                 error: Callable[[str], Exception] = ValidationException) -> None:
+        self.service = service
+        self.exempt = dict(exempt or {})
+        #: what constraint failures raise: the service's own error (Logs: InvalidParameterException)
+        self.error = error
+
+    def operations(self) -> list[str]:
+        """Every operation the model defines."""
+        return list(service_model(self.service).operation_names)
+
+    def check(self, operation: str, body: Mapping[str, Any]) -> None:
+        """Raise what the service answers for ``body`` as ``operation`` 's input: a
+        ``SerializationException`` for a member of the wrong type, a ``ValidationException`` listing
+        every constraint it fails (or the service's own ``error``). An operation the model does not
+        know is not checked."""
+        model = service_model(self.service)
+        if operation not in model.operation_names:
+            return
+        shape = model.operation_model(operation).input_shape
+        if shape is None:
+            return
+        v = Violations()
+        self._structure(operation, shape, body, "", v)
+        v.raise_if_any(self.error)
+
+    # -- the walk -------------------------------------------------------------------------------------
+
+    def _value(self, operation: str, shape: Any, value: Any, path: str, v: Violations) -> None:
+        exempt = self.exempt.get((operation, re.sub(r"\.\d+\.", ".*.", path)))
+        if exempt is not None and exempt(value):
+            return
+        kind = shape.type_name
+        if kind == "structure":
+            self._structure(operation, shape, value, path, v)
+        elif kind == "list":
+            if not isinstance(value, list):
+                raise _wrong_type(value, path, "a list")
+            self._size(shape, value, path, v)
+            for i, item in enumerate(value, start=1):
+                if item is not None:
+                    self._value(operation, shape.member, item, f"{path}.{i}.member", v)
+        elif kind == "map":
+            if not isinstance(value, dict):
+                raise _wrong_type(value, path, "a map")
+            self._size(shape, value, path, v)
+            for what, sub, items in (("keys", shape.key, value.keys()), ("value", shape.value, value.values())):
+                failed: list[str] = []
+                for item in items:
+                    for message in _scalar(sub, item, path):
+                        if message not in failed:
+                            failed.append(message)
+                if failed:
+                    v.add("{...}", path, f"Map {what} must satisfy constraint: [{', '.join(failed)}]")
+        else:
+            for message in _scalar(shape, value, path):
+                v.add(_shown(value), path, message)
+
+    def _structure(self, operation: str, shape: Any, value: Any, path: str, v: Violations) -> None:
+        if not isinstance(value, Mapping):
+            raise _wrong_type(value, path or "the input", "a structure")
+        prefix = f"{path}." if path else ""
+        for name in shape.required_members:
+            if value.get(name) is None:
+                v.add(None, prefix + _lower_first(name), "Member must not be null")
+        for name, member in shape.members.items():
+            item = value.get(name)
+            if item is not None:
+                self._value(operation, member, item, prefix + _lower_first(name), v)
+
+    @staticmethod
+    def _size(shape: Any, value: list[Any] | dict[Any, Any], path: str, v: Violations) -> None:
+        low, high = shape.metadata.get("min"), shape.metadata.get("max")
+        if low is not None and len(value) < low:
+            v.add(_shown(value), path, f"Member must have length greater than or equal to {low}")
+        if high is not None and len(value) > high:
+            v.add(_shown(value), path, f"Member must have length less than or equal to {high}")
+
+
+def _wrong_type(value: Any, path: str, expected: str) -> SerializationException:
+    return SerializationException(f"Expected {expected} at '{path}', found {type(value).__name__} "
+                                  f"{str(_shown(value))[:64]!r}.")
+
+
+_NUMBERS = ("integer", "long", "float", "double")
+
+
+def _scalar(shape: Any, value: Any, path: str) -> list[str]:
+    """The constraints a scalar ``value`` fails (its type is checked first: a wrong one raises)."""
+    kind, meta = shape.type_name, shape.metadata
+    if kind == "string":
+        if not isinstance(value, str):
+            raise _wrong_type(value, path, "a string")
+        failed = []
+        enum = meta.get("enum")
+        if enum and value not in enum:
+            failed.append(f"Member must satisfy enum value set: [{', '.join(enum)}]")
+        low, high = meta.get("min"), meta.get("max")
+        if low is not None and len(value) < low:
+            failed.append(f"Member must have length greater than or equal to {low}")
+        if high is not None and len(value) > high:
+            failed.append(f"Member must have length less than or equal to {high}")
+        pattern = meta.get("pattern")
+        if pattern:
+            compiled = python_pattern(pattern)
+            if compiled is not None and not compiled.fullmatch(value):
+                failed.append(f"Member must satisfy regular expression pattern: {pattern}")
+        return failed
+    if kind in _NUMBERS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _wrong_type(value, path, "a number")
+        if kind in ("integer", "long") and isinstance(value, float) and not value.is_integer():
+            raise _wrong_type(value, path, "an integer")
+        failed = []
+        low, high = meta.get("min"), meta.get("max")
+        if low is not None and value < low:
+            failed.append(f"Member must have value greater than or equal to {low:g}")
+        if high is not None and value > high:
+            failed.append(f"Member must have value less than or equal to {high:g}")
+        return failed
+    if kind == "boolean" and not isinstance(value, bool):
+        raise _wrong_type(value, path, "a boolean")
+    if kind == "timestamp" and (isinstance(value, bool) or not isinstance(value, (int, float, str))):
+        raise _wrong_type(value, path, "a timestamp")
+    if kind == "blob" and not isinstance(value, str):
+        raise _wrong_type(value, path, "base64-encoded bytes")
+    if kind in ("structure", "list", "map"):  # a key or value of a map that is itself a container
+        if not isinstance(value, (dict, list)):
+            raise _wrong_type(value, path, f"a {kind}")
+    return []
