@@ -271,3 +271,10 @@ def test_weights_and_capacities_name_each_variant_once(sm: Any) -> None:
         "EndpointName": "e", "DesiredWeightsAndCapacities": [
             {"VariantName": "a", "DesiredWeight": 1.0}, {"VariantName": "a", "DesiredWeight": 2.0}]})
     assert code == "ValidationException" and "[a]" in message and "unique" in message
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_a_serialization_error(sm: Any) -> None:
+    for body in (b"[" * 100_000, b'{"a":' * 100_000):
+        r = httpx.post(sm.meta.endpoint_url, content=body, headers={
+            "X-Amz-Target": "SageMaker.ListEndpoints", "Content-Type": "application/x-amz-json-1.1"})
+        assert r.status_code == 400 and r.json()["__type"] == "SerializationException", r.text

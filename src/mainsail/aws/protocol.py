@@ -118,7 +118,7 @@ def json_body(raw: bytes) -> dict[str, Any]:
     """A JSON 1.1 request body: a JSON object (an empty body is ``{}``); SerializationException otherwise."""
     try:
         body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise SerializationException("Request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise SerializationException("Request body must be a JSON object.")
