@@ -133,11 +133,13 @@ class ForwardError(Exception):
     """The instance could not be reached or did not answer with a usable HTTP response.
 
     ``unsent``: nothing reached the instance (it refused the connection), so the request may be
-    sent elsewhere."""
+    sent elsewhere. ``unanswered``: the request was sent, and the connection closed before any byte of
+    an answer came (the instance, or its worker, died with the request in flight)."""
 
-    def __init__(self, message: str, *, unsent: bool = False) -> None:
+    def __init__(self, message: str, *, unsent: bool = False, unanswered: bool = False) -> None:
         super().__init__(message)
         self.unsent = unsent
+        self.unanswered = unanswered
 
 
 @dataclass(frozen=True, slots=True)

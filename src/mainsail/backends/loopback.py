@@ -113,10 +113,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, *, unanswered: bool = False) -> None:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_exception(ForwardError(message))
+            waiter.set_exception(ForwardError(message, unanswered=unanswered))
         self.abort()
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
@@ -166,7 +166,7 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(Upstream(self._status, self._headers, b"".join(self._body)))
         elif not self.received:
             self.unanswered = True
-            self._fail(f"the instance closed the connection before answering ({exc or 'EOF'})")
+            self._fail(f"the instance closed the connection before answering ({exc or 'EOF'})", unanswered=True)
         else:
             self._fail(f"the instance closed the connection mid-response ({exc or 'EOF'})")
 

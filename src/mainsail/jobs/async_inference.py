@@ -24,7 +24,8 @@ ones keep 6 MB. The request is routed as the router routes ``InvokeEndpoint`` (w
 starts, idle tracking, in-flight counts, metrics), through the router's public
 :class:`~mainsail.routing.traffic.Traffic` and :class:`~mainsail.routing.forwarding.Exchange`; a
 runtime error on the way (:class:`~mainsail.routing.responses.RuntimeApiError`) becomes the failure's
-text, and a throttled one stays queued.
+text; a throttled one, or one that finds no instance ready (a restart), stays queued, and one whose
+instance died under it runs again on the replacement (up to :data:`MAX_TRIES` times in all).
 """
 
 from __future__ import annotations
@@ -51,7 +52,14 @@ from mainsail.hosting.store import Record, StateStore
 from mainsail.jobs.async_payloads import InputError, PayloadInput, PayloadOutput
 from mainsail.jobs.storage import Storage
 from mainsail.routing.forwarding import Exchange
-from mainsail.routing.responses import RuntimeApiError, Throttled, ValidationError, model_error, runtime_api
+from mainsail.routing.responses import (
+    InstanceUnreachable,
+    RuntimeApiError,
+    Throttled,
+    ValidationError,
+    model_error,
+    runtime_api,
+)
 from mainsail.routing.router import Router
 from mainsail.routing.table import Variant
 from mainsail.settings import S3Access
@@ -63,6 +71,8 @@ _ERROR_BODY = 64 * 1024  # bytes of an instance's error answer kept for the fail
 DEFAULT_TTL, DEFAULT_TIMEOUT, DEFAULT_CONCURRENCY = 6 * 3600, 900, 4
 COALESCE_S = 0.002
 """After a wake-up, how long the worker waits for more arrivals or completions to share its pass."""
+#: how many times a queued request runs when its instance dies under it each time (then it fails)
+MAX_TRIES: Final = 3
 #: what _invoke returns for a request to keep queued (throttled, or no instance ready yet)
 _THROTTLED: Final = "\0throttled"
 _HEADER = "x-amzn-sagemaker-"
@@ -97,6 +107,8 @@ class AsyncInference:
                            methods=["POST"])
         self._kick = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
+        #: tries of each queued request whose instance died under it (it runs again, up to MAX_TRIES)
+        self._tries: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._storage: Any = None
 
@@ -248,6 +260,7 @@ class AsyncInference:
             await source.close()
         if failure == _THROTTLED:  # serverless MaxConcurrency, or no instance ready: stays queued for the next pass
             return
+        self._tries.pop(key, None)
         await self._finish(key, item, failure)
         self._kick.set()  # a slot is free: the next queued request starts now, not at the next poll
 
@@ -275,6 +288,14 @@ class AsyncInference:
                 return await self._exchange(item, source, variant, address, timeout)
         except Throttled:  # serverless MaxConcurrency: stays queued
             return _THROTTLED
+        except InstanceUnreachable as exc:  # the instance died under it: again, on its replacement
+            key = str(item["_key"])
+            self._tries[key] = tries = self._tries.get(key, 1) + 1
+            if tries <= MAX_TRIES:
+                logger.info("async inference %s: its instance went away (%s); try %d of %d", item["InferenceId"],
+                            exc.message, tries, MAX_TRIES)
+                return _THROTTLED
+            return exc.message
         except RuntimeApiError as exc:  # a cold start that failed, an instance that cannot be reached
             return exc.message
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from mainsail import faults
 from mainsail.aws.s3.files import ObjectMeta, S3Error
 from mainsail.aws.s3.store import S3Store
 from mainsail.backends.model_fetch import NO_S3_ENDPOINT, s3_client
@@ -271,6 +272,7 @@ class _FileSink(Sink):
         self.fh: IO[bytes] = self.tmp.open("wb")
 
     def write(self, data: bytes) -> None:
+        faults.disk_write(len(data))
         self.fh.write(data)
 
     def commit(self) -> None:

@@ -3,7 +3,9 @@ asynchronous inference worker (each over the backend's :class:`~mainsail.backend
 
 :class:`Exchange` is one request's trip to an instance of a variant:
 ``Invocations`` / ``InvocationsPerInstance``, the in-flight count (:meth:`Traffic.busy`), a second
-try on a replacement when the instance was gone before the request reached it, ``ModelLatency``,
+try on a replacement when the instance was gone before the request reached it or died before
+answering a byte of it (at least once, then: a request that itself kills its instance fails on its
+second), ``ModelLatency``,
 an unreachable instance as the runtime's 424 ``ModelError`` (``Invocation5XXErrors``), and the
 instance's answer as the runtime's answer (a 4xx/5xx as ``ModelError``, counted; a 2xx with the
 invoked variant, ``OverheadLatency`` observed).
@@ -19,7 +21,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from mainsail.backends.base import LOOPBACK, Address, ForwardError, Upstream
-from mainsail.routing.responses import ModelError, model_error
+from mainsail.routing.responses import InstanceUnreachable, ModelError, model_error
 from mainsail.routing.table import Variant
 from mainsail.routing.traffic import Traffic
 
@@ -70,10 +72,11 @@ class Exchange:
                 try:
                     result = await attempt(address)
                 except ForwardError as exc:
-                    if not exc.unsent:
+                    if not (exc.unsent or exc.unanswered):
                         raise
                     # the instance is gone (crashed, or stopped over its memory) and the request never
-                    # reached it: send it to another instance, or to the replacement once it answers
+                    # reached it, or died with it before answering a byte: send it (once more) to another
+                    # instance, or to the replacement once it answers
                     other = await self.traffic.replacement(self.endpoint, self.variant, address)
                     if other is None:
                         raise
@@ -89,7 +92,8 @@ class Exchange:
         it), counted as a 5xx."""
         self.metrics.child(self.metrics.errors_5xx, *self.labels).inc()
         message = f"{why} ({exc})" if why else f"Could not reach the instance of variant {self.variant.name}: {exc}"
-        return ModelError(message, OriginalStatusCode=502, OriginalMessage=why or str(exc), LogStreamArn=self.log_arn)
+        return InstanceUnreachable(message, OriginalStatusCode=502, OriginalMessage=why or str(exc),
+                                   LogStreamArn=self.log_arn)
 
     def observe(self, model_us: float) -> None:
         """Record the instance's time (``ModelLatency``)."""

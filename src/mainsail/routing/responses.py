@@ -82,6 +82,11 @@ class ModelError(RuntimeApiError):
         super().__init__(424, "ModelError", message, **extra)
 
 
+class InstanceUnreachable(ModelError):
+    """The 424 for an instance that could not be reached (it died with the request in flight): the
+    runtime API answers it as any ModelError; asynchronous inference tries the request again."""
+
+
 def model_error(upstream: Upstream, log_arn: str, source: str = "primary") -> ModelError:
     """An instance's 4xx/5xx answer as the runtime's ``ModelError``."""
     kind = "client" if upstream.status < 500 else "server"

@@ -4,16 +4,20 @@ written, digested as it streams in), S3's limits, and the fsync'd JSON sidecar h
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from mainsail import faults
 from mainsail.aws.identity import DEFAULT_REGION
 
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -32,6 +36,19 @@ class S3Error(Exception):
         self.status = status
         self.message = message
         self.fields = fields
+
+
+@contextlib.contextmanager
+def disk_full_is_an_answer() -> Iterator[None]:
+    """A full disk (or quota) while storing becomes S3Error ``InsufficientStorage`` (507: S3 itself
+    has no such answer; botocore does not retry it) naming the cause, instead of an internal error."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise S3Error("InsufficientStorage", 507,
+                      f"Not enough disk space on the mainsail host to store this: {exc.strerror}.") from None
 
 
 def no_such_bucket(bucket: str) -> S3Error:
@@ -108,8 +125,10 @@ def write_json(path: Path, data: dict[str, Any], tmp_dir: Path) -> None:
     """Atomically replace ``path`` with ``data`` (temp file in ``tmp_dir``, fsync, rename)."""
     tmp = tmp_dir / f"{uuid.uuid4().hex}.json"
     try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False)
+        with disk_full_is_an_answer(), tmp.open("w", encoding="utf-8") as fh:
+            text = json.dumps(data, ensure_ascii=False)
+            faults.disk_write(len(text))
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -156,7 +175,9 @@ class TempFile:
 
     def write(self, data: bytes) -> None:
         assert self._fh is not None
-        self._fh.write(data)
+        with disk_full_is_an_answer():
+            faults.disk_write(len(data))
+            self._fh.write(data)
         self.md5.update(data)
         if self._checksum is not None:
             self._checksum.update(data)
