@@ -278,3 +278,49 @@ def test_json_nested_deeper_than_the_parser_goes_is_a_serialization_error(sm: An
         r = httpx.post(sm.meta.endpoint_url, content=body, headers={
             "X-Amz-Target": "SageMaker.ListEndpoints", "Content-Type": "application/x-amz-json-1.1"})
         assert r.status_code == 400 and r.json()["__type"] == "SerializationException", r.text
+
+
+RUNTIME = _session.get_service_model("sagemaker-runtime")
+RUNTIME_PATHS = {"InvokeEndpoint": "invocations", "InvokeEndpointWithResponseStream": "invocations-response-stream",
+                 "InvokeEndpointAsync": "async-invocations"}
+
+
+def runtime_headers() -> Iterator[tuple[str, str, str, Any]]:
+    """(operation, header, member path, shape) of each string member the runtime API takes from a header."""
+    for operation in RUNTIME_PATHS:
+        for name, member in RUNTIME.operation_model(operation).input_shape.members.items():
+            if member.serialization.get("location") == "header" and member.type_name == "string":
+                yield operation, member.serialization["name"], _lower_first(name), member
+
+
+def _runtime(plane: Plane, operation: str, header: str, value: str) -> httpx.Response:
+    return httpx.post(f"{plane.url}/endpoints/none/{RUNTIME_PATHS[operation]}", content=b"1",
+                      headers={header: value, "X-Amzn-SageMaker-InputLocation": "s3://b/k"}
+                      if header != "X-Amzn-SageMaker-InputLocation" else {header: value})
+
+
+def test_the_runtime_api_checks_its_headers_against_the_model(plane: Plane) -> None:
+    """Each header broken alone (too long, outside its pattern) is refused before anything else is looked at
+    (the endpoint does not exist); each valid value gets past the check (to "not found")."""
+    missed, cases = [], 0
+    for operation, header, path, shape in runtime_headers():
+        meta = shape.metadata
+        bad: list[tuple[str, str]] = []
+        if meta.get("max") is not None:
+            bad.append(("x" * (meta["max"] + 1), "Member must have length less than or equal to"))
+        pattern = _compiled(meta["pattern"].replace("\\z", "\\Z")) if meta.get("pattern") else None
+        if pattern is not None:
+            wrong = next((b for b in ("-x", "x-", "a b", "x!y", "x\x7fy") if not pattern.fullmatch(b)), None)
+            if wrong is not None:
+                bad.append((wrong, "Member must satisfy regular expression pattern"))
+        for value, constraint in bad:
+            cases += 1
+            r = _runtime(plane, operation, header, value)
+            if r.status_code != 400 or f"at '{path}' failed to satisfy constraint: {constraint}" not in r.text:
+                missed.append(f"{operation} {header}={value[:20]!r}: {r.status_code} {r.text[:200]}")
+        good = valid(shape)
+        r = _runtime(plane, operation, header, good)
+        if f"at '{path}' failed" in r.text or "not found" not in r.text:
+            missed.append(f"{operation} {header}={good!r} (valid): {r.status_code} {r.text[:200]}")
+    assert cases > 20
+    assert not missed, "\n".join(missed)

@@ -27,12 +27,15 @@ from typing import Any
 from mainsail.aws.errors import SerializationException, ValidationException
 from mainsail.aws.protocol import Violations
 
-#: Java's Unicode classes as a range Python's ``re`` reads inside ``[...]``, as wide as Java's or wider
+#: Java's character classes as ranges Python's ``re`` reads inside ``[...]``, as wide as Java's or wider
+#: (the POSIX ones, ``\\p{Alnum}`` ``\\p{Print}`` ``\\p{ASCII}``, are ASCII-only in Java too)
 _CLASSES = {
     r"\p{L}": "A-Za-z\u00aa-\U0010ffff",
     r"\p{M}": "\u0300-\U0010ffff",
     r"\p{N}": "0-9\u00b2-\U0010ffff",
     r"\p{Alnum}": "0-9A-Za-z",
+    r"\p{ASCII}": "\x00-\x7f",
+    r"\p{Print}": "\x20-\x7e",
     r"\p{S}": "$+<=>^`|~\u00a2-\U0010ffff",
     r"\p{P}": "!-#%-*,-/:;?@\\[-\\]_{}\u00a1-\U0010ffff",
     r"\p{Z}": " \u00a0-\U0010ffff",
@@ -42,17 +45,37 @@ _CLASSES = {
     # a UTF-16 surrogate pair range in Java is the supplementary planes in Python
     r"\uD800\uDC00-\uDBFF\uDFFF": "\U00010000-\U0010ffff",
 }
-_CLASS_RE = re.compile("|".join(re.escape(k) for k in _CLASSES))
+_TOKEN_RE = re.compile("|".join(re.escape(k) for k in _CLASSES) + r"|\\z|\\.|\[|\]")
 
 #: patterns of the loaded models that could not be translated, so are not checked
 UNCHECKED_PATTERNS: set[str] = set()
+
+
+def _translate(java: str) -> str:
+    """``java`` with its Java-only constructs in Python's syntax: the classes above (bracketed when
+    they stand outside ``[...]``) and ``\\z`` (the end of the input) as ``\\Z``."""
+    out: list[str] = []
+    depth, last = 0, 0
+    for match in _TOKEN_RE.finditer(java):
+        token = match.group(0)
+        out.append(java[last:match.start()])
+        last = match.end()
+        if token in _CLASSES:
+            out.append(_CLASSES[token] if depth else f"[{_CLASSES[token]}]")
+        elif token == "\\z":
+            out.append("\\Z")
+        else:
+            depth += 1 if token == "[" else -1 if token == "]" and depth else 0
+            out.append(token)
+    out.append(java[last:])
+    return "".join(out)
 
 
 @functools.lru_cache(maxsize=1024)
 def python_pattern(java: str) -> re.Pattern[str] | None:
     """The model's (Java) ``pattern`` as a Python regular expression; ``None`` if it cannot be read."""
     try:
-        return re.compile(_CLASS_RE.sub(lambda m: _CLASSES[m.group(0)], java))
+        return re.compile(_translate(java))
     except re.error:
         UNCHECKED_PATTERNS.add(java)
         return None
@@ -227,3 +250,51 @@ def _scalar(shape: Any, value: Any, path: str) -> list[str]:
         if not isinstance(value, (dict, list)):
             raise _wrong_type(value, path, f"a {kind}")
     return []
+
+
+class HeaderCheck:
+    """The string members a REST operation takes from request headers (the runtime API's
+    ``Content-Type``, ``X-Amzn-SageMaker-Custom-Attributes``, ...), checked against botocore's model
+    of ``service`` on the hot path: one dictionary lookup per request header, the model read once
+    (:meth:`load`; by the first check if not before). Only the headers present are checked, and only
+    their constraints (length, pattern, enum); ``exempt`` as for :class:`InputCheck`."""
+
+    def __init__(self, service: str, operation: str, *,
+                 exempt: Mapping[str, Callable[[Any], bool]] | None = None,
+                 error: Callable[[str], Exception] = ValidationException) -> None:
+        self.service = service
+        self.operation = operation
+        self.exempt = dict(exempt or {})
+        self.error = error
+        self._headers: dict[bytes, tuple[str, Any]] | None = None
+
+    def load(self) -> None:
+        """Read the model's header members (blocks for a moment: call it off the event loop)."""
+        shape = service_model(self.service).operation_model(self.operation).input_shape
+        self._headers = {
+            str(member.serialization["name"]).lower().encode("latin-1"): (_lower_first(name), member)
+            for name, member in shape.members.items()
+            if member.serialization.get("location") == "header" and member.type_name == "string"}
+
+    def check(self, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        """Raise ``error`` listing the constraints the headers (ASGI's, names in lower case) fail."""
+        headers = self._headers
+        if headers is None:
+            self.load()
+            headers = self._headers
+            assert headers is not None
+        v: Violations | None = None
+        for name, raw in raw_headers:
+            known = headers.get(name)
+            if known is None:
+                continue
+            path, shape = known
+            value = raw.decode("latin-1")
+            exempt = self.exempt.get(path)
+            if exempt is not None and exempt(value):
+                continue
+            for message in _scalar(shape, value, path):
+                v = v or Violations()
+                v.add(value, path, message)
+        if v is not None:
+            v.raise_if_any(self.error)

@@ -3,6 +3,7 @@ Logs, STS, the runtime API, async inference, S3 and ``/metrics``, assembled into
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -12,7 +13,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,7 +29,7 @@ from mainsail.aws.logs import api as logs
 from mainsail.aws.protocol import json_body, respond
 from mainsail.aws.s3 import routes as s3
 from mainsail.aws.s3 import store as s3store
-from mainsail.aws.shapes import InputCheck
+from mainsail.aws.shapes import InputCheck, service_model
 from mainsail.backends.local import LocalBackend
 from mainsail.gateway.auth import IDENTITY, SignedRequests
 from mainsail.hosting import api as hosting_api
@@ -36,10 +37,10 @@ from mainsail.hosting import endpoints
 from mainsail.hosting import resources as hosting_resources
 from mainsail.hosting.calls import Call, Operation
 from mainsail.hosting.store import StateStore
-from mainsail.jobs.async_inference import AsyncInference
+from mainsail.jobs.async_inference import ASYNC_HEADERS, AsyncInference
 from mainsail.jobs.transform import api as transform
-from mainsail.routing.response_stream import ResponseStreams, is_response_stream
-from mainsail.routing.router import Router, is_invocation
+from mainsail.routing.response_stream import STREAM_HEADERS, ResponseStreams, is_response_stream
+from mainsail.routing.router import INVOKE_HEADERS, Router, is_invocation
 from mainsail.settings import ControlSettings
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,11 @@ TARGET_PREFIX = "SageMaker."
 OPERATIONS: dict[str, Operation] = {**hosting_api.OPERATIONS, **transform.OPERATIONS}
 #: every SageMaker input checked against botocore's model of the API before its operation runs
 SAGEMAKER_INPUTS = InputCheck("sagemaker", exempt={**hosting_resources.EXTENSIONS, **transform.EXTENSIONS})
+
+
+def _load_runtime_checks() -> None:
+    for check in (INVOKE_HEADERS, STREAM_HEADERS, ASYNC_HEADERS):
+        check.load()
 
 
 def _checked(operation: Operation, name: str, call: Call) -> dict[str, Any]:
@@ -119,6 +125,8 @@ def create_control_app(store: StateStore, router: Router | None = None, *, setti
             return respond(200, result, request_id)
         except ControlError as exc:
             return respond(exc.status_code, exc.to_aws(), request_id)
+        except ClientDisconnect:  # gone before its body was in: nobody to answer, nothing went wrong here
+            return Response(status_code=400)
         except Exception as exc:
             logger.exception("control operation %s failed", target)
             return respond(500, {"__type": "InternalFailure",
@@ -126,10 +134,15 @@ def create_control_app(store: StateStore, router: Router | None = None, *, setti
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # the service models the requests are checked against: the runtime API's (small) before the first
+        # request, SageMaker's (half a second) in the background
+        await run_in_threadpool(_load_runtime_checks)
+        preload = asyncio.get_running_loop().run_in_executor(None, service_model, "sagemaker")
         async_api.start()
         yield
         await async_api.stop()
         await router.aclose()
+        await preload
 
     # the runtime API (no X-Amz-Target) lives on its own REST paths
     # S3 (path style) answers what the control plane does not, and what is signed for s3

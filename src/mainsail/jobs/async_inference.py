@@ -45,6 +45,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mainsail.aws.identity import ACCOUNT, endpoint_log_group_arn, region_of
+from mainsail.aws.shapes import HeaderCheck
 from mainsail.backends.base import Address, ForwardError, Upstream
 from mainsail.backends.model_fetch import NO_S3_ENDPOINT
 from mainsail.hosting.endpoints import ENDPOINT, EndpointStatus
@@ -71,6 +72,10 @@ _ERROR_BODY = 64 * 1024  # bytes of an instance's error answer kept for the fail
 DEFAULT_TTL, DEFAULT_TIMEOUT, DEFAULT_CONCURRENCY = 6 * 3600, 900, 4
 COALESCE_S = 0.002
 """After a wake-up, how long the worker waits for more arrivals or completions to share its pass."""
+#: InvokeEndpointAsync's headers as botocore's model of the runtime API constrains them (mainsail also
+#: reads its input from a local path or file:// URL)
+ASYNC_HEADERS = HeaderCheck("sagemaker-runtime", "InvokeEndpointAsync", error=ValidationError,
+                            exempt={"inputLocation": lambda value: value.startswith(("file://", "/"))})
 #: how many times a queued request runs when its instance dies under it each time (then it fails)
 MAX_TRIES: Final = 3
 #: what _invoke returns for a request to keep queued (throttled, or no instance ready yet)
@@ -123,6 +128,7 @@ class AsyncInference:
     async def invoke_async(self, request: Request) -> Response:
         """``InvokeEndpointAsync``: the request queued, answered 202; runtime errors are raised."""
         name = urllib.parse.unquote(request.path_params["name"])
+        ASYNC_HEADERS.check(request.scope["headers"])  # as the service model constrains them, first
         record = await run_in_threadpool(self.store.get, ENDPOINT, name)
         if record is None:
             raise ValidationError(f"Endpoint {name} of account {ACCOUNT} not found.")

@@ -28,6 +28,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from mainsail.aws import eventstream
 from mainsail.aws.identity import endpoint_log_group_arn, region_of
+from mainsail.aws.shapes import HeaderCheck
 from mainsail.backends.base import Address, ForwardError, StreamedResponse, Upstream
 from mainsail.routing.forwarding import Exchange, forwarded
 from mainsail.routing.responses import ModelError, RuntimeApiError, ValidationError, model_error
@@ -35,6 +36,8 @@ from mainsail.routing.router import PREFIX, Router
 from mainsail.routing.target_model import TARGET_MODEL
 
 logger = logging.getLogger(__name__)
+#: InvokeEndpointWithResponseStream's headers as botocore's model of the runtime API constrains them
+STREAM_HEADERS = HeaderCheck("sagemaker-runtime", "InvokeEndpointWithResponseStream", error=ValidationError)
 
 SUFFIX = "/invocations-response-stream"
 EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -94,7 +97,7 @@ class ResponseStreams:
         if TARGET_MODEL in request.headers:
             raise ValidationError("InvokeEndpointWithResponseStream does not take a TargetModel: streaming to "
                                   "a model of a multi-model endpoint is not supported.")
-        variant, address, body = await router.admit(request, name)
+        variant, address, body = await router.admit(request, name, STREAM_HEADERS)
         if variant.multi_model:
             raise ValidationError(f"Endpoint {name} is a multi-model endpoint, which "
                                   "InvokeEndpointWithResponseStream does not serve.")

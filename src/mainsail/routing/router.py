@@ -25,6 +25,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from mainsail.aws.identity import ACCOUNT, endpoint_log_group_arn, region_of
+from mainsail.aws.shapes import HeaderCheck
 from mainsail.backends.base import Address, Transport
 from mainsail.hosting.store import StateStore
 from mainsail.routing.forwarding import Exchange, forwarded
@@ -45,6 +46,8 @@ from mainsail.routing.traffic import Traffic
 logger = logging.getLogger(__name__)
 
 PREFIX, SUFFIX = "/endpoints/", "/invocations"
+#: InvokeEndpoint's headers as botocore's model of the runtime API constrains them
+INVOKE_HEADERS = HeaderCheck("sagemaker-runtime", "InvokeEndpoint", error=ValidationError)
 
 
 def is_invocation(scope: Scope) -> bool:
@@ -99,10 +102,12 @@ class Router:
         async with self.traffic.lease(name, variant, address) as address:
             return await self.forward(request, name, variant, address, body, started)
 
-    async def admit(self, request: Request, name: str) -> tuple[Variant, Address | None, bytes]:
+    async def admit(self, request: Request, name: str,
+                    headers: HeaderCheck = INVOKE_HEADERS) -> tuple[Variant, Address | None, bytes]:
         """A runtime request to endpoint ``name`` checked (it exists and serves, the body is within
         6 MB) and given a variant and an instance (``None``: a variant scaled to zero, started by
         :meth:`Traffic.lease`), with its body; what fails raises the runtime's error."""
+        headers.check(request.scope["headers"])  # as the service model constrains them, first
         table = await self.tables.get(name)
         if table is None:
             raise ValidationError(f"Endpoint {name} of account {ACCOUNT} not found.")
