@@ -266,13 +266,13 @@ class HeaderCheck:
         self.operation = operation
         self.exempt = dict(exempt or {})
         self.error = error
-        self._headers: dict[bytes, tuple[str, Any]] | None = None
+        self._headers: dict[bytes, _Header] | None = None
 
     def load(self) -> None:
         """Read the model's header members (blocks for a moment: call it off the event loop)."""
         shape = service_model(self.service).operation_model(self.operation).input_shape
         self._headers = {
-            str(member.serialization["name"]).lower().encode("latin-1"): (_lower_first(name), member)
+            str(member.serialization["name"]).lower().encode("latin-1"): _Header(_lower_first(name), member)
             for name, member in shape.members.items()
             if member.serialization.get("location") == "header" and member.type_name == "string"}
 
@@ -288,13 +288,34 @@ class HeaderCheck:
             known = headers.get(name)
             if known is None:
                 continue
-            path, shape = known
             value = raw.decode("latin-1")
-            exempt = self.exempt.get(path)
+            if known.passes(value):
+                continue
+            exempt = self.exempt.get(known.path)
             if exempt is not None and exempt(value):
                 continue
-            for message in _scalar(shape, value, path):
+            for message in _scalar(known.shape, value, known.path):
                 v = v or Violations()
-                v.add(value, path, message)
+                v.add(value, known.path, message)
         if v is not None:
             v.raise_if_any(self.error)
+
+
+class _Header:
+    """A header member's constraints, read from the model once (a shape's ``metadata`` is rebuilt on
+    each read), for the quick test of a value that passes them all."""
+
+    __slots__ = ("enum", "high", "low", "path", "regex", "shape")
+
+    def __init__(self, path: str, shape: Any) -> None:
+        meta = shape.metadata
+        self.path, self.shape = path, shape
+        self.low: int = meta.get("min", 0)
+        self.high: int | None = meta.get("max")
+        self.enum: frozenset[str] | None = frozenset(meta["enum"]) if meta.get("enum") else None
+        self.regex = python_pattern(meta["pattern"]) if meta.get("pattern") else None
+
+    def passes(self, value: str) -> bool:
+        return (self.low <= len(value) and (self.high is None or len(value) <= self.high)
+                and (self.enum is None or value in self.enum)
+                and (self.regex is None or self.regex.fullmatch(value) is not None))
