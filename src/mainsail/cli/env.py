@@ -65,23 +65,15 @@ def env_vars(url: str, region: str, config_path: Path, keys: tuple[str, str] = (
 
 
 def profile_keys(path: Path, profile: str) -> tuple[str, str]:
-    """The access key pair of ``profile`` in a credentials file (``~/.aws/credentials`` shape)."""
-    import configparser
+    """The access key pair of ``profile`` in a credentials file, read as ``mainsail up --credentials``
+    reads it (so a file ``mainsail up`` refuses is refused here too)."""
+    from mainsail.aws.auth.credentials import CredentialsError, load_credentials
 
-    parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
     try:
-        with path.expanduser().open(encoding="utf-8") as fh:
-            parser.read_file(fh)
-    except (OSError, configparser.Error) as exc:
-        raise ValueError(f"cannot read the credentials file {path}: {exc}") from None
-    if profile not in parser:
-        raise ValueError(f"the credentials file {path} has no [{profile}] section "
-                         f"(it has: {', '.join(parser.sections()) or 'none'})")
-    key = parser[profile].get("aws_access_key_id", "").strip()
-    secret = parser[profile].get("aws_secret_access_key", "").strip()
-    if not key or not secret:
-        raise ValueError(f"[{profile}] in {path} needs aws_access_key_id and aws_secret_access_key")
-    return key, secret
+        key = load_credentials(path).profile(profile)
+    except CredentialsError as exc:
+        raise ValueError(exc.message) from None
+    return key.access_key_id, key.secret_access_key
 
 
 def _quote_fish(value: str) -> str:

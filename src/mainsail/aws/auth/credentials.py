@@ -19,7 +19,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mainsail.aws.auth.policy import Policy, PolicyError, load_policy
@@ -61,9 +61,19 @@ class KeyRing:
 
     keys: dict[str, AccessKey]
     source: str = ""
+    #: the same keys by the file's section (profile) names
+    profiles: dict[str, AccessKey] = field(default_factory=dict)
 
     def get(self, access_key_id: str) -> AccessKey | None:
         return self.keys.get(access_key_id)
+
+    def profile(self, name: str) -> AccessKey:
+        """The key of the section (profile) ``name``; CredentialsError naming the others if none."""
+        key = self.profiles.get(name)
+        if key is None:
+            raise CredentialsError(f"The credentials file {self.source} has no [{name}] section "
+                                   f"(it has: {', '.join(self.profiles) or 'none'})")
+        return key
 
 
 def load_credentials(path: str | Path) -> KeyRing:
@@ -78,6 +88,7 @@ def load_credentials(path: str | Path) -> KeyRing:
     except configparser.Error as exc:
         raise CredentialsError(f"The credentials file {file} is malformed: {exc.message}") from None
     keys: dict[str, AccessKey] = {}
+    profiles: dict[str, AccessKey] = {}
     for section in parser.sections():
         entry = parser[section]
         key_id = (entry.get("aws_access_key_id") or "").strip()
@@ -102,7 +113,7 @@ def load_credentials(path: str | Path) -> KeyRing:
             except PolicyError as exc:
                 raise CredentialsError(f"{where}: {exc.message}") from None
         token = (entry.get("aws_session_token") or "").strip() or None
-        keys[key_id] = AccessKey(key_id, secret, user, policy, token)
+        keys[key_id] = profiles[section] = AccessKey(key_id, secret, user, policy, token)
     if not keys:
         raise CredentialsError(f"The credentials file {file} holds no access key")
-    return KeyRing(keys, str(file))
+    return KeyRing(keys, str(file), profiles)
