@@ -67,6 +67,7 @@ def env_vars(url: str, region: str, config_path: Path, keys: tuple[str, str] = (
 def profile_keys(path: Path, profile: str) -> tuple[str, str]:
     """The access key pair of ``profile`` in a credentials file, read as ``mainsail up --credentials``
     reads it (so a file ``mainsail up`` refuses is refused here too)."""
+    # deferred: the policy grammar it loads is start-up cost for every other `mainsail` command
     from mainsail.aws.auth.credentials import CredentialsError, load_credentials
 
     try:

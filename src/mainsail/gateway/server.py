@@ -16,6 +16,7 @@ import uvicorn
 
 from mainsail.aws.auth.credentials import KeyRing, load_credentials
 from mainsail.backends.local import LocalBackend
+from mainsail.connections import guarded_http_for, raise_open_files_limit
 from mainsail.errors import MainsailError
 from mainsail.gateway.app import create_control_app
 from mainsail.hosting.reconciler import Reconciler
@@ -66,6 +67,7 @@ def run_up(settings: ControlSettings) -> None:
     stopped, with state, models and logs under ``settings.home``; raises :class:`ExposureError` or
     :class:`~mainsail.aws.auth.credentials.CredentialsError` before anything starts."""
     keys = secure_start(settings)
+    raise_open_files_limit()  # one descriptor per connection (and instances inherit it)
     root = settings.home
     root.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(root / "state.db")
@@ -92,7 +94,7 @@ def run_up(settings: ControlSettings) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         uvicorn.run(create_control_app(store, router, settings=settings, s3_root=root / "s3", keys=keys), host=host,
-                    port=port, log_config=None, access_log=False,
+                    port=port, log_config=None, access_log=False, http=guarded_http_for(settings),
                     ssl_certfile=str(settings.certfile) if settings.certfile else None,
                     ssl_keyfile=str(settings.keyfile) if settings.keyfile else None)
     finally:

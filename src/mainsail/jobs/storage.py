@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from mainsail import faults
 from mainsail.aws.s3.files import ObjectMeta, S3Error
 from mainsail.aws.s3.store import S3Store
 from mainsail.backends.model_fetch import NO_S3_ENDPOINT, s3_client
+from mainsail.faults import disk_write
 from mainsail.settings import S3Access
 
 logger = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ class _FileSink(Sink):
         self.fh: IO[bytes] = self.tmp.open("wb")
 
     def write(self, data: bytes) -> None:
-        faults.disk_write(len(data))
+        disk_write(len(data))
         self.fh.write(data)
 
     def commit(self) -> None:

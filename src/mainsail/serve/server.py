@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from mainsail.connections import raise_open_files_limit
 from mainsail.serve.model_dir import prepare_model
 from mainsail.serve.requirements import missing_requirements, prepare_requirements
 from mainsail.serve.workers import Supervisor
@@ -14,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 def run_server(settings: ServeSettings) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code."""
+    raise_open_files_limit()  # one descriptor per connection, in every worker (they inherit it)
     prepared = prepare_model(settings)
     first_paths: list[str] = []
     if prepared.code_dir is not None:

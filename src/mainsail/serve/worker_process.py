@@ -14,6 +14,7 @@ import sys
 from multiprocessing.synchronize import Event
 from typing import TYPE_CHECKING
 
+from mainsail.connections import guarded_http_for
 from mainsail.errors import MainsailError
 from mainsail.handlers import build_handler
 from mainsail.handlers.base import Handler
@@ -119,7 +120,7 @@ def serve(runtime: ModelRuntime, settings: ServeSettings, address: tuple[str, in
             sys.exit(0)
     app = create_app(runtime, settings, load_on_startup=False)
     config = uvicorn.Config(
-        app, loop="uvloop", http="httptools", lifespan="on", access_log=False, log_config=None,
+        app, loop="uvloop", http=guarded_http_for(settings), lifespan="on", access_log=False, log_config=None,
         timeout_keep_alive=75, timeout_graceful_shutdown=int(settings.timeout) + 5,
     )
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from mainsail import faults
 from mainsail.aws.identity import DEFAULT_REGION
+from mainsail.faults import disk_write
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_NUMBER = 10000
@@ -127,7 +127,7 @@ def write_json(path: Path, data: dict[str, Any], tmp_dir: Path) -> None:
     try:
         with disk_full_is_an_answer(), tmp.open("w", encoding="utf-8") as fh:
             text = json.dumps(data, ensure_ascii=False)
-            faults.disk_write(len(text))
+            disk_write(len(text))
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
@@ -176,7 +176,7 @@ class TempFile:
     def write(self, data: bytes) -> None:
         assert self._fh is not None
         with disk_full_is_an_answer():
-            faults.disk_write(len(data))
+            disk_write(len(data))
             self._fh.write(data)
         self.md5.update(data)
         if self._checksum is not None:

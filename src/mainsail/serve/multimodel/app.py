@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from mainsail.connections import guarded_http_for
 from mainsail.errors import BadRequest, MainsailError
 from mainsail.log import configure_logging
 from mainsail.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -212,10 +213,13 @@ def run_multi_model_server(settings: ServeSettings, models_dir: str | Path | Non
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     logger.info("mainsail serving multi-model %s on http://%s:%d with %d worker(s), %.0f MB budget per worker",
                 directory, settings.host, settings.port, workers, budget / 2**20)
+    # uvicorn pickles its config for more than one worker, and a protocol made for these settings does
+    # not pickle: then its workers read requests without mainsail.connections' rules
+    http = guarded_http_for(settings) if workers <= 1 else "httptools"
     try:
         uvicorn.run("mainsail.serve.multimodel.app:app_from_env", factory=True, host=settings.host,
                     port=settings.port, workers=workers if workers > 1 else None, log_config=None,
-                    access_log=False, lifespan="on", timeout_keep_alive=75,
+                    access_log=False, lifespan="on", timeout_keep_alive=75, http=http,
                     timeout_graceful_shutdown=int(settings.timeout) + 5)
     finally:
         if metrics_dir is not None:
