@@ -1,4 +1,4 @@
-"""``python -m bench {serve,profile,tabular,pytorch,control,...} [--duration S] [--quick] [--out FILE.md]``."""
+"""``python -m bench {serve,profile,tabular,pytorch,control,soak,...} [--duration S] [--quick] [--out FILE.md]``."""
 
 from __future__ import annotations
 
@@ -249,6 +249,13 @@ def _memory(args: argparse.Namespace) -> int:
                                  [m.strip() for m in args.models.split(",") if m.strip()])
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from bench.soak_report import run_and_report
+
+    return run_and_report(args, command="python -m bench " + shlex.join(sys.argv[1:]),
+                          log=lambda line: print(line, file=sys.stderr, flush=True))
+
+
 def _suite(args: argparse.Namespace) -> int:
     from bench import suite, suite_report
 
@@ -282,6 +289,7 @@ def _common(parser: argparse.ArgumentParser, quick: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.profile import add_profile_arguments
+    from bench.soak_report import add_soak_arguments
     from bench.systems import DEFAULT_SYSTEMS, SYSTEMS
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -421,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     suite.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img",
                        help="folder for the charts (default docs/img)")
     suite.set_defaults(func=_suite, rounds=1)
+    soak = commands.add_parser(
+        "soak", help="10 minutes at 80%% of measured capacity against a batching endpoint: memory, file "
+        "descriptors and p99 drift per minute (writes docs/reliability.md)")
+    add_soak_arguments(soak, ROOT / "docs" / "reliability.md")
+    soak.set_defaults(func=_soak, rounds=1)
     args = parser.parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so the servers this started are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -270,11 +270,15 @@ def boto3_client(service: str, url: str) -> Any:
 
 
 def create_endpoint(url: str, model_dir: Path, name: str = ENDPOINT_NAME, *,
-                    max_wait_s: int = 120) -> float:
-    """CreateModel, CreateEndpointConfig, CreateEndpoint, then wait for InService; returns the wait."""
+                    max_wait_s: int = 120, environment: dict[str, str] | None = None) -> float:
+    """CreateModel (with ``environment`` as its container's Environment), CreateEndpointConfig,
+    CreateEndpoint, then wait for InService; returns the wait."""
     sm = boto3_client("sagemaker", url)
+    container: dict[str, Any] = {"Image": "mainsail", "ModelDataUrl": f"file://{model_dir}"}
+    if environment:
+        container["Environment"] = dict(environment)
     sm.create_model(ModelName=f"{name}-model", ExecutionRoleArn="arn:aws:iam::123456789012:role/Bench",
-                    PrimaryContainer={"Image": "mainsail", "ModelDataUrl": f"file://{model_dir}"})
+                    PrimaryContainer=container)
     sm.create_endpoint_config(EndpointConfigName=f"{name}-config", ProductionVariants=[{
         "VariantName": VARIANT, "ModelName": f"{name}-model", "InitialInstanceCount": 1,
         "InstanceType": "ml.m5.large"}])
@@ -332,20 +336,20 @@ def find_instance(home: Path, endpoint: str) -> InstanceInfo:
     return info
 
 
-def code_state() -> str:
-    """The commit measured, and whether ``src/mainsail/control`` differed from it (read-only git)."""
+def code_state(path: str = "src/mainsail") -> str:
+    """The commit measured, and whether ``path`` differed from it (read-only git)."""
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
 
     try:
         head = git("rev-parse", "--short", "HEAD")
-        dirty = git("diff-index", "--quiet", "HEAD", "--", "src/mainsail/control")
+        dirty = git("diff-index", "--quiet", "HEAD", "--", path)
     except (OSError, subprocess.SubprocessError):
         return "unknown (git not available)"
     if head.returncode != 0:
         return "unknown (not a git checkout)"
     return f"commit {head.stdout.strip()}" + (
-        " with uncommitted changes under `src/mainsail/control`" if dirty.returncode == 1 else "")
+        f" with uncommitted changes under `{path}`" if dirty.returncode == 1 else "")
 
 
 def _group_alive(pgid: int) -> bool:

@@ -36,11 +36,12 @@ def markers(name: str) -> tuple[str, str]:
     return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
 
 
-def write_section(path: Path, name: str, body: str) -> None:
-    """Put ``body`` between the ``name`` markers of ``path``, creating the file or section if missing."""
+def write_section(path: Path, name: str, body: str, header: str = FILE_HEADER) -> None:
+    """Put ``body`` between the ``name`` markers of ``path``, creating the file (``header`` first) or
+    the section if missing."""
     start, end = markers(name)
     section = f"{start}\n{body.strip()}\n{end}"
-    text = path.read_text() if path.exists() else FILE_HEADER
+    text = path.read_text() if path.exists() else header
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text, count=1)
