@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench fuzz lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +34,18 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(PY) -m bench serve
 
-## lint: ruff, mypy --strict (src and bench), and the layer contracts (import-linter, pyproject.toml).
+## fuzz: every fuzz target (fuzz/, docs/reliability.md) for FUZZ_SECONDS each (make test runs each for 2000
+## inputs), FUZZ_JOBS at a time; the corpus grows in .fuzz/corpus, crashes land in .fuzz/crashes.
+FUZZ_SECONDS ?= 300
+FUZZ_JOBS ?= 2
+fuzz: $(VENV)/.installed-dev
+	$(PY) -m fuzz run --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) $(FUZZ_TARGETS)
+
+## lint: ruff, mypy --strict (src, bench and fuzz), and the layer contracts (import-linter, pyproject.toml).
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff check src tests bench examples fuzz
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --config pyproject.toml
 
 clean:
-	rm -rf $(VENV) .demo build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .demo build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .fuzz

@@ -35,5 +35,7 @@ def safe_extract(archive: Path, dest: Path, *, max_bytes: int = MAX_ARCHIVE_BYTE
             tar.extractall(dest, filter="data")
     except tarfile.FilterError as exc:
         raise InvalidModelArchive(f"unsafe member in {archive.name}: {exc}") from exc
+    except KeyError as exc:  # a hard link (or a link tarfile falls back to copying) to a member not held
+        raise InvalidModelArchive(f"cannot extract {archive.name}: {exc.args[0] if exc.args else exc}") from exc
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise InvalidModelArchive(f"cannot read {archive.name}: {exc}") from exc

@@ -6,6 +6,7 @@ chunked-upload example as a known answer."""
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import hashlib
 import string
 from collections.abc import Iterator
@@ -181,3 +182,24 @@ def test_an_expired_or_skewed_date_and_a_token_the_key_lacks_are_refused() -> No
     with pytest.raises(sigv4.AuthFailure) as exc:
         sigv4.verify(tokened, KEYS, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), **args)  # type: ignore[arg-type]
     assert exc.value.kind == "token"
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(when=st.datetimes(min_value=dt.datetime(1000, 1, 2), max_value=dt.datetime(9999, 12, 31, 23, 59, 59)),
+       offset=st.integers(-23 * 60 - 59, 23 * 60 + 59))
+def test_a_date_header_reads_as_its_utc_time_or_is_incomplete(when: dt.datetime, offset: int) -> None:
+    """A signature dated by ``Date:`` (no ``X-Amz-Date``): any RFC 2822 date reads as its UTC time, or is an
+    incomplete signature where that time has no ``YYYYMMDD`` (before year 1000, after 9999)."""
+    aware = when.replace(microsecond=0, tzinfo=dt.timezone(dt.timedelta(minutes=offset)))
+    headers = {"date": email.utils.format_datetime(aware), "authorization": f"AWS4-HMAC-SHA256 Credential={KEY}/"
+               "20260101/us-east-1/s3/aws4_request, SignedHeaders=host;date, Signature=00"}
+    try:
+        utc = aware.astimezone(dt.UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or utc.year < 1000:
+        with pytest.raises(sigv4.AuthFailure) as exc:
+            sigv4.parse(headers, "")
+        assert exc.value.kind == "incomplete"
+    else:
+        assert sigv4.parse(headers, "").timestamp == utc.strftime(sigv4.AMZ_DATE)

@@ -1,15 +1,22 @@
-"""Property tests: CSV, JSON and JSON Lines round trips over generated data."""
+"""Property tests: CSV, JSON and JSON Lines round trips over generated data; NPY, the tabular CSV fast path
+and the toolkit's CSV fast path read as the reference readings do."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from hypothesis import given, settings
+import pytest
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from mainsail.codecs import CsvCodec, JsonCodec, JsonLinesCodec, MediaType
+from mainsail.codecs import CsvCodec, JsonCodec, JsonLinesCodec, MediaType, NpyCodec, toolkit
+from mainsail.codecs.csv import decode_record
+from mainsail.errors import BadRequest
+from mainsail.handlers.tabular import plain_csv_line
 
 CSV, JSON, JSONL = CsvCodec(), JsonCodec(), JsonLinesCodec()
 PROPERTY = settings(max_examples=150, deadline=None, derandomize=True)
@@ -106,3 +113,60 @@ def test_jsonlines_array_round_trip(rows: list[list[int]]) -> None:
     array = np.array(rows, dtype=np.int64)
     decoded = JSONL.decode(JSONL.encode(array, media_type), media_type)
     pd.testing.assert_frame_equal(decoded, pd.DataFrame(array), check_exact=True)
+
+
+# -- two readings of one body agree (the fuzz targets' differential invariants, over generated values) --
+
+NPY_DTYPES = st.sampled_from(["<i1", ">i2", "<i4", ">i8", "<u2", ">u8", "<f2", "<f4", ">f8", "<c8", "|b1", "<U3", "|S2"])
+
+
+@PROPERTY
+@given(hnp.arrays(NPY_DTYPES, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)), st.booleans())
+def test_npy_reads_what_numpy_saves_as_numpy_load_does(array: np.ndarray, fortran: bool) -> None:
+    saved = np.asfortranarray(array) if fortran and array.ndim > 1 else array  # (a 0-d one would become 1-d)
+    body = io.BytesIO()
+    np.save(body, saved, allow_pickle=False)
+    decoded = NpyCodec().decode(body.getvalue(), MediaType("application/x-npy"))
+    loaded = toolkit.decode_npy(body.getvalue())
+    for got in (decoded, loaded):
+        assert got.dtype == saved.dtype and got.shape == saved.shape
+        assert np.array_equal(got, saved, equal_nan=saved.dtype.kind in "fc")
+
+
+CSV_FIELDS = st.one_of(INT64, st.integers(min_value=-(10**22), max_value=10**22), FLOATS, STRINGS,
+                       st.sampled_from(["", " 7 ", "+3", "-0", "1_0", "0x1f", "1e5", "Infinity", "\x1f5", "\ufeff1"]))
+
+
+@PROPERTY
+@given(st.lists(CSV_FIELDS, min_size=1, max_size=6))
+def test_decode_record_reads_a_one_line_body_as_the_codec_does(fields: list[Any]) -> None:
+    body = CSV.encode([fields], MediaType("text/csv"))
+    line = plain_csv_line(body, "text/csv")
+    assume(line is not None)  # one line (a quoted line break makes two): the tabular fast path reads it
+    try:
+        frame = CSV.decode(body, MediaType("text/csv"))
+    except BadRequest:
+        with pytest.raises(BadRequest):
+            decode_record(line)
+        return
+    row = [frame.iat[0, i].item() if isinstance(frame.iat[0, i], np.generic) else frame.iat[0, i]
+           for i in range(frame.shape[1])]
+    record = decode_record(line)
+    assert record is not None and len(record) == len(row)
+    for got, want in zip(record, row):
+        assert type(got) is type(want) or (_missing(got) and _missing(want)), (got, want)
+        assert got == want or (_missing(got) and _missing(want))
+
+
+TOOLKIT_NUMBERS = st.one_of(st.integers(min_value=-(10**25), max_value=10**25), FLOATS)
+
+
+@PROPERTY
+@given(st.lists(st.tuples(TOOLKIT_NUMBERS, st.sampled_from(["", " ", "0", "\t"])), min_size=1, max_size=6),
+       st.booleans())
+def test_toolkit_csv_fast_path_reads_what_genfromtxt_reads(fields: list[tuple[Any, str]], numeric: bool) -> None:
+    line = ",".join(pad + str(value) if pad != "0" or not str(value)[:1].isdigit() else "0" + str(value)
+                    for value, pad in fields)
+    fast, slow = toolkit.decode_csv(line, numeric), toolkit.genfromtxt(line, numeric)
+    assert fast.dtype == slow.dtype and fast.shape == slow.shape
+    assert np.array_equal(fast, slow, equal_nan=slow.dtype.kind == "f")

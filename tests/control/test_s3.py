@@ -22,6 +22,8 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mainsail.aws.s3.files import ObjectMeta
 from mainsail.aws.s3.store import S3Store
@@ -430,6 +432,23 @@ def test_aws_chunked_decoder_byte_by_byte() -> None:
     broken = AwsChunkedDecoder()
     with pytest.raises(Exception, match="malformed"):
         broken.feed(b"zz;chunk-signature=1\r\n")
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(payload=st.binary(max_size=3000), size=st.integers(1, 800), read=st.integers(1, 97), signed=st.booleans(),
+       trailers=st.lists(st.tuples(st.sampled_from(["x-amz-checksum-crc32", "x-amz-meta-a"]),
+                                   st.text("abcXYZ019+/= ", max_size=12)), max_size=2))
+def test_aws_chunked_bodies_decode_to_their_payload_however_they_are_read(
+        payload: bytes, size: int, read: int, signed: bool, trailers: list[tuple[str, str]]) -> None:
+    extension = f";chunk-signature={'a' * 64}" if signed else ""
+    body = b"".join(f"{len(payload[i:i + size]):x}{extension}\r\n".encode() + payload[i:i + size] + b"\r\n"
+                    for i in range(0, len(payload), size))
+    body += f"0{extension}\r\n".encode() + "".join(f"{n}:{v}\r\n" for n, v in trailers).encode() + b"\r\n"
+    decoder = AwsChunkedDecoder()
+    out = b"".join(b"".join(decoder.feed(body[i:i + read])) for i in range(0, len(body), read))
+    decoder.finish()
+    assert out == payload
+    assert decoder.trailers == {n: v.strip() for n, v in trailers}
 
 
 # -- durability ----------------------------------------------------------------------------------

@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import io
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from fuzz.archives import extract_and_check
 from mainsail.archives import safe_extract
 from mainsail.errors import InvalidModelArchive, ModelLoadError
 from mainsail.serve.model_dir import extract_cached, prepare_model
@@ -89,3 +93,29 @@ def test_script_lookup_order(tmp_path: Path) -> None:
     bare = tmp_path / "bare"
     bare.mkdir()
     assert prepare_model(ServeSettings(model_path=str(bare), home=home)).script is None
+
+
+SEGMENTS = st.sampled_from(["a", "b", "..", ".", "", "code", "ü", "x" * 120])
+PATHS = st.lists(SEGMENTS, min_size=1, max_size=4).map("/".join) | st.just("/etc/passwd")
+KINDS = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
+         "chr": tarfile.CHRTYPE, "fifo": tarfile.FIFOTYPE}
+MEMBERS = st.tuples(st.sampled_from(sorted(KINDS)), PATHS, PATHS, st.integers(0, 0o7777), st.binary(max_size=64))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(MEMBERS, max_size=8), st.sampled_from(["w", "w:gz", "w:bz2"]), st.sampled_from(
+    [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT]))
+def test_any_archive_extracts_inside_its_target_or_is_refused(
+        members: list[tuple[str, str, str, int, bytes]], mode: str, fmt: int) -> None:
+    """Archives of any members (names with ``..`` or ``/``, links anywhere, devices, any mode bits): what
+    ``safe_extract`` leaves is the fuzz target's invariant (fuzz/archives.py): nothing outside the target,
+    no device or FIFO, no link leading out, no setuid or group/other-writable file."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode=mode, format=fmt) as tar:  # type: ignore[call-overload]
+        for kind, name, target, perms, data in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.mode = KINDS[kind], target, perms
+            info.size = len(data) if kind == "file" else 0
+            tar.addfile(info, io.BytesIO(data) if kind == "file" else None)
+    with tempfile.TemporaryDirectory() as root:
+        extract_and_check(out.getvalue(), Path(root))

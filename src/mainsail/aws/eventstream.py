@@ -16,7 +16,7 @@ import struct
 import uuid
 import zlib
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -30,6 +30,7 @@ MAX_PAYLOAD = 16 * 1024 * 1024
 HeaderValue = str | bytes | bool | int | datetime | uuid.UUID
 _PRELUDE = struct.Struct(">II")
 _INT_TYPES = ((BYTE, ">b"), (SHORT, ">h"), (INTEGER, ">i"), (LONG, ">q"))
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _header(name: str, value: HeaderValue) -> bytes:
@@ -39,13 +40,16 @@ def _header(name: str, value: HeaderValue) -> bytes:
     out = bytes((len(raw_name),)) + raw_name
     if isinstance(value, bool):
         return out + bytes((BOOL_TRUE if value else BOOL_FALSE,))
-    if isinstance(value, str):
-        raw = value.encode("utf-8")
-        return out + bytes((STRING,)) + struct.pack(">H", len(raw)) + raw
-    if isinstance(value, bytes):
-        return out + bytes((BYTE_ARRAY,)) + struct.pack(">H", len(value)) + value
+    if isinstance(value, (str, bytes)):
+        raw = value.encode("utf-8") if isinstance(value, str) else value
+        if len(raw) > 65535:
+            raise ValueError(f"header {name!r}: a value is at most 65535 bytes, not {len(raw)}")
+        return out + bytes((STRING if isinstance(value, str) else BYTE_ARRAY,)) + struct.pack(">H", len(raw)) + raw
     if isinstance(value, datetime):
-        return out + bytes((TIMESTAMP,)) + struct.pack(">q", int(value.timestamp() * 1000))
+        # milliseconds by integer arithmetic (a float's product is off by one for some); a naive
+        # datetime is local time, as datetime.timestamp() reads it
+        since = (value if value.tzinfo is not None else value.astimezone()) - _EPOCH
+        return out + bytes((TIMESTAMP,)) + struct.pack(">q", since // timedelta(milliseconds=1))
     if isinstance(value, uuid.UUID):
         return out + bytes((UUID,)) + value.bytes
     if isinstance(value, int):  # the smallest type that holds it, as the SDKs write integers
@@ -59,7 +63,11 @@ def _header(name: str, value: HeaderValue) -> bytes:
 
 
 def encode_message(headers: Sequence[tuple[str, HeaderValue]], payload: bytes = b"") -> bytes:
-    """One message: ``headers`` in order, then ``payload``."""
+    """One message: ``headers`` in order, then ``payload``. A name given twice is a ``ValueError``
+    (botocore's decoder refuses such a message)."""
+    names = [name for name, _ in headers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"header names repeat: {sorted({n for n in names if names.count(n) > 1})}")
     raw_headers = b"".join(_header(name, value) for name, value in headers)
     if len(raw_headers) > MAX_HEADERS:
         raise ValueError(f"headers of {len(raw_headers)} bytes: at most {MAX_HEADERS}")

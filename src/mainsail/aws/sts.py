@@ -8,12 +8,12 @@ account. Other STS actions answer the query protocol's ``InvalidAction`` error.
 from __future__ import annotations
 
 from urllib.parse import parse_qs
-from xml.sax.saxutils import escape
 
 from starlette.responses import Response
 
 from mainsail.aws.auth.credentials import AccessKey
 from mainsail.aws.identity import ACCOUNT
+from mainsail.aws.xmltext import xml_escape
 
 NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
 USER_ID = "AIDAMAINSAILLOCALUSER"
@@ -33,7 +33,7 @@ def handle(body: bytes, request_id: str, caller: AccessKey | None = None) -> Res
         arn = caller.arn if caller else f"arn:aws:iam::{ACCOUNT}:user/mainsail"
         user_id = caller.user_id if caller else USER_ID
         xml = (f'<GetCallerIdentityResponse xmlns="{NAMESPACE}"><GetCallerIdentityResult>'
-               f"<Arn>{escape(arn)}</Arn><UserId>{user_id}</UserId>"
+               f"<Arn>{xml_escape(arn)}</Arn><UserId>{xml_escape(user_id)}</UserId>"
                f"<Account>{ACCOUNT}</Account></GetCallerIdentityResult>"
                f"<ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata>"
                "</GetCallerIdentityResponse>")
@@ -41,5 +41,5 @@ def handle(body: bytes, request_id: str, caller: AccessKey | None = None) -> Res
     message = f"Could not find operation {action} for version {params.get('Version', '')}" if action \
         else "Missing Action parameter"
     xml = (f'<ErrorResponse xmlns="{NAMESPACE}"><Error><Type>Sender</Type><Code>InvalidAction</Code>'
-           f"<Message>{escape(message)}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>")
+           f"<Message>{xml_escape(message)}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>")
     return Response(xml, status_code=400, media_type="text/xml", headers={"x-amzn-RequestId": request_id})

@@ -147,13 +147,13 @@ def decode_text(body: bytes, media_type: MediaType) -> str:
     try:
         _stdlib_codecs.lookup(charset)
         text = body.decode(charset)
-    except LookupError:
-        raise BadRequest(f"unknown charset {charset!r}") from None
     except UnicodeDecodeError as exc:
         raise BadRequest(
             f"body is not valid {charset}: cannot decode byte 0x{body[exc.start]:02x} "
             f"at byte offset {exc.start} ({exc.reason})"
         ) from None
+    except (LookupError, ValueError):  # ValueError: a name the lookup cannot take (a NUL in it)
+        raise BadRequest(f"unknown charset {charset!r}") from None
     return text[1:] if text.startswith("\ufeff") else text
 
 

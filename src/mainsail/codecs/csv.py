@@ -211,9 +211,12 @@ def _type_field(value: str) -> Any:
 def decode_record(text: str) -> list[Any] | None:
     """One CSV record typed field by field exactly as ``CsvCodec.decode`` types a one-row body.
 
-    Returns None when ``text`` holds more than one record. The single-record fast paths use it to
-    skip pandas while reading every value the way the batch path would.
+    Returns None when ``text`` holds more than one record; a blank one is ``BadRequest("empty body")``,
+    as the codec says. The single-record fast paths use it to skip pandas while reading every value
+    the way the batch path would.
     """
+    if not text.strip():
+        raise BadRequest("empty body")
     if '"' not in text and "\n" not in text.rstrip("\r\n") and "\r" not in text.rstrip("\r\n"):
         line = text.rstrip("\r\n")
         if line.strip():

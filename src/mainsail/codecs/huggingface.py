@@ -46,7 +46,10 @@ def decode_csv(text: str) -> dict[str, Any]:
     if not lines or not any(header in lines[0].lower() for header in ("question", "context", "inputs")):
         raise BadRequest("You need to provide the correct CSV with Header columns to use it with the inference "
                          "toolkit default handler.")
-    rows = list(csv.DictReader(io.StringIO(text)))
+    try:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise BadRequest(f"the CSV body cannot be read: {exc}") from None
     if not rows:
         raise BadRequest("the CSV body has a header and no rows")
     if "inputs" in rows[0]:
@@ -62,6 +65,8 @@ def decode(data: str | bytes, content_type: str | None) -> Any:
             return json.loads(_text(data))
         except json.JSONDecodeError as exc:
             raise BadRequest(f"JSON body is not valid at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        except (ValueError, RecursionError) as exc:  # an integer of too many digits; too deep a nesting
+            raise BadRequest(f"JSON body is not valid: {exc}") from None
     if media == CSV:
         return decode_csv(_text(data))
     if media == NPY:

@@ -52,11 +52,11 @@ class JsonCodec:
         if not text.strip():
             raise BadRequest("empty body")
         try:
-            return frame_from_document(_json.loads(text))
+            return frame_from_document(_stdlib_loads(text))
         except _json.JSONDecodeError as exc:
             if exc.msg != "Extra data":
                 raise bad_json(exc) from None
-        except ValueError as exc:  # e.g. an integer longer than sys.get_int_max_str_digits()
+        except ValueError as exc:  # e.g. an integer longer than sys.get_int_max_str_digits(), deep nesting
             raise BadRequest(f"invalid JSON: {exc}") from None
         return records_to_frame(_loads_stream(text), "value")
 
@@ -76,7 +76,16 @@ def loads_value(text: str) -> Any:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
             pass
-    return _json.loads(text)
+    return _stdlib_loads(text)
+
+
+def _stdlib_loads(text: str) -> Any:
+    """``json.loads``, with nesting deeper than the interpreter's stack a ``ValueError`` (orjson stops at
+    1024 levels, then the stdlib is tried: it would raise ``RecursionError``)."""
+    try:
+        return _json.loads(text)
+    except RecursionError:
+        raise ValueError("the JSON nests arrays and objects too deeply") from None
 
 
 def _loads_stream(text: str) -> list[Any]:
@@ -89,7 +98,7 @@ def _loads_stream(text: str) -> list[Any]:
             value, index = decoder.raw_decode(text, index)
         except _json.JSONDecodeError as exc:
             raise bad_json(exc) from None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise BadRequest(f"invalid JSON in value {len(values) + 1}: {exc}") from None
         values.append(value)
         index = _skip_whitespace(text, index)
@@ -101,18 +110,28 @@ def _skip_whitespace(text: str, index: int) -> int:
     return match.end() if match is not None else index
 
 
-def frame_from_document(value: Any) -> Any:
-    """One parsed JSON document -> ``pandas.DataFrame`` by the rules in :class:`JsonCodec`."""
+def _frame(data: Any = None) -> Any:
+    """``pandas.DataFrame(data)``; a string holding a lone surrogate (a ``"\\ud800"`` escape: JSON's grammar
+    allows it, UTF-8 cannot carry it, and pandas' string columns are UTF-8) is a ``BadRequest``."""
     import pandas as pd
 
+    try:
+        return pd.DataFrame(data)
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"invalid JSON: a string holds {exc.object[exc.start:exc.end]!r}, a lone surrogate, "
+                         "which UTF-8 cannot carry") from None
+
+
+def frame_from_document(value: Any) -> Any:
+    """One parsed JSON document -> ``pandas.DataFrame`` by the rules in :class:`JsonCodec`."""
     if isinstance(value, dict):
         instances = value.get("instances")
         if isinstance(instances, list):
             return records_to_frame(instances, "instance", scalars_as_row=True)
-        return pd.DataFrame([value])
+        return _frame([value])
     if isinstance(value, list):
         return records_to_frame(value, "record", scalars_as_row=True)
-    return pd.DataFrame([[value]])
+    return _frame([[value]])
 
 
 def _kind(value: Any) -> str:
@@ -132,13 +151,11 @@ def records_to_frame(
     different lengths are a ``BadRequest``. All scalars: one row (``scalars_as_row``) or one column.
     A mix is a ``BadRequest``. ``labels[i]`` (default ``f"{noun} {i + 1}"``) names record ``i``.
     """
-    import pandas as pd
-
     def label(index: int) -> str:
         return labels[index] if labels is not None else f"{noun} {index + 1}"
 
     if not records:
-        return pd.DataFrame()
+        return _frame()
     first = _kind(records[0])
     for index, record in enumerate(records):
         kind = _kind(record)
@@ -150,8 +167,8 @@ def records_to_frame(
             if len(record) != width:
                 raise BadRequest(f"{label(index)} has {len(record)} value(s); expected {width} like {label(0)}")
     elif first == "a scalar":
-        return pd.DataFrame([list(records)]) if scalars_as_row else pd.DataFrame({0: list(records)})
-    return pd.DataFrame(list(records))
+        return _frame([list(records)]) if scalars_as_row else _frame({0: list(records)})
+    return _frame(list(records))
 
 
 def frame_records(frame: Any) -> list[dict[Any, Any]]:

@@ -38,6 +38,10 @@ class NpyCodec:
         shape, fortran_order, dtype, offset = _read_header(body)
         if dtype.hasobject:
             raise BadRequest("NPY bodies holding object arrays are refused: loading them would unpickle data")
+        if dtype.subdtype is not None:  # numpy.save never writes one: an array's dtype is never a subarray
+            raise BadRequest(f"invalid NPY: the header's dtype {dtype} is a subarray type")
+        if any(size < 0 for size in shape):
+            raise BadRequest(f"invalid NPY: the header's shape {shape} has a negative dimension")
         count = math.prod(shape)
         needed = count * dtype.itemsize
         # checked before allocating anything: a tiny body must not make us allocate a huge array

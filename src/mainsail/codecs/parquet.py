@@ -44,7 +44,11 @@ class ParquetCodec:
             table = pq.read_table(pa.BufferReader(body))
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise BadRequest(f"invalid Parquet: {exc}") from None
-        return table.to_pandas()
+        try:
+            return table.to_pandas()
+        except (pa.ArrowException, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            # the file's own "pandas" metadata (index, column types), which pyarrow applies as written
+            raise BadRequest(f"invalid Parquet: its pandas metadata cannot be applied: {exc!r}") from None
 
     def encode(self, obj: Any, media_type: MediaType) -> bytes:
         import pyarrow as pa

@@ -14,7 +14,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import tokenize
 import warnings
+import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -63,8 +66,8 @@ def _csv_fast(text: str, numeric: bool) -> np.ndarray | None:
     """One line of plain numbers -> the same 1-D array genfromtxt gives, or None: ``int64`` when every
     field is an integer (``dtype=None``, as the toolkit asks) unless ``numeric``, else ``float64``."""
     line = text[:-1] if text.endswith("\n") else text
-    if not line or "\n" in line or "\r" in line or "#" in line or '"' in line:
-        return None
+    if not line or "\n" in line or "\r" in line or "#" in line or '"' in line or not line.isascii():
+        return None  # (int() and float() read non-ASCII digits too, each its own way: genfromtxt decides)
     fields = line.split(",")
     for field in fields:
         stripped = field.strip()
@@ -72,10 +75,13 @@ def _csv_fast(text: str, numeric: bool) -> np.ndarray | None:
             return None
         if "_" in stripped:
             return None
-    if not numeric and all(_INT.fullmatch(f.strip()) for f in fields):
-        ints = np.array([int(f) for f in fields], dtype=np.int64)
-        return ints[0] if ints.size == 1 else ints
-    try:
+    if not numeric and all(_DIGITS.fullmatch(f.strip()) for f in fields) and not all(
+            _INT.fullmatch(f.strip()) for f in fields):
+        return None  # more than 18 digits (leading zeros too): genfromtxt tells int64 from float64
+    try:  # int() and float() strip less than str.strip() does ("\x1f1"): leave such fields to genfromtxt
+        if not numeric and all(_INT.fullmatch(f.strip()) for f in fields):
+            ints = np.array([int(f) for f in fields], dtype=np.int64)
+            return ints[0] if ints.size == 1 else ints
         values = np.array([float(f) for f in fields], dtype=np.float64)
     except ValueError:
         return None
@@ -83,6 +89,7 @@ def _csv_fast(text: str, numeric: bool) -> np.ndarray | None:
 
 
 _INT = re.compile(r"[+-]?[0-9]{1,18}")
+_DIGITS = re.compile(r"[+-]?[0-9]+")
 
 
 def decode_csv(text: str, numeric: bool = False) -> np.ndarray:
@@ -93,6 +100,11 @@ def decode_csv(text: str, numeric: bool = False) -> np.ndarray:
     fast = _csv_fast(text, numeric)
     if fast is not None:
         return np.asarray(fast)
+    return genfromtxt(text, numeric)
+
+
+def genfromtxt(text: str, numeric: bool = False) -> np.ndarray:
+    """:func:`decode_csv` without its fast path for one line of numbers, which gives what this gives."""
     with warnings.catch_warnings():
         # genfromtxt warns on an empty body; the toolkit returns the empty array it gives.
         warnings.simplefilter("ignore", UserWarning)
@@ -103,9 +115,14 @@ def decode_csv(text: str, numeric: bool = False) -> np.ndarray:
                     return inferred
             array: np.ndarray = np.genfromtxt(io.StringIO(text), delimiter=",")
             return array
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:  # TypeError: genfromtxt's own type guessing, on some bodies
             detail = " ".join(str(exc).replace("Some errors were detected !", "").split())
             raise BadRequest(f"CSV body cannot be read as a numeric array: {detail}") from None
+
+
+# what numpy.load raises besides ValueError for a broken file: a header its tokenizer cannot end
+# (TokenError), one that is not a literal (SyntaxError, TypeError), a short read (EOFError, OSError)
+_BROKEN = (OSError, EOFError, TypeError, SyntaxError, tokenize.TokenError)
 
 
 def decode_npy(data: bytes) -> np.ndarray:
@@ -116,7 +133,7 @@ def decode_npy(data: bytes) -> np.ndarray:
         if "allow_pickle" in str(exc):
             raise BadRequest("NPY bodies holding pickled objects are refused") from None
         raise BadRequest(f"body is not a valid NPY array: {exc}") from None
-    except (OSError, EOFError) as exc:
+    except _BROKEN as exc:
         raise BadRequest(f"body is not a valid NPY array: {exc}") from None
 
 
@@ -127,8 +144,16 @@ def decode_npz(data: bytes) -> Any:
         raise UnsupportedContentType(NPZ, list(DECODE_TYPES[:3])) from None
     try:
         return scipy.sparse.load_npz(io.BytesIO(data))
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, KeyError, zipfile.BadZipFile, zlib.error, *_BROKEN) as exc:  # a broken zip, or member
         raise BadRequest(f"body is not a valid NPZ sparse matrix: {exc}") from None
+
+
+def _utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"body is not UTF-8: cannot decode byte 0x{data[exc.start]:02x} at byte offset "
+                         f"{exc.start}") from None
 
 
 def decode(data: str | bytes, content_type: str | None, numeric: bool = False) -> Any:
@@ -138,7 +163,7 @@ def decode(data: str | bytes, content_type: str | None, numeric: bool = False) -
     if kind == JSON:
         return decode_json(data)
     if kind == CSV:
-        return decode_csv(data if isinstance(data, str) else data.decode("utf-8"), numeric)
+        return decode_csv(data if isinstance(data, str) else _utf8(data), numeric)
     if kind == NPY:
         return decode_npy(data if isinstance(data, bytes) else data.encode("utf-8"))
     if kind == NPZ:

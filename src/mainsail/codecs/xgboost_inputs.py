@@ -91,6 +91,8 @@ def libsvm_labeled(data: str | bytes) -> tuple[Any, np.ndarray]:
                 raise BadRequest(f"LIBSVM line {number}: {token!r} is not index:value") from None
             if not colon or index < 0:
                 raise BadRequest(f"LIBSVM line {number}: {token!r} is not index:value")
+            if index >= 2**32 - 1:  # XGBoost's feature indices are 32-bit
+                raise BadRequest(f"LIBSVM line {number}: feature index {index} is beyond XGBoost's (at most 2**32 - 2)")
             indices.append(index)
             values.append(number_value)
             width = max(width, index + 1)

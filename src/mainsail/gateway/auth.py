@@ -284,7 +284,7 @@ class SignedRequests:
             return [runtime] if runtime else []
         try:
             body: Any = json.loads(data) if data else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # the operation itself answers SerializationException
             body = None
         if service.signing_name == "logs":
             return [actions.logs(service.operation, body, region)]

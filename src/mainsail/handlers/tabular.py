@@ -135,8 +135,8 @@ def _json_records(body: bytes, kind: str) -> list[dict[str, Any]] | None:
     return data
 
 
-def _plain_csv_lines(body: bytes, content_type: str | None) -> list[str] | None:
-    """The lines of a UTF-8 CSV body with no quotes, carriage returns or blank lines; else None."""
+def _utf8_text(body: bytes, content_type: str | None) -> str | None:
+    """A UTF-8 body's text; None for another charset, or a leading BOM (which the codec drops)."""
     params = (content_type or "").lower()
     if "charset" in params and "utf-8" not in params and "utf8" not in params:
         return None
@@ -144,7 +144,23 @@ def _plain_csv_lines(body: bytes, content_type: str | None) -> list[str] | None:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if '"' in text or "\r" in text:
+    return None if text.startswith("\ufeff") else text
+
+
+def plain_csv_line(body: bytes, content_type: str | None) -> str | None:
+    """The one line of a UTF-8 CSV body of one line, its line break dropped; else None. What
+    :func:`~mainsail.codecs.csv.decode_record` reads of it is what ``CsvCodec`` reads."""
+    text = _utf8_text(body, content_type)
+    stripped = text.strip("\r\n") if text is not None else ""
+    if not stripped or "\n" in stripped or "\r" in stripped:
+        return None
+    return stripped
+
+
+def _plain_csv_lines(body: bytes, content_type: str | None) -> list[str] | None:
+    """The lines of a UTF-8 CSV body with no quotes, carriage returns or blank lines; else None."""
+    text = _utf8_text(body, content_type)
+    if text is None or '"' in text or "\r" in text:
         return None
     lines = text.rstrip("\n").split("\n")
     if not lines or any(not line.strip() for line in lines):
@@ -276,17 +292,10 @@ class TabularHandler:
                 return None
             return pre.transform_record(record)
         if kind == "text/csv":
-            params = (content_type or "").lower()
-            if "charset" in params and "utf-8" not in params and "utf8" not in params:
+            line = plain_csv_line(body, content_type)
+            if line is None:
                 return None
-            try:
-                text = body.decode("utf-8")
-            except UnicodeDecodeError:
-                return None
-            stripped = text.strip("\r\n")
-            if not stripped or "\n" in stripped or "\r" in stripped:
-                return None
-            values = decode_record(stripped)
+            values = decode_record(line)
             if values is None:
                 return None
             self._check_width(len(values))

@@ -108,8 +108,10 @@ def _timestamp(headers: dict[str, str]) -> str:
         return value
     if "date" in headers:
         try:
-            return parsedate_to_datetime(headers["date"]).astimezone(dt.UTC).strftime(AMZ_DATE)
-        except (TypeError, ValueError):
+            when = parsedate_to_datetime(headers["date"]).astimezone(dt.UTC)
+            if when.year >= 1000:  # strftime writes an earlier year with fewer digits
+                return when.strftime(AMZ_DATE)
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a year or time out of range
             pass
     raise AuthFailure("incomplete", "Authorization header requires existence of either a 'X-Amz-Date' or a "
                       "'Date' header.")
@@ -237,10 +239,14 @@ def verify(signed: Signed, keys: KeyRing, *, method: str, raw_path: str, query_s
     query = canonical_query(query_string, presigned=signed.presigned)
     url = f"http://{headers_host(headers)}{raw_path or '/'}" + (f"?{query}" if query else "")
     auth, request = _botocore_signer(key, signed, chosen, payload_hash, method, url)
-    canonical = auth.canonical_request(request)
+    try:
+        canonical = auth.canonical_request(request)
+    except ValueError as exc:  # urlsplit refuses the URL: a Host such as "[" (not an IPv6 address)
+        raise AuthFailure("signature", f"The request signature we calculated does not match the signature you "
+                          f"provided: the request's Host and path do not form a URL ({exc}).") from None
     string_to_sign = auth.string_to_sign(request, canonical)
     expected = auth.signature(string_to_sign, request)
-    if not hmac.compare_digest(expected, signed.signature):
+    if not _same(expected, signed.signature):
         raise AuthFailure("signature", "The request signature we calculated does not match the signature you "
                           "provided. Check your AWS Secret Access Key and signing method. Consult the service "
                           "documentation for details.", AWSAccessKeyId=signed.access_key_id,
@@ -313,13 +319,24 @@ def _verify_v2(signed: Signed, key: AccessKey, method: str, raw_path: str, query
         if name in ("content-md5", "content-type") or name.startswith("x-amz-"):
             chosen[name] = value
     auth = Query(Credentials(key.access_key_id, key.secret_access_key), expires)
-    split = urlsplit(f"http://{headers_host(headers)}{raw_path or '/'}" + (f"?{query_string}" if query_string else ""))
+    try:
+        split = urlsplit(f"http://{headers_host(headers)}{raw_path or '/'}"
+                         + (f"?{query_string}" if query_string else ""))
+    except ValueError as exc:
+        raise AuthFailure("signature", f"The request signature we calculated does not match the signature you "
+                          f"provided: the request's Host and path do not form a URL ({exc}).") from None
     expected = auth.get_signature(method, split, chosen)
-    if not hmac.compare_digest(expected, signed.signature):
+    if not _same(expected, signed.signature):
         raise AuthFailure("signature", "The request signature we calculated does not match the signature you "
                           "provided. Check your key and signing method.", AWSAccessKeyId=signed.access_key_id,
                           SignatureProvided=signed.signature)
     return Verified(key, signed)
+
+
+def _same(expected: str, given: str) -> bool:
+    """A constant-time comparison of signatures, ``given`` as sent (any characters: compare_digest refuses
+    non-ASCII ``str``, so both are compared as UTF-8)."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))
 
 
 def headers_host(headers: list[tuple[str, str]]) -> str:
@@ -347,7 +364,7 @@ class ChunkSignatures:
     def chunk(self, signature: str | None, data_sha256: str) -> None:
         expected = self._sign("\n".join(("AWS4-HMAC-SHA256-PAYLOAD", self.timestamp, self.scope, self.previous,
                                          EMPTY_SHA256, data_sha256)))
-        if signature is None or not hmac.compare_digest(expected, signature):
+        if signature is None or not _same(expected, signature):
             raise AuthFailure("signature", "The request signature we calculated does not match the signature "
                               "you provided.")
         self.previous = expected
@@ -355,6 +372,6 @@ class ChunkSignatures:
     def trailer(self, signature: str | None, trailer_text: str) -> None:
         expected = self._sign("\n".join(("AWS4-HMAC-SHA256-TRAILER", self.timestamp, self.scope, self.previous,
                                          hashlib.sha256(trailer_text.encode()).hexdigest())))
-        if signature is None or not hmac.compare_digest(expected, signature):
+        if signature is None or not _same(expected, signature):
             raise AuthFailure("signature", "The trailer signature we calculated does not match the signature "
                               "you provided.")

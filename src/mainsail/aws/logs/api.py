@@ -68,7 +68,7 @@ def _encode(state: dict[str, Any]) -> str:
 def _decode(token: Any) -> dict[str, Any]:
     try:
         state = json.loads(base64.urlsafe_b64decode(str(token).encode()).decode())
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise InvalidParameterException("The specified nextToken is invalid.") from None
     if not isinstance(state, dict):
         raise InvalidParameterException("The specified nextToken is invalid.")

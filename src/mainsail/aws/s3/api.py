@@ -12,6 +12,7 @@ This module dispatches requests and answers the bucket and object operations; li
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from urllib.parse import parse_qs, unquote
 
@@ -27,16 +28,17 @@ from mainsail.aws.s3.files import ObjectMeta, S3Error, TempFile
 from mainsail.aws.s3.store import S3Store
 from mainsail.aws.s3.wire import (
     OWNER_ID,
+    delete_request,
     el,
     error_response,
     etag_matches,
     file_chunks,
     http_date,
     iso,
+    location_constraint,
     meta_headers,
     object_headers,
     parse_range,
-    parse_xml,
     read_small,
     receive_body,
     request_region,
@@ -45,6 +47,7 @@ from mainsail.aws.s3.wire import (
 )
 
 logger = logging.getLogger(__name__)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _UNSUPPORTED = ("acl", "policy", "tagging", "versioning", "cors", "lifecycle", "website", "logging",
                 "notification", "replication", "encryption", "versions", "object-lock", "retention",
@@ -95,6 +98,9 @@ class S3Api:
 
     async def handle(self, request: Request, bucket: str, key: str) -> Response:
         method = request.method
+        if _SURROGATE.search(bucket) or _SURROGATE.search(key):
+            # a percent-escape that is not UTF-8, kept by unquote as a lone surrogate: S3 refuses it so
+            raise S3Error("InvalidURI", 400, "Couldn't parse the specified URI.")
         query = parse_qs(request.url.query, keep_blank_values=True)
         q = {name: values[0] for name, values in query.items()}
         if any(name in q for name in _UNSUPPORTED):
@@ -164,11 +170,7 @@ class S3Api:
         return xml_response(root)
 
     async def create_bucket(self, request: Request, bucket: str) -> Response:
-        raw = await read_small(request)
-        constraint = ""
-        if raw.strip():
-            node = parse_xml(raw).find("LocationConstraint")
-            constraint = (node.text or "").strip() if node is not None else ""
+        constraint = location_constraint(await read_small(request))
         region = request_region(request)
         if region == DEFAULT_REGION:
             if constraint == DEFAULT_REGION:
@@ -291,12 +293,7 @@ class S3Api:
 
     async def delete_objects(self, request: Request, bucket: str) -> Response:
         await run_in_threadpool(self.store.bucket, bucket)
-        doc = parse_xml(await read_small(request))
-        quiet = (doc.findtext("Quiet") or "").strip().lower() == "true"
-        keys = [obj.findtext("Key") or "" for obj in doc.findall("Object")]
-        if len(keys) > 1000:
-            raise S3Error("MalformedXML", 400, "The XML you provided was not well-formed or did not validate "
-                          "against our published schema")
+        quiet, keys = delete_request(await read_small(request))
         root = xml_root("DeleteResult")
         for key in keys:
             try:

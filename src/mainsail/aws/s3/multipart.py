@@ -11,7 +11,16 @@ from starlette.responses import Response
 
 from mainsail.aws.s3.files import MAX_PART_NUMBER, S3Error
 from mainsail.aws.s3.store import S3Store
-from mainsail.aws.s3.wire import el, iso, object_headers, parse_xml, read_small, receive_body, xml_response, xml_root
+from mainsail.aws.s3.wire import (
+    completed_parts,
+    el,
+    iso,
+    object_headers,
+    read_small,
+    receive_body,
+    xml_response,
+    xml_root,
+)
 
 
 async def create_upload(store: S3Store, request: Request, bucket: str, key: str) -> Response:
@@ -93,14 +102,7 @@ def list_uploads(store: S3Store, bucket: str) -> Response:
 
 async def complete_upload(store: S3Store, request: Request, bucket: str, key: str, upload_id: str) -> Response:
     await run_in_threadpool(store.upload_meta, bucket, upload_id, key)
-    doc = parse_xml(await read_small(request))
-    wanted: list[tuple[int, str]] = []
-    for part in doc.findall("Part"):
-        try:
-            wanted.append((int(part.findtext("PartNumber") or ""), part.findtext("ETag") or ""))
-        except ValueError:
-            raise S3Error("MalformedXML", 400, "The XML you provided was not well-formed or did not "
-                          "validate against our published schema") from None
+    wanted = completed_parts(await read_small(request))
     stored = await run_in_threadpool(store.complete_upload, bucket, key, upload_id, wanted)
     root = xml_root("CompleteMultipartUploadResult")
     el(root, "Location", f"{str(request.base_url).rstrip('/')}/{bucket}/{quote(key)}")

@@ -20,12 +20,14 @@ from starlette.responses import Response
 from mainsail.aws.identity import DEFAULT_REGION
 from mainsail.aws.s3.files import CHECKSUMS, ObjectMeta, S3Error, TempFile
 from mainsail.aws.s3.store import S3Store
+from mainsail.aws.xmltext import xml_safe
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 OWNER_ID = "75aa57f09aa0c8caeab4f8c24e99d10f8e7faeebf76c078efc7c6caea54ba06a"
 XML_LIMIT = 4 * 1024 * 1024
 FLUSH_BYTES = 1 << 20
 STORED_HEADERS = ("Content-Encoding", "Content-Disposition", "Content-Language", "Cache-Control", "Expires")
+_HEX_SIZE = re.compile(r"[ \t]*[0-9a-fA-F]+[ \t]*")
 CREDENTIAL_RE = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/")
 
 
@@ -60,13 +62,13 @@ def error_response(exc: S3Error, request_id: str, method: str, resource: str = "
     headers = {"x-amz-request-id": request_id, "x-amz-id-2": request_id}
     if method == "HEAD":  # HEAD errors carry no body: botocore reads the status alone
         return Response(status_code=exc.status, headers=headers)
-    root = ET.Element("Error")
+    root = ET.Element("Error")  # it repeats the client's input (path, method, headers): kept parseable
     el(root, "Code", exc.code)
-    el(root, "Message", exc.message)
+    el(root, "Message", xml_safe(exc.message))
     for name, value in exc.fields.items():
-        el(root, name, value)
+        el(root, name, xml_safe(str(value)))
     if resource:
-        el(root, "Resource", resource)
+        el(root, "Resource", xml_safe(resource))
     el(root, "RequestId", request_id)
     return xml_response(root, exc.status, headers)
 
@@ -74,13 +76,45 @@ def error_response(exc: S3Error, request_id: str, method: str, resource: str = "
 def parse_xml(raw: bytes) -> ET.Element:
     try:
         root = ET.fromstring(raw)
-    except ET.ParseError:
-        raise S3Error("MalformedXML", 400, "The XML you provided was not well-formed or did not validate "
-                      "against our published schema") from None
+    except (ET.ParseError, LookupError, ValueError):  # also an unknown or multi-byte declared encoding
+        raise _malformed_xml() from None
     for element in root.iter():  # drop namespaces
         if "}" in element.tag:
             element.tag = element.tag.split("}", 1)[1]
     return root
+
+
+def _malformed_xml() -> S3Error:
+    return S3Error("MalformedXML", 400, "The XML you provided was not well-formed or did not validate against our "
+                   "published schema")
+
+
+def location_constraint(raw: bytes) -> str:
+    """CreateBucket's ``<CreateBucketConfiguration><LocationConstraint>`` (``""`` for none or no body)."""
+    if not raw.strip():
+        return ""
+    node = parse_xml(raw).find("LocationConstraint")
+    return (node.text or "").strip() if node is not None else ""
+
+
+def delete_request(raw: bytes) -> tuple[bool, list[str]]:
+    """DeleteObjects' ``<Delete>``: (quiet, the keys), at most 1000 of them."""
+    doc = parse_xml(raw)
+    keys = [obj.findtext("Key") or "" for obj in doc.findall("Object")]
+    if len(keys) > 1000:
+        raise _malformed_xml()
+    return (doc.findtext("Quiet") or "").strip().lower() == "true", keys
+
+
+def completed_parts(raw: bytes) -> list[tuple[int, str]]:
+    """CompleteMultipartUpload's ``<Part>`` s: (PartNumber, ETag) as listed."""
+    wanted: list[tuple[int, str]] = []
+    for part in parse_xml(raw).findall("Part"):
+        try:
+            wanted.append((int(part.findtext("PartNumber") or ""), part.findtext("ETag") or ""))
+        except ValueError:
+            raise _malformed_xml() from None
+    return wanted
 
 
 # -- request bodies ------------------------------------------------------------------------------
@@ -156,10 +190,9 @@ class AwsChunkedDecoder:
             del self.buf[:end + 2]
             if self.state == "size":
                 size_text, _, extension = line.partition(";")
-                try:
-                    size = int(size_text.strip(), 16)
-                except ValueError:
-                    raise self._bad(f"bad chunk size {line[:40]!r}") from None
+                if not _HEX_SIZE.fullmatch(size_text):  # int(x, 16) also reads "-5", "0x5", "5_0"
+                    raise self._bad(f"bad chunk size {line[:40]!r}")
+                size = int(size_text, 16)
                 name, _, value = extension.partition("=")
                 self.chunk_signature = value.strip() if name.strip() == "chunk-signature" else None
                 self.chunk_hash = hashlib.sha256()
