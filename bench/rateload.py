@@ -138,6 +138,7 @@ async def run_rate(url: str, body: bytes, content_type: str, *, rate: float, dur
     queued: collections.deque[float] = collections.deque()  # due times of requests waiting for a connection
     inflight: dict[int, tuple[float, HttpConnection]] = {}
     connecting: set[asyncio.Task[None]] = set()
+    reused: set[int] = set()  # connections that answered once already (a new one fails for real)
     ids = itertools.count()
     total = int(round(bounds[-1][3] * rate))
     opened = outstanding = scheduled = 0
@@ -173,9 +174,17 @@ async def run_rate(url: str, body: bytes, content_type: str, *, rate: float, dur
         inflight.pop(key, None)
         exc = answer.exception()
         if exc is not None:
+            if id(conn) in reused:
+                # the server closed this idle keep-alive connection as it was taken again (its keep-alive
+                # timeout): once more on a new connection, as HTTP clients do; a second failure counts
+                reused.discard(id(conn))
+                drop(conn)
+                open_for(due)
+                return
             finish(due, 0, f"{type(exc).__name__}: {exc}")
             drop(conn)
             return
+        reused.add(id(conn))
         status, response, keep_alive = answer.result()
         finish(due, status, "" if status < 300 else f"HTTP {status}: {response[:200]!r}")
         if keep_alive and not conn.closed:
@@ -188,6 +197,7 @@ async def run_rate(url: str, body: bytes, content_type: str, *, rate: float, dur
 
     def drop(conn: HttpConnection) -> None:
         nonlocal opened
+        reused.discard(id(conn))
         conn.abort()
         opened -= 1
         if queued:

@@ -5,7 +5,7 @@ adaptive batching on, and by default deploys it through ``mainsail up`` (one ``m
 instance, requests to ``POST /endpoints/NAME/invocations``); ``--target serve`` drives
 ``mainsail serve`` directly instead. Then:
 
-1. **Capacity**: a closed-loop run at high concurrency (wrk when installed, else ``bench.loadgen``)
+1. **Capacity**: a closed-loop run at high concurrency (``bench.loadgen`` by default, or wrk)
    for ``capacity_s`` seconds; its req/s is the capacity.
 2. **Soak**: ``bench.rateload`` (its own process) sends ``load`` times that rate, open loop, over at
    most ``capacity_concurrency`` keep-alive connections (a client's connection pool: past it requests
@@ -93,6 +93,10 @@ class SoakBenchmark:
     capacity_s: float
     capacity_concurrency: int
     capacity_loadgen: str = ""
+    #: the client of the capacity run: ``python`` (``bench.loadgen``, asyncio: costs the machine's cores about what the
+    #: soak's own client does, so 80 % of its capacity is 80 % of what server and client reach together on a
+    #: machine they share) or ``wrk`` (cheaper: a capacity the soak's Python client cannot hold beside it)
+    capacity_client: str = "python"
     capacity: LoadResult | None = None
     capacity_cores: tuple[float, float] = (0.0, 0.0)
     """(server CPU, CPU of everything but the server and the load generator) over the capacity run, in cores."""
@@ -279,7 +283,7 @@ def start_target(stack: contextlib.ExitStack, bench: SoakBenchmark, model_dir: P
 
 def measure_capacity(bench: SoakBenchmark, url: str, body_file: Path) -> LoadResult:
     """Closed loop at ``capacity_concurrency`` for ``capacity_s`` (after a discarded 1 s)."""
-    bench.capacity_loadgen = choose_loadgen("auto")
+    bench.capacity_loadgen = choose_loadgen(bench.capacity_client)
     if bench.capacity_loadgen == "wrk":
         return run_wrk(url, body_file, concurrency=bench.capacity_concurrency, duration_s=bench.capacity_s,
                        warmup_s=1.0, content_type=CONTENT_TYPE, script_dir=body_file.parent)
@@ -328,6 +332,7 @@ def soak(bench: SoakBenchmark, url: str, body_file: Path, root: int, log: Callab
 def run_soak_benchmark(*, target: str = "up", duration_s: float = 600.0, interval_s: float = 60.0,
                        warmup_s: float = 30.0, capacity_s: float = 15.0, capacity_concurrency: int = 64,
                        load: float = 0.8, rate: float | None = None, workers: int = 2,
+                       capacity_client: str = "python",
                        requests_csv: Path | None = None, command: str = "python -m bench soak",
                        log: Callable[[str], None] = print) -> SoakBenchmark:
     """Build the model, start the target, measure its capacity (unless ``rate`` is given), then soak it.
@@ -347,7 +352,7 @@ def run_soak_benchmark(*, target: str = "up", duration_s: float = 600.0, interva
     bench = SoakBenchmark(started=datetime.now(UTC), command=command, target=target, duration_s=duration_s,
                           interval_s=interval_s, warmup_s=warmup_s, load=load, workers=workers,
                           capacity_s=capacity_s, capacity_concurrency=capacity_concurrency,
-                          code=code_state("src/mainsail"))
+                          capacity_client=capacity_client, code=code_state("src/mainsail"))
     before = _load_average()
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="mainsail-bench-soak-"))
