@@ -26,7 +26,23 @@ def default_home() -> Path:
     return Path(os.environ.get("MAINSAIL_HOME") or Path.home() / ".mainsail")
 
 
-class ServeSettings(BaseSettings):
+class ConnectionLimits(BaseSettings):
+    """What a client connection may take of either plane's server (read by both from the same variables)."""
+
+    request_head_timeout: float = Field(30.0, gt=0, le=3600, validation_alias=_env("MAINSAIL_REQUEST_HEAD_TIMEOUT"))
+    """Seconds a client has to send a request's line and headers (from connecting, for a connection's
+    first request; from the head's first byte, for later ones); then the connection is closed, with
+    408 if part of a head came. Also the grace a request body has before ``request_body_min_rate``
+    applies (``mainsail.connections``)."""
+    request_head_max_bytes: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, validation_alias=_env("MAINSAIL_REQUEST_HEAD_MAX_BYTES"))
+    """The largest request line and headers, in bytes; a larger head is answered 431."""
+    request_body_min_rate: float = Field(1024.0, ge=0, validation_alias=_env("MAINSAIL_REQUEST_BODY_MIN_RATE"))
+    """Bytes a second a request body must average once ``request_head_timeout`` has passed since its
+    head, else 408 (0: no limit)."""
+
+
+class ServeSettings(ConnectionLimits):
     """Everything one ``mainsail serve`` process group needs."""
 
     model_config = SettingsConfigDict(populate_by_name=True, extra="forbid", frozen=True, env_prefix="MAINSAIL_")
@@ -100,18 +116,6 @@ class ServeSettings(BaseSettings):
     api_key: str | None = Field(None, min_length=8, repr=False, validation_alias=_env("MAINSAIL_API_KEY"))
     """A key every request but ``GET /ping`` must carry (``X-Api-Key`` or ``Authorization: Bearer``)."""
     model_name: str = Field("model", validation_alias=_env("MAINSAIL_MODEL_NAME"))
-    request_head_timeout: float = Field(30.0, gt=0, le=3600, validation_alias=_env("MAINSAIL_REQUEST_HEAD_TIMEOUT"))
-    """Seconds a client has to send a request's line and headers (from connecting, for a connection's
-    first request; from the head's first byte, for later ones); then the connection is closed, with
-    408 if part of a head came. Also the grace a request body has before ``request_body_min_rate``
-    applies (``mainsail.connections``)."""
-    request_head_max_bytes: int = Field(
-        65536, ge=1024, le=16 * 1024 * 1024, validation_alias=_env("MAINSAIL_REQUEST_HEAD_MAX_BYTES"))
-    """The largest request line and headers, in bytes; a larger head is answered 431."""
-    request_body_min_rate: float = Field(1024.0, ge=0, validation_alias=_env("MAINSAIL_REQUEST_BODY_MIN_RATE"))
-    """Bytes a second a request body must average once ``request_head_timeout`` has passed since its
-    head, else 408 (0: no limit)."""
-
     @field_validator("api_key", mode="before")
     @classmethod
     def _blank_key_is_unset(cls, value: object) -> object:
@@ -147,7 +151,7 @@ class S3Access:
 DEFAULT_MODEL_DATA_MAX_BYTES = 20 * 1024**3
 
 
-class ControlSettings(BaseSettings):
+class ControlSettings(ConnectionLimits):
     """Everything ``mainsail up`` needs, read once at its start (``mainsail up``'s options win over the
     environment) and passed to the parts it assembles: nothing below ``gateway`` reads the environment."""
 
@@ -184,17 +188,6 @@ class ControlSettings(BaseSettings):
     one per vCPU of its instance type, as SageMaker's containers do, capped by this; a model's own
     ``SAGEMAKER_MODEL_SERVER_WORKERS`` is not capped."""
 
-    request_head_timeout: float = Field(30.0, gt=0, le=3600, validation_alias=_env("MAINSAIL_REQUEST_HEAD_TIMEOUT"))
-    """Seconds a client has to send a request's line and headers (from connecting, for a connection's
-    first request; from the head's first byte, for later ones); then the connection is closed, with
-    408 if part of a head came. Also the grace a request body has before ``request_body_min_rate``
-    applies (``mainsail.connections``)."""
-    request_head_max_bytes: int = Field(
-        65536, ge=1024, le=16 * 1024 * 1024, validation_alias=_env("MAINSAIL_REQUEST_HEAD_MAX_BYTES"))
-    """The largest request line and headers, in bytes; a larger head is answered 431."""
-    request_body_min_rate: float = Field(1024.0, ge=0, validation_alias=_env("MAINSAIL_REQUEST_BODY_MIN_RATE"))
-    """Bytes a second a request body must average once ``request_head_timeout`` has passed since its
-    head, else 408 (0: no limit)."""
 
     credentials: Path | None = Field(None, validation_alias=_env("MAINSAIL_CREDENTIALS"))
     """A file in the shape of ``~/.aws/credentials``: the access keys whose SigV4 signatures are accepted
