@@ -266,7 +266,6 @@ class AsyncInference:
             await source.close()
         if failure == _THROTTLED:  # serverless MaxConcurrency, or no instance ready: stays queued for the next pass
             return
-        self._tries.pop(key, None)
         await self._finish(key, item, failure)
         self._kick.set()  # a slot is free: the next queued request starts now, not at the next poll
 
@@ -348,6 +347,7 @@ class AsyncInference:
     async def _finish(self, key: str, item: Record, failure: str | None) -> None:
         """Record the outcome: the failure written to the failure location (a result was written as
         it streamed), and the request removed from the queue."""
+        self._tries.pop(key, None)
         def write() -> None:
             if failure is not None and item.get("FailureLocation"):
                 self._write(item["FailureLocation"], failure.encode(), "text/plain")
