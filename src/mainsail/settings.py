@@ -187,7 +187,11 @@ class ControlSettings(ConnectionLimits):
     """The most model-server workers one instance runs (unset: the host's cores). An instance runs
     one per vCPU of its instance type, as SageMaker's containers do, capped by this; a model's own
     ``SAGEMAKER_MODEL_SERVER_WORKERS`` is not capped."""
-
+    metrics_time_scale: float = Field(1.0, gt=0, le=3600, validation_alias=_env("MAINSAIL_METRICS_TIME_SCALE"))
+    """How much faster than real time CloudWatch's clock runs (tests and demos): 60 makes a one-minute period,
+    an alarm's 60 s evaluation and a 60 s scaling cooldown last one real second. 1 (the default) is AWS's."""
+    metrics_retention_days: float = Field(15.0, gt=0, le=455, validation_alias=_env("MAINSAIL_METRICS_RETENTION_DAYS"))
+    """How long one-minute datapoints are kept (CloudWatch keeps them 15 days)."""
 
     credentials: Path | None = Field(None, validation_alias=_env("MAINSAIL_CREDENTIALS"))
     """A file in the shape of ``~/.aws/credentials``: the access keys whose SigV4 signatures are accepted
