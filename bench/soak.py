@@ -6,7 +6,12 @@ instance, requests to ``POST /endpoints/NAME/invocations``); ``--target serve`` 
 ``mainsail serve`` directly instead. Then:
 
 1. **Capacity**: a closed-loop run at high concurrency (``bench.loadgen`` by default, or wrk)
-   for ``capacity_s`` seconds; its req/s is the capacity.
+   for ``capacity_s`` seconds gives an upper bound; then (``capacity_mode="open"``, the default) short
+   open-loop runs of ``bench.rateload`` at 100 %, 95 %, 90 %, ... of it find the highest rate the server
+   holds with the soak's own client and arrival pattern (every request answered, the rate reached, no
+   queue building in the client): that rate is the capacity. A closed loop at concurrency 64 keeps the
+   batcher's queue full, so its batches are larger and each request is cheaper than under a steady
+   stream of single requests; 80 % of it can be more than the server sustains open loop.
 2. **Soak**: ``bench.rateload`` (its own process) sends ``load`` times that rate, open loop, over at
    most ``capacity_concurrency`` keep-alive connections (a client's connection pool: past it requests
    queue in the client, and the server's descriptors stay bounded), for a warm-up and then
@@ -28,7 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +52,29 @@ RSS_GROWTH_TARGET_PCT = 5.0
 P99_DRIFT_TARGET_PCT = 10.0
 BATCHING_ENV = {"MAINSAIL_BATCHING": "true"}
 SATURATED_LATE_MS = 100.0
+CAPACITY_MODES = ("open", "closed")
+#: the open-loop capacity search: fractions of the closed-loop figure tried, highest first
+SEARCH_STEPS = tuple(round(1.0 - 0.05 * k, 2) for k in range(15))
+SEARCH_S = 8.0
+#: each search run's warm-up, as a share of its measured seconds
+SEARCH_WARMUP_SHARE = 0.25
+#: a rate is held when requests left the client at most this late (p99): no queue built up behind the server
+HELD_LATE_MS = 20.0
+HELD_RATE_SHARE = 0.97
+
+
+@dataclass
+class SearchTrial:
+    """One open-loop run of the capacity search."""
+
+    fraction: float
+    rate: float
+    result: IntervalResult
+
+    @property
+    def held(self) -> bool:
+        r = self.result
+        return r.errors == 0 and r.rps >= HELD_RATE_SHARE * self.rate and r.late_p99_ms <= HELD_LATE_MS
 
 
 @dataclass
@@ -98,6 +126,11 @@ class SoakBenchmark:
     #: machine they share) or ``wrk`` (cheaper: a capacity the soak's Python client cannot hold beside it)
     capacity_client: str = "python"
     capacity: LoadResult | None = None
+    capacity_mode: str = "open"
+    search: list[SearchTrial] = field(default_factory=list)
+    search_s: float = SEARCH_S
+    sustained_rate: float | None = None
+    """The highest open-loop rate held in the search (the capacity in ``open`` mode)."""
     capacity_cores: tuple[float, float] = (0.0, 0.0)
     """(server CPU, CPU of everything but the server and the load generator) over the capacity run, in cores."""
     rate: float = 0.0
@@ -117,7 +150,8 @@ class SoakBenchmark:
 
     @property
     def errors(self) -> int:
-        return sum(i.load.errors for i in self.intervals) + (self.capacity.errors if self.capacity else 0)
+        return sum(i.load.errors for i in self.intervals) + (self.capacity.errors if self.capacity else 0) + sum(
+            t.result.errors for t in self.search if t.held)
 
     @property
     def behind(self) -> list[SoakInterval]:
@@ -291,35 +325,20 @@ def measure_capacity(bench: SoakBenchmark, url: str, body_file: Path) -> LoadRes
                        warmup_s=1.0, content_type=CONTENT_TYPE)
 
 
-def soak(bench: SoakBenchmark, url: str, body_file: Path, root: int, log: Callable[[str], None],
-         requests_csv: Path | None = None) -> None:
-    """Run ``bench.rateload`` at ``bench.rate``; sample the server's processes as each interval ends."""
+def rateload(url: str, body_file: Path, *, rate: float, duration_s: float, interval_s: float, warmup_s: float,
+             max_connections: int, requests_csv: Path | None = None) -> Iterator[IntervalResult]:
+    """Run ``bench.rateload`` in its own process; yield each interval as it ends."""
     argv = [sys.executable, "-m", "bench.rateload", url, "--body-file", str(body_file), "--content-type",
-            CONTENT_TYPE, "--rate", f"{bench.rate:.3f}", "--duration", str(bench.duration_s),
-            "--interval", str(bench.interval_s), "--warmup", str(bench.warmup_s),
-            "--max-connections", str(bench.capacity_concurrency)]
+            CONTENT_TYPE, "--rate", f"{rate:.3f}", "--duration", str(duration_s),
+            "--interval", str(interval_s), "--warmup", str(warmup_s), "--max-connections", str(max_connections)]
     if requests_csv is not None:
         argv += ["--log", str(requests_csv)]
-    previous = bench.before = sample_processes(root)
     process = subprocess.Popen(argv, cwd=ROOT, env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
         assert process.stdout is not None
         for line in process.stdout:
-            load = IntervalResult.from_json(line)
-            procs = sample_processes(root)
-            wall = max(1e-9, procs.at - previous.at)
-            server = max(0.0, procs.cpu_s - previous.cpu_s)
-            other = max(0.0, (procs.busy_s - previous.busy_s) - server - load.client_cpu_s) / wall
-            interval = SoakInterval(load, procs, server / wall, load.client_cpu_s / wall, other)
-            bench.intervals.append(interval)
-            previous = procs
-            name = "warm-up" if load.phase == "warmup" else f"interval {load.index}"
-            log(f"  {name}: {load.rps:,.0f} req/s, p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms, "
-                f"{load.errors} errors; RSS {procs.rss_mib:,.1f} MiB, {procs.fds} fds, {procs.threads} threads, "
-                f"{procs.processes} processes; other load {other:.2f} cores")
-            if load.errors:
-                log(f"    e.g. {load.error_samples[:2]}")
+            yield IntervalResult.from_json(line)
         _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
@@ -329,10 +348,51 @@ def soak(bench: SoakBenchmark, url: str, body_file: Path, root: int, log: Callab
         raise RuntimeError(f"the rate load generator failed ({process.returncode}):\n{stderr[-3000:]}")
 
 
+def search_capacity(bench: SoakBenchmark, url: str, body_file: Path, upper: float,
+                    log: Callable[[str], None]) -> float:
+    """The highest rate of ``SEARCH_STEPS`` x ``upper`` the server holds open loop (0 if none)."""
+    for fraction in SEARCH_STEPS:
+        rate = fraction * upper
+        results = [r for r in rateload(url, body_file, rate=rate, duration_s=bench.search_s, interval_s=bench.search_s,
+                                       warmup_s=SEARCH_WARMUP_SHARE * bench.search_s,
+                                       max_connections=bench.capacity_concurrency)
+                   if r.phase == "soak"]
+        trial = SearchTrial(fraction, rate, results[-1])
+        bench.search.append(trial)
+        r = trial.result
+        log(f"  {fraction:.0%}: {rate:,.0f} req/s asked, {r.rps:,.0f} answered, p99 {r.p99_ms:.2f} ms, client late "
+            f"p99 {r.late_p99_ms:.2f} ms, {r.errors} errors: {'held' if trial.held else 'not held'}")
+        if trial.held:
+            return rate
+    return 0.0
+
+
+def soak(bench: SoakBenchmark, url: str, body_file: Path, root: int, log: Callable[[str], None],
+         requests_csv: Path | None = None) -> None:
+    """Run ``bench.rateload`` at ``bench.rate``; sample the server's processes as each interval ends."""
+    previous = bench.before = sample_processes(root)
+    for load in rateload(url, body_file, rate=bench.rate, duration_s=bench.duration_s, interval_s=bench.interval_s,
+                         warmup_s=bench.warmup_s, max_connections=bench.capacity_concurrency,
+                         requests_csv=requests_csv):
+        procs = sample_processes(root)
+        wall = max(1e-9, procs.at - previous.at)
+        server = max(0.0, procs.cpu_s - previous.cpu_s)
+        other = max(0.0, (procs.busy_s - previous.busy_s) - server - load.client_cpu_s) / wall
+        interval = SoakInterval(load, procs, server / wall, load.client_cpu_s / wall, other)
+        bench.intervals.append(interval)
+        previous = procs
+        name = "warm-up" if load.phase == "warmup" else f"interval {load.index}"
+        log(f"  {name}: {load.rps:,.0f} req/s, p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms, "
+            f"{load.errors} errors; RSS {procs.rss_mib:,.1f} MiB, {procs.fds} fds, {procs.threads} threads, "
+            f"{procs.processes} processes; other load {other:.2f} cores")
+        if load.errors:
+            log(f"    e.g. {load.error_samples[:2]}")
+
+
 def run_soak_benchmark(*, target: str = "up", duration_s: float = 600.0, interval_s: float = 60.0,
                        warmup_s: float = 30.0, capacity_s: float = 15.0, capacity_concurrency: int = 64,
                        load: float = 0.8, rate: float | None = None, workers: int = 2,
-                       capacity_client: str = "python",
+                       capacity_client: str = "python", capacity_mode: str = "open", search_s: float = SEARCH_S,
                        requests_csv: Path | None = None, command: str = "python -m bench soak",
                        log: Callable[[str], None] = print) -> SoakBenchmark:
     """Build the model, start the target, measure its capacity (unless ``rate`` is given), then soak it.
@@ -344,15 +404,20 @@ def run_soak_benchmark(*, target: str = "up", duration_s: float = 600.0, interva
 
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}")
+    if capacity_mode not in CAPACITY_MODES:
+        raise ValueError(f"capacity mode must be one of {', '.join(CAPACITY_MODES)}")
     if duration_s <= 0 or interval_s <= 0 or warmup_s < 0 or capacity_s < 1 or capacity_concurrency < 1:
         raise ValueError("duration and interval must be positive, warm-up not negative, capacity run at least 1 s "
                          "at concurrency 1 or more")
+    if search_s <= 0:
+        raise ValueError("the search runs must last a positive number of seconds")
     if not 0 < load <= 1.5 or (rate is not None and rate <= 0) or workers < 1:
         raise ValueError("load must be in (0, 1.5], rate positive and workers at least 1")
     bench = SoakBenchmark(started=datetime.now(UTC), command=command, target=target, duration_s=duration_s,
                           interval_s=interval_s, warmup_s=warmup_s, load=load, workers=workers,
                           capacity_s=capacity_s, capacity_concurrency=capacity_concurrency,
-                          capacity_client=capacity_client, code=code_state("src/mainsail"))
+                          capacity_client=capacity_client, capacity_mode=capacity_mode, search_s=search_s,
+                          code=code_state("src/mainsail"))
     before = _load_average()
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="mainsail-bench-soak-"))
@@ -374,7 +439,11 @@ def run_soak_benchmark(*, target: str = "up", duration_s: float = 600.0, interva
                 bench.capacity_cores = (server / wall, max(0.0, last.busy_s - first.busy_s - server - client) / wall)
                 log(f"  {bench.capacity.rps:,.0f} req/s (p99 {bench.capacity.p99_ms:.2f} ms, "
                     f"{bench.capacity.errors} errors)")
-                bench.rate = load * bench.capacity.rps
+                capacity = bench.capacity.rps
+                if capacity_mode == "open" and capacity > 0:
+                    log(f"capacity: the highest open-loop rate held for {search_s:g} s")
+                    bench.sustained_rate = capacity = search_capacity(bench, bench.url, body_file, capacity, log)
+                bench.rate = load * capacity
             else:
                 bench.rate, bench.fixed_rate = rate, True
             if bench.rate <= 0:
