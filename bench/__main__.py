@@ -249,6 +249,14 @@ def _memory(args: argparse.Namespace) -> int:
                                  [m.strip() for m in args.models.split(",") if m.strip()])
 
 
+def _cloudwatch(args: argparse.Namespace) -> int:
+    from bench import cloudwatch
+
+    return cloudwatch.run_and_report(args.out, "python -m bench " + shlex.join(sys.argv[1:]),
+                                     lambda line: print(line, file=sys.stderr, flush=True),
+                                     endpoints=args.endpoints, hours=args.hours, repeats=args.repeats)
+
+
 def _soak(args: argparse.Namespace) -> int:
     from bench.soak_report import run_and_report
 
@@ -429,6 +437,14 @@ def main(argv: list[str] | None = None) -> int:
     suite.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img",
                        help="folder for the charts (default docs/img)")
     suite.set_defaults(func=_suite, rounds=1)
+    cloudwatch = commands.add_parser(
+        "cloudwatch", help="GetMetricData through boto3 over a day of one-minute metrics of 10 endpoints")
+    cloudwatch.add_argument("--endpoints", type=int, default=10, help="endpoints filled (default 10)")
+    cloudwatch.add_argument("--hours", type=float, default=24.0, help="hours of one-minute data (default 24)")
+    cloudwatch.add_argument("--repeats", type=int, default=30, help="timed calls per request (default 30)")
+    cloudwatch.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                            help="markdown file to update (default docs/benchmarks.md)")
+    cloudwatch.set_defaults(func=_cloudwatch, duration=1.0, rounds=1, warmup=None)
     soak = commands.add_parser(
         "soak", help="10 minutes at 80%% of measured capacity against a batching endpoint: memory, file "
         "descriptors and p99 drift per minute (writes docs/reliability.md)")

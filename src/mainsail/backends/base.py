@@ -68,6 +68,8 @@ class Instance:
     port: int
     log_path: str
     host: str = LOOPBACK
+    #: the model directory it serves, on its host ("": not known, as in records written before)
+    model_dir: str = ""
 
     @property
     def address(self) -> Address:
@@ -83,7 +85,8 @@ class Instance:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Instance:
         return cls(variant=str(record["variant"]), pid=int(record["pid"]), port=int(record["port"]),
-                   log_path=str(record["log_path"]), host=str(record.get("host") or LOOPBACK))
+                   log_path=str(record["log_path"]), host=str(record.get("host") or LOOPBACK),
+                   model_dir=str(record.get("model_dir") or ""))
 
 
 class Backend(Protocol):

@@ -122,7 +122,8 @@ class LocalBackend:
             self._procs[proc.pid] = proc
         self._pid_dir.mkdir(parents=True, exist_ok=True)
         (self._pid_dir / f"{proc.pid}.json").write_text(json.dumps({"pid": proc.pid, "port": port}))
-        return Instance(variant=spec.variant, pid=proc.pid, port=port, log_path=str(log_path))
+        return Instance(variant=spec.variant, pid=proc.pid, port=port, log_path=str(log_path),
+                        model_dir=str(model_dir))
 
     def _exit_code(self, pid: int) -> int | None:
         """The exit code, ``None`` while running; -1 when the process is unknown and gone."""

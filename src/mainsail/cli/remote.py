@@ -50,7 +50,7 @@ def console(*, stderr: bool = False) -> Any:
 
 @dataclass
 class Api:
-    """The two boto3 clients for one control plane URL, made on first use."""
+    """The boto3 clients for one control plane URL, each made on first use."""
 
     url: str
     _clients: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +74,14 @@ class Api:
     @property
     def runtime(self) -> Any:
         return self._client("sagemaker-runtime")
+
+    @property
+    def cloudwatch(self) -> Any:
+        return self._client("cloudwatch")
+
+    @property
+    def autoscaling(self) -> Any:
+        return self._client("application-autoscaling")
 
     def invoke_url(self, name: str) -> str:
         return f"{self.url.rstrip('/')}/endpoints/{name}/invocations"

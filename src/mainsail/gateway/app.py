@@ -20,6 +20,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mainsail.aws import sts
 from mainsail.aws.auth.credentials import KeyRing, load_credentials
+from mainsail.aws.cloudwatch import wire as cloudwatch_wire
+from mainsail.aws.cloudwatch.actions import AlarmActions
+from mainsail.aws.cloudwatch.api import is_json_target as is_cloudwatch_target
+from mainsail.aws.cloudwatch.plane import CloudWatchPlane
+from mainsail.aws.cloudwatch.store import MetricStore
 from mainsail.aws.errors import (
     ControlError,
     UnknownOperationException,
@@ -32,6 +37,7 @@ from mainsail.aws.s3 import store as s3store
 from mainsail.aws.shapes import InputCheck, service_model
 from mainsail.backends.local import LocalBackend
 from mainsail.gateway.auth import IDENTITY, SignedRequests
+from mainsail.gateway.publisher import sagemaker_publisher
 from mainsail.hosting import api as hosting_api
 from mainsail.hosting import endpoints
 from mainsail.hosting import resources as hosting_resources
@@ -41,6 +47,8 @@ from mainsail.jobs.async_inference import ASYNC_HEADERS, AsyncInference
 from mainsail.jobs.transform import api as transform
 from mainsail.routing.response_stream import STREAM_HEADERS, ResponseStreams, is_response_stream
 from mainsail.routing.router import INVOKE_HEADERS, Router, is_invocation
+from mainsail.scaling.api import ScalingApi, is_scaling_target
+from mainsail.scaling.scaler import Scaler
 from mainsail.settings import ControlSettings
 
 logger = logging.getLogger(__name__)
@@ -82,24 +90,32 @@ class ControlPlaneApp:
 
 def create_control_app(store: StateStore, router: Router | None = None, *, settings: ControlSettings | None = None,
                        home: Path | None = None, s3_root: Path | None = None,
-                       keys: KeyRing | None = None) -> ASGIApp:
+                       keys: KeyRing | None = None, alarm_actions: AlarmActions | None = None) -> ASGIApp:
     """The control-plane ASGI app: SageMaker JSON 1.1 operations over ``store``, the runtime API
     (``router``; by default one over ``store`` reaching instances as the local backend does) and
     ``/metrics``. ``settings`` (read from the environment when not given) and ``home`` (default:
     the settings') configure what the app itself runs: logs, async inference, S3, DescribeEndpoint.
     With access ``keys`` (by default those of ``settings.credentials``), every request must be signed
-    by one of them and allowed by its policy (:class:`~mainsail.gateway.auth.SignedRequests`)."""
+    by one of them and allowed by its policy (:class:`~mainsail.gateway.auth.SignedRequests`).
+    CloudWatch (metrics in ``home/metrics.db``, alarms beside them) answers on the same port; its alarms'
+    actions reach the callbacks registered on ``alarm_actions``."""
     if settings is None:
         settings = ControlSettings()  # the composition root: the one place the environment is read
     if keys is None and settings.credentials is not None:
         keys = load_credentials(settings.credentials)
     home = home or settings.home
+    metric_store = MetricStore(home / "metrics.db", retention_s=settings.metrics_retention_days * 86400)
+    cloudwatch = CloudWatchPlane.create(metric_store, time_scale=settings.metrics_time_scale, actions=alarm_actions)
+    scaler = Scaler(store, cloudwatch.service.alarms, cloudwatch.actions, cloudwatch.service.scale)
+    scaling_api = ScalingApi(scaler)
     if router is None:
         backend = LocalBackend(home, max_model_bytes=settings.model_data_max_bytes, s3=settings.s3)
         router = Router(store, backend.transport(), async_idle=settings.async_idle_seconds,
                         model_data=backend.model_data)
     logs_api = logs.LogsApi(home)
     async_api = AsyncInference(store, router, home, s3=settings.s3)
+    # the one-minute datapoints SageMaker publishes (the same numbers as /metrics), into metric_store
+    publisher = sagemaker_publisher(router.recorder, metric_store, store, settings.metrics_time_scale)
     settle_seconds = settings.describe_settle_seconds
 
     async def dispatch(request: Request) -> Response:
@@ -109,7 +125,17 @@ def create_control_app(store: StateStore, router: Router | None = None, *, setti
             op_name = target[len(TARGET_PREFIX):] if target and target.startswith(
                 TARGET_PREFIX) else None
             if target is None and sts.is_query_call(request.headers.get("content-type")):
-                return sts.handle(await request.body(), request_id, request.scope.get(IDENTITY))
+                body = await request.body()  # the query protocol: CloudWatch's API version, or STS
+                params = cloudwatch_wire.query_params(body)
+                if cloudwatch_wire.is_query_call(params):
+                    return await cloudwatch.api.serve_query(params, request)
+                return sts.handle(body, request_id, request.scope.get(IDENTITY))
+            if is_scaling_target(target):  # Application Auto Scaling, AWS JSON 1.1
+                result = await run_in_threadpool(scaling_api.call, str(target), json_body(await request.body()),
+                                                 region_of(request.headers.get("authorization")))
+                return respond(200, result, request_id)
+            if is_cloudwatch_target(target):  # CloudWatch, AWS JSON 1.0
+                return await cloudwatch.api.serve_json(request)
             if target and target.startswith(logs.TARGET_PREFIX):  # CloudWatch Logs, over the log files
                 result = await run_in_threadpool(logs_api.call, target, await request.body(),
                                                  region_of(request.headers.get("authorization")))
@@ -138,16 +164,26 @@ def create_control_app(store: StateStore, router: Router | None = None, *, setti
         # request, SageMaker's (half a second) in the background
         await run_in_threadpool(_load_runtime_checks)
         preload = asyncio.get_running_loop().run_in_executor(None, service_model, "sagemaker")
+        preload_cloudwatch = asyncio.get_running_loop().run_in_executor(None, service_model, "cloudwatch")
         async_api.start()
+        publisher.start()
+        cloudwatch.start()
+        scaler.start()
         yield
+        await scaler.stop()
+        await cloudwatch.stop()
         await async_api.stop()
+        await publisher.stop()  # the period under way, as far as it went
         await router.aclose()
+        metric_store.close()
         await preload
+        await preload_cloudwatch
 
     # the runtime API (no X-Amz-Target) lives on its own REST paths
     # S3 (path style) answers what the control plane does not, and what is signed for s3
     s3_first, s3_last = s3.s3_routes(s3store.S3Store(s3_root or home / "s3"))
-    app = Starlette(routes=[s3_first, Route("/", dispatch, methods=["POST"]), router.route, async_api.route,
+    app = Starlette(routes=[s3_first, Route("/", dispatch, methods=["POST"]), cloudwatch.api.route, router.route,
+                            async_api.route,
                             Route("/metrics", router.metrics_endpoint, methods=["GET"]), s3_last],
                     lifespan=lifespan)
     control = ControlPlaneApp(app, router)

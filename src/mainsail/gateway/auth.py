@@ -1,12 +1,14 @@
 """Signed requests on ``mainsail up``'s one port: with access keys configured, every request is
 authenticated (AWS SigV4, ``mainsail.aws.auth.sigv4``) and authorized (the key's IAM policy) before the
 control plane sees it, and refused with the error the addressed service itself answers: SageMaker and
-CloudWatch Logs (AWS JSON 1.1), the runtime API (REST JSON), STS (query, XML) and S3 (XML).
+CloudWatch Logs (AWS JSON 1.1), CloudWatch (CBOR, JSON 1.0 or query, with ``x-amzn-query-error``), the
+runtime API (REST JSON), STS (query, XML) and S3 (XML).
 
 What is signed, the service is told by the request itself: S3 by its credential scope (or, unsigned,
-by its path: everything the other APIs do not claim); the JSON services by ``X-Amz-Target``; STS by a
-form-encoded ``POST /``; the runtime API by its ``/endpoints/...`` paths. ``GET /metrics`` (Prometheus
-cannot sign) is answered unsigned to loopback clients only.
+by its path: everything the other APIs do not claim); the JSON services by ``X-Amz-Target``; STS and
+CloudWatch's query protocol by a form-encoded ``POST /`` (``Version`` tells them apart once the body is
+in); CloudWatch's CBOR by its ``/service/...`` path; the runtime API by its ``/endpoints/...`` paths.
+``GET /metrics`` (Prometheus cannot sign) is answered unsigned to loopback clients only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import cbor2
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +28,7 @@ from mainsail.aws.auth import actions, sigv4
 from mainsail.aws.auth.credentials import AccessKey, KeyRing
 from mainsail.aws.auth.policy import Decision
 from mainsail.aws.auth.sigv4 import AuthFailure
+from mainsail.aws.cloudwatch import wire as cloudwatch_wire
 from mainsail.aws.protocol import respond
 from mainsail.aws.s3.files import S3Error
 from mainsail.aws.s3.routes import signed_for_s3
@@ -76,6 +80,9 @@ def _headers(scope: Scope) -> list[tuple[str, str]]:
     return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])]
 
 
+_CLOUDWATCH_CBOR = f"/service/{cloudwatch_wire.TARGET_PREFIX}/operation/"
+
+
 def classify(scope: Scope, headers: dict[str, str]) -> Service:
     """Which API a request addresses (before its body is read)."""
     if signed_for_s3(scope):
@@ -88,7 +95,13 @@ def classify(scope: Scope, headers: dict[str, str]) -> Service:
             return Service("json", "sagemaker", operation)
         if prefix.startswith("Logs_"):
             return Service("json", "logs", operation)
+        if prefix == cloudwatch_wire.TARGET_PREFIX:
+            return Service("json", "monitoring", operation)
+        if prefix == "AnyScaleFrontendService":
+            return Service("json", "application-autoscaling", operation)
         return Service("json", None, operation)
+    if method == "POST" and path.startswith(_CLOUDWATCH_CBOR):
+        return Service("cbor", "monitoring", path[len(_CLOUDWATCH_CBOR):])
     if method == "POST" and path == "/" and headers.get("content-type", "").split(";")[0].strip().lower() \
             == "application/x-www-form-urlencoded":
         return Service("query", None)
@@ -102,8 +115,17 @@ def classify(scope: Scope, headers: dict[str, str]) -> Service:
 def _error(service: Service, code: str, status: int, message: str, method: str, path: str,
            fields: dict[str, str] | None = None) -> Response:
     request_id = str(uuid.uuid4())
+    if service.protocol == "json" and service.signing_name == "monitoring":  # query-compatible: the code twice
+        return Response(json.dumps({"__type": code, "message": message}), status_code=status,
+                        media_type=cloudwatch_wire.JSON_TYPE, headers={
+                            "x-amzn-RequestId": request_id, "x-amzn-query-error": f"{_query_code(code)};Sender"})
     if service.protocol == "json":
         return respond(status, {"__type": code, "Message": message}, request_id)
+    if service.protocol == "cbor":  # CloudWatch's smithy-rpc-v2-cbor
+        return Response(cbor2.dumps({"__type": code, "message": message}), status_code=status,
+                        media_type=cloudwatch_wire.CBOR_TYPE, headers={
+                            "x-amzn-RequestId": request_id, "smithy-protocol": "rpc-v2-cbor",
+                            "x-amzn-query-error": f"{_query_code(code)};Sender"})
     if service.protocol == "rest-json":
         return Response(json.dumps({"message": message}), status_code=status, media_type="application/json",
                         headers={"X-Amzn-ErrorType": code, "x-amzn-RequestId": request_id})
@@ -116,6 +138,11 @@ def _error(service: Service, code: str, status: int, message: str, method: str, 
                               .upper(), method, path)
     return Response(json.dumps({"error": code, "message": message}), status_code=status,
                     media_type="application/json")
+
+
+def _query_code(code: str) -> str:
+    """A JSON error code as the query protocol words it (``AccessDeniedException``: ``AccessDenied``)."""
+    return code.removesuffix("Exception")
 
 
 def failure_response(service: Service, failure: AuthFailure, method: str, path: str) -> Response:
@@ -277,8 +304,17 @@ class SignedRequests:
 
     @staticmethod
     def _requests(service: Service, path: str, data: bytes, region: str) -> list[actions.Request]:
-        if service.protocol in ("metrics", "query"):
-            return []  # STS GetCallerIdentity needs no permission; /metrics only a valid key
+        if service.protocol == "query":
+            params = cloudwatch_wire.query_params(data)
+            if cloudwatch_wire.is_query_call(params):
+                return [actions.cloudwatch(params.get("Action", ""))]
+            return []  # STS GetCallerIdentity needs no permission
+        if service.protocol == "metrics":
+            return []  # /metrics needs only a valid key
+        if service.signing_name == "monitoring":
+            return [actions.cloudwatch(service.operation)]
+        if service.signing_name == "application-autoscaling":
+            return [actions.autoscaling(service.operation)]
         if service.protocol == "rest-json":
             runtime = actions.runtime(path, region)
             return [runtime] if runtime else []

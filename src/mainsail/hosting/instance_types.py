@@ -7,6 +7,11 @@ count from the type's size, as EC2 names them (``medium`` 1, ``large`` 2, ``xlar
 ``<N>xlarge`` 4·N), with the few types that break that rule listed in :data:`VCPU_EXCEPTIONS`.
 :func:`model_server_workers` is the decision for one instance; the backend fits it to its host
 (the local backend: at most ``MAINSAIL_UP_MAX_INSTANCE_WORKERS``, by default the host's cores).
+
+:func:`memory_bytes` is the type's memory, the 100 % of the ``MemoryUtilization`` metric: the family's
+GiB per vCPU (:data:`GIB_PER_VCPU`) times :func:`vcpus`, or :data:`MEMORY_GIB` for the types that break
+their family's ratio, from AWS's published EC2 specifications. A family in neither table (ml.g7*,
+ml.p6*) gives ``None``: that metric is then left out, not guessed.
 """
 
 from __future__ import annotations
@@ -48,6 +53,34 @@ def vcpus(instance_type: str) -> int | None:
     if match["large"]:
         return 2
     return 4 * int(match["n"] or 1)
+
+
+#: GiB of memory per vCPU, for the families whose every size has the same ratio
+GIB_PER_VCPU: Mapping[str, float] = {
+    **dict.fromkeys(("m4", "m5", "m5d", "m6g", "m6gd", "m6i", "m7i", "m8g", "g4dn", "g5", "g6", "inf2", "trn1",
+                     "trn1n"), 4.0),
+    **dict.fromkeys(("c5", "c5d", "c6g", "c6gd", "c6gn", "c6i", "c6in", "c7g", "c7i", "c8g", "inf1"), 2.0),
+    **dict.fromkeys(("r5", "r5d", "r6g", "r6gd", "r6i", "r7gd", "r7i", "r8g", "g6e"), 8.0),
+    "p3": 7.625,  # ml.p3.2xlarge: 8 vCPUs, 61 GiB
+}
+#: GiB of memory of the types whose family has no one ratio
+MEMORY_GIB: Mapping[str, float] = {
+    "ml.t2.medium": 4, "ml.t2.large": 8, "ml.t2.xlarge": 16, "ml.t2.2xlarge": 32,
+    "ml.c4.large": 3.75, "ml.c4.xlarge": 7.5, "ml.c4.2xlarge": 15, "ml.c4.4xlarge": 30, "ml.c4.8xlarge": 60,
+    "ml.p2.xlarge": 61, "ml.p2.8xlarge": 488, "ml.p2.16xlarge": 732,
+    "ml.p4d.24xlarge": 1152, "ml.p4de.24xlarge": 1152, "ml.p5.4xlarge": 256, "ml.p5.48xlarge": 2048,
+    "ml.p5e.48xlarge": 2048, "ml.p5en.48xlarge": 2048, "ml.dl1.24xlarge": 768, "ml.trn2.48xlarge": 2048,
+}
+
+
+def memory_bytes(instance_type: str) -> int | None:
+    """The memory of a SageMaker instance type in bytes (``ml.m5.large`` → 8 GiB); ``None`` for a type
+    neither table knows."""
+    if instance_type in MEMORY_GIB:
+        return int(MEMORY_GIB[instance_type] * 2**30)
+    family = instance_type.split(".")[1] if instance_type.count(".") == 2 else ""
+    ratio, cores = GIB_PER_VCPU.get(family), vcpus(instance_type)
+    return int(ratio * cores * 2**30) if ratio is not None and cores is not None else None
 
 
 def model_server_workers(instance_type: str | None, environment: Mapping[str, str], *,

@@ -309,7 +309,8 @@ class AsyncInference:
         """Stream the input to the instance at ``address`` (or its replacement when it is gone) and
         its answer to the output location."""
         name = str(item["EndpointName"])
-        exchange = Exchange(self.traffic, name, variant, endpoint_log_group_arn(region_of(None), name))
+        exchange = Exchange(self.traffic, name, variant, endpoint_log_group_arn(region_of(None), name),
+                            asynchronous=True)
         status, failure = await exchange.send(
             address, lambda a: self._stream(item, source, a, timeout, exchange.log_arn))
         exchange.check(status)

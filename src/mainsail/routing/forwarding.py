@@ -20,7 +20,8 @@ from typing import TypeVar
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
-from mainsail.backends.base import LOOPBACK, Address, ForwardError, Upstream
+from mainsail.backends.base import Address, ForwardError, Upstream
+from mainsail.routing.metrics import instance_label as instance_label  # re-exported: its home before
 from mainsail.routing.responses import InstanceUnreachable, ModelError, model_error
 from mainsail.routing.table import Variant
 from mainsail.routing.traffic import Traffic
@@ -36,30 +37,25 @@ def forwarded(headers: Headers, names: tuple[str, ...] = FORWARDED_HEADERS) -> l
     return [(k, v) for k in names if (v := headers.get(k)) is not None]
 
 
-def instance_label(address: Address) -> str:
-    """The ``Instance`` label of ``InvocationsPerInstance``: the port of an instance on this machine,
-    else ``host:port``."""
-    return str(address.port) if address.host == LOOPBACK else str(address)
-
-
 class Exchange:
     """One request's trip to an instance of ``variant`` of ``endpoint`` (see the module docstring)."""
 
-    def __init__(self, traffic: Traffic, endpoint: str, variant: Variant, log_arn: str) -> None:
+    def __init__(self, traffic: Traffic, endpoint: str, variant: Variant, log_arn: str, *,
+                 asynchronous: bool = False) -> None:
         self.traffic = traffic
-        self.metrics = traffic.metrics
+        #: the variant's metrics (:mod:`mainsail.routing.recorder`): what SageMaker publishes of them
+        #: depends on whether the endpoint is ``asynchronous``, which its last request says
+        self.series = series = traffic.recorder.variant(endpoint, variant.name)
+        series.asynchronous = asynchronous
         self.endpoint = endpoint
         self.variant = variant
         self.log_arn = log_arn
-        self.labels = (endpoint, variant.name)
         #: the instance's time, in microseconds (set by :meth:`send` or :meth:`observe`)
         self.model_us = 0.0
 
     def count(self, address: Address) -> None:
         """Count the request (``Invocations``, ``InvocationsPerInstance``)."""
-        metrics = self.metrics
-        metrics.child(metrics.invocations, *self.labels).inc()
-        metrics.child(metrics.per_instance, *self.labels, instance_label(address)).inc()
+        self.series.invoked(address, len(self.variant.addresses))
 
     async def send(self, address: Address, attempt: Callable[[Address], Awaitable[T]]) -> T:
         """Counted, ``attempt(address)`` with the request in flight to the instance; when the instance
@@ -90,7 +86,7 @@ class Exchange:
     def unreachable(self, exc: ForwardError, why: str | None = None) -> ModelError:
         """The 424 for an instance that could not be reached (``why``: what the reconciler noted of
         it), counted as a 5xx."""
-        self.metrics.child(self.metrics.errors_5xx, *self.labels).inc()
+        self.series.failed(502)
         message = f"{why} ({exc})" if why else f"Could not reach the instance of variant {self.variant.name}: {exc}"
         return InstanceUnreachable(message, OriginalStatusCode=502, OriginalMessage=why or str(exc),
                                    LogStreamArn=self.log_arn)
@@ -98,12 +94,12 @@ class Exchange:
     def observe(self, model_us: float) -> None:
         """Record the instance's time (``ModelLatency``)."""
         self.model_us = model_us
-        self.metrics.child(self.metrics.model_latency, *self.labels).observe(model_us)
+        self.series.model_latency.add(model_us)
 
-    def failed(self, status: int) -> None:
-        """Count an error answer (``Invocation4XXErrors`` / ``Invocation5XXErrors``)."""
-        metrics = self.metrics
-        metrics.child(metrics.errors_4xx if status < 500 else metrics.errors_5xx, *self.labels).inc()
+    def failed(self, status: int, *, model: bool = True) -> None:
+        """Count an error answer (``Invocation4XXErrors`` / ``Invocation5XXErrors``; ``InvocationModelErrors``
+        too when it is the ``model``'s, not the router's)."""
+        self.series.failed(status, model=model)
 
     def check(self, status: int) -> bool:
         """Whether the instance's status is a success (an error is counted)."""
@@ -121,7 +117,6 @@ class Exchange:
         custom = upstream.headers.get("x-amzn-sagemaker-custom-attributes")
         if custom is not None:
             out_headers["X-Amzn-SageMaker-Custom-Attributes"] = custom
-        self.metrics.child(self.metrics.overhead_latency, *self.labels).observe(
-            max((time.perf_counter() - started) * 1e6 - self.model_us, 0.0))
+        self.series.overhead_latency.add(max((time.perf_counter() - started) * 1e6 - self.model_us, 0.0))
         return Response(upstream.body, status_code=200, headers=out_headers,
                         media_type=upstream.headers.get("content-type", "application/octet-stream"))

@@ -30,6 +30,7 @@ from mainsail.backends.base import Address, Transport
 from mainsail.hosting.store import StateStore
 from mainsail.routing.forwarding import Exchange, forwarded
 from mainsail.routing.metrics import RouterMetrics
+from mainsail.routing.recorder import Recorder
 from mainsail.routing.responses import (
     MAX_PAYLOAD,
     RuntimeApiError,
@@ -63,7 +64,8 @@ class Router:
 
     def __init__(self, store: StateStore, transport: Transport, *, timeout: float = 60.0,
                  rng: random.Random | None = None, cold_start_timeout: float = 120.0,
-                 async_idle: float | None = None, model_data: ModelData | None = None) -> None:
+                 async_idle: float | None = None, model_data: ModelData | None = None,
+                 recorder: Recorder | None = None) -> None:
         self.store = store
         self.transport = transport
         self.timeout = timeout
@@ -73,10 +75,13 @@ class Router:
         #: where the backend's instances find a target model's data (``Backend.model_data``);
         #: ``None``: this router serves no multi-model endpoint
         self.model_data = model_data
-        self.metrics = RouterMetrics()
+        #: what every request adds to: the CloudWatch datapoints (taken by
+        #: :class:`mainsail.gateway.publisher.MetricPublisher`) and ``GET /metrics`` (:attr:`metrics`)
+        self.recorder = recorder or Recorder()
+        self.metrics = RouterMetrics(self.recorder)
         self.tables = TableCache(store, async_to_zero=self.async_idle is not None)
         #: in-flight counts, idle clocks, cold starts: what the reconciler reads (``traffic=``)
-        self.traffic = Traffic(self.tables, self.metrics, rng=rng or random.Random(),
+        self.traffic = Traffic(self.tables, self.recorder, rng=rng or random.Random(),
                                cold_start_timeout=cold_start_timeout)
         self._target_models: TargetModelRouting | None = None
         self.route = Route("/endpoints/{name:path}/invocations", runtime_api(self.invoke), methods=["POST"])

@@ -29,7 +29,7 @@ a single-model endpoint is the ``ValidationError`` SageMaker answers. Metrics:
 ``TargetModelInvocations`` (labelled ``TargetModel``), ``ModelCacheHit`` / ``ModelCacheMiss``,
 ``ModelLoadingWaitTime`` (what a request waited for download plus load) and ``ModelNotReady``
 (requests answered ``ModelNotReadyException``), in the router's registry next to its per-endpoint
-metrics (:class:`mainsail.routing.metrics.TargetModelMetrics`). The request is forwarded as the
+metrics (:class:`mainsail.routing.recorder.VariantSeries`). The request is forwarded as the
 router forwards any (:class:`mainsail.routing.forwarding.Exchange`, over the backend's
 :class:`~mainsail.backends.base.Transport`), counted in flight by
 :meth:`mainsail.routing.traffic.Traffic.busy`; runtime errors are raised
@@ -59,8 +59,7 @@ from mainsail.backends.model_sources import multi_model_prefix, multi_model_targ
 from mainsail.hosting.endpoints import ENDPOINT
 from mainsail.hosting.store import StateStore
 from mainsail.routing.forwarding import FORWARDED_HEADERS, Exchange, forwarded
-from mainsail.routing.metrics import TargetModelMetrics
-from mainsail.routing.responses import RuntimeApiError, TargetModelNotReady, ValidationError, model_error
+from mainsail.routing.responses import ModelError, RuntimeApiError, TargetModelNotReady, ValidationError, model_error
 from mainsail.routing.table import Variant
 from mainsail.routing.traffic import Traffic
 
@@ -129,7 +128,7 @@ Load = asyncio.Task[RuntimeApiError | None]
 
 class TargetModelRouting:
     """A router's multi-model state: the endpoints' multi-model prefixes and load waits (cached until
-    the endpoint changes), the loads in flight and the extra metrics. Instances are reached over
+    the endpoint changes) and the loads in flight. Instances are reached over
     ``transport``, each request within ``timeout`` seconds; a target model's data is placed where they
     find it by ``model_data`` (the backend's; ``None``: no multi-model endpoint can be served)."""
 
@@ -146,7 +145,6 @@ class TargetModelRouting:
         """The loads in flight, by (instance address, container model name)."""
         self._generation: dict[str, int] = {}
         self._lock = threading.Lock()
-        self.metrics = TargetModelMetrics(traffic.metrics.registry)
         store.subscribe(self._changed)
 
     def _changed(self, kind: str, name: str) -> None:
@@ -212,7 +210,8 @@ class TargetModelRouting:
         exchange = Exchange(self.traffic, name, variant,
                             endpoint_log_group_arn(region_of(request.headers.get("authorization")), name))
         exchange.count(address)
-        self.metrics.invocations.labels(*exchange.labels, target).inc()
+        targets = exchange.series.target_invocations
+        targets[target] = targets.get(target, 0) + 1
         headers = forwarded(request.headers, _FORWARDED)
         with self.traffic.busy(address):
             try:
@@ -227,7 +226,7 @@ class TargetModelRouting:
         """Invoke the target model on the instance, loading it first when the instance has not got it;
         the instance's answer and its time in microseconds."""
         name, variant = exchange.endpoint, exchange.variant.name
-        labels = exchange.labels
+        series = exchange.series
         model = model_name(target)
         path = f"/models/{urllib.parse.quote(model, safe='')}/invoke"
         upstream_started = time.perf_counter()
@@ -249,20 +248,23 @@ class TargetModelRouting:
                 failure = await asyncio.wait_for(asyncio.shield(task), self.load_wait(name, variant))
             except TimeoutError:
                 failure = not_ready(name, target)
-                self.metrics.not_ready.labels(*labels).inc()
-            self.metrics.loading_wait.labels(*labels).observe((time.perf_counter() - load_started) * 1e6)
+                series.not_ready += 1
+            series.loading_wait.add((time.perf_counter() - load_started) * 1e6)
             if failure is not None:
-                exchange.failed(failure.status)
+                exchange.failed(failure.status, model=isinstance(failure, ModelError))  # a load the model failed
                 raise failure
             upstream_started = time.perf_counter()
             upstream = await self.post(address, path, body, headers)
-        (self.metrics.cache_misses if missed else self.metrics.cache_hits).labels(*labels).inc()
+        if missed:
+            series.cache_misses += 1
+        else:
+            series.cache_hits += 1
         return upstream, (time.perf_counter() - upstream_started) * 1e6
 
     def _refused(self, exchange: Exchange, target: str) -> TargetModelNotReady:
         """``ModelNotReadyException`` for a model loading now, counted."""
-        self.metrics.not_ready.labels(*exchange.labels).inc()
-        exchange.failed(429)
+        exchange.series.not_ready += 1
+        exchange.failed(429, model=False)
         return not_ready(exchange.endpoint, target)
 
     async def post(self, address: Address, path: str, body: bytes, headers: Headers) -> Upstream:

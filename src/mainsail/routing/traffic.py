@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 from mainsail.backends.base import Address
-from mainsail.routing.metrics import RouterMetrics
+from mainsail.routing.recorder import Recorder
 from mainsail.routing.responses import ModelError, ServiceUnavailable, Throttled
 from mainsail.routing.table import Table, TableCache, Variant
 
@@ -42,10 +42,11 @@ MAX_NOTES = 1024
 class Traffic:
     """In-flight counts, idle clocks, cold starts, replacement and throttling of the runtime API."""
 
-    def __init__(self, tables: TableCache, metrics: RouterMetrics, *, rng: random.Random | None = None,
+    def __init__(self, tables: TableCache, recorder: Recorder, *, rng: random.Random | None = None,
                  cold_start_timeout: float = 120.0) -> None:
         self.tables = tables
-        self.metrics = metrics
+        #: the runtime API's metrics, per variant (:mod:`mainsail.routing.recorder`)
+        self.recorder = recorder
         self.rng = rng or random.Random()
         self.cold_start_timeout = cold_start_timeout
         #: set by whoever runs the reconciler: wakes it at once (a serverless cold start is waiting)
@@ -121,7 +122,7 @@ class Traffic:
         key = (endpoint, variant.name)
         self._last_used[key] = time.monotonic()
         if variant.max_concurrency is not None and self._variant_in_flight.get(key, 0) >= variant.max_concurrency:
-            self.metrics.throttles.labels(*key).inc()
+            self.recorder.variant(*key).throttles += 1
             raise Throttled(f"Rate exceeded: endpoint {endpoint} variant {variant.name} already has "
                             f"{variant.max_concurrency} concurrent requests (its MaxConcurrency).")
         self._variant_in_flight[key] = self._variant_in_flight.get(key, 0) + 1
@@ -161,7 +162,7 @@ class Traffic:
             addresses = next((v.addresses for v in table.variants if v.name == variant), ())
             if addresses:
                 setup_us = (time.perf_counter() - began) * 1e6
-                self.metrics.model_setup_time.labels(endpoint, variant).observe(setup_us)
+                self.recorder.variant(endpoint, variant).model_setup_time.add(setup_us)
                 logger.info("endpoint %s variant %s: cold start took %.0f ms", endpoint, variant, setup_us / 1000)
                 return self.rng.choice(addresses)
             if time.monotonic() > deadline:

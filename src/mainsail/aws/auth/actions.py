@@ -1,6 +1,6 @@
 """What a request asks to do, in IAM's terms: the action (``sagemaker:InvokeEndpoint``,
 ``s3:GetObject``, ...) and the resource ARNs it acts on, as AWS's service authorization reference
-defines them for SageMaker, CloudWatch Logs and S3. A policy decides on these (``policy``)."""
+defines them for SageMaker, CloudWatch, CloudWatch Logs and S3. A policy decides on these (``policy``)."""
 
 from __future__ import annotations
 
@@ -79,6 +79,18 @@ def logs(operation: str, body: Any, region: str) -> Request:
     else:
         resource = f"arn:aws:logs:{region}:{ACCOUNT}:log-group:*"
     return Request(f"logs:{operation}", (resource,))
+
+
+def cloudwatch(operation: str) -> Request:
+    """A CloudWatch call, in any of its protocols: ``cloudwatch:<operation>`` on ``*`` (alarm ARNs are not
+    derived from the body: a policy naming alarms must allow ``*`` for mainsail)."""
+    return Request(f"cloudwatch:{operation}", ("*",))
+
+
+def autoscaling(operation: str) -> Request:
+    """An Application Auto Scaling call: ``application-autoscaling:<operation>`` on ``*`` (scalable targets
+    and policies are not resources IAM names by ARN in most of its actions)."""
+    return Request(f"application-autoscaling:{operation}", ("*",))
 
 
 def s3(method: str, raw_path: str, query_string: str, headers: dict[str, str]) -> Request:

@@ -62,25 +62,26 @@ class Distribution:
         self.zeros += other.zeros
 
     def quantile(self, q: float) -> float | None:
-        """The value at rank ``q`` (0..1) within ``RELATIVE_ERROR``; None when empty."""
+        """The value at rank ``q`` (0..1) within ``RELATIVE_ERROR``; None when empty. The rank is the nearest
+        rank: the smallest value with at least ``q`` of all values at or below it."""
         total = self.count
         if total <= 0:
             return None
-        rank = q * (total - 1)  # 0-based rank of the wanted value
+        rank = max(math.ceil(q * total - 1e-9) - 1, 0)  # 0-based rank of the wanted value
         seen = 0.0
         # ascending order: most negative first (largest negative key), then zeros, then positives
         for key in sorted(self.negative, reverse=True):
             seen += self.negative[key]
             if seen > rank:
-                return -_bucket_value(key)
+                return -bucket_value(key)
         seen += self.zeros
         if seen > rank:
             return 0.0
         for key in sorted(self.positive):
             seen += self.positive[key]
             if seen > rank:
-                return _bucket_value(key)
-        return _bucket_value(max(self.positive)) if self.positive else 0.0
+                return bucket_value(key)
+        return bucket_value(max(self.positive)) if self.positive else 0.0
 
     def to_json(self) -> dict[str, object]:
         return {"p": {str(k): v for k, v in self.positive.items()},
@@ -95,7 +96,7 @@ class Distribution:
                    float(zeros))  # type: ignore[arg-type]
 
 
-def _bucket_value(key: int) -> float:
+def bucket_value(key: int) -> float:
     """The value that stands for bucket ``key``: within ``RELATIVE_ERROR`` of every value in it."""
     return 2 * GAMMA ** key / (GAMMA + 1)
 
@@ -118,14 +119,16 @@ class Datapoint:
     """The values themselves, bucketed (None when only statistic sets were put: no percentiles then)."""
 
     def add(self, value: float, count: float = 1.0) -> None:
-        """Record ``value`` (``count`` times)."""
+        """Record ``value`` (``count`` times). After a statistic set (no distribution, values already counted)
+        the period has no percentiles any more: one started now would know only the later values."""
+        if self.distribution is None and not self.sample_count:
+            self.distribution = Distribution()
         self.sample_count += count
         self.sum += value * count
         self.minimum = min(self.minimum, value)
         self.maximum = max(self.maximum, value)
-        if self.distribution is None:
-            self.distribution = Distribution()
-        self.distribution.add(value, count)
+        if self.distribution is not None:
+            self.distribution.add(value, count)
 
     def add_statistics(self, sample_count: float, total: float, minimum: float, maximum: float) -> None:
         """Merge a statistic set (``PutMetricData``'s StatisticValues): percentiles are lost for this period."""
