@@ -109,6 +109,16 @@ def machine_busy_s() -> float:
     return (user + nice + system + irq + softirq) / _CLOCK_TICKS
 
 
+def machine_steal_s() -> float:
+    """CPU seconds the hypervisor gave this machine's virtual cores to other guests since boot (``steal``):
+    time the cores were wanted here and ran elsewhere, counted neither busy nor idle."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    return values[7] / _CLOCK_TICKS if len(values) > 7 else 0.0
+
+
 def connections_by_pid(pids: list[int], port: int) -> list[int]:
     """How many established TCP connections to local ``port`` each of ``pids`` holds, largest first."""
     inodes: set[str] = set()

@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.loadgen import LoadResult
-from bench.procs import free_port, machine_busy_s, process_cpu_s, running, stop
+from bench.procs import free_port, machine_busy_s, machine_steal_s, process_cpu_s, running, stop
 from bench.rateload import IntervalResult
 from bench.report import Check
 from bench.serve import HOST, ROOT, mainsail_argv, run_loadgen, server_env
@@ -90,6 +90,8 @@ class ProcSample:
     cpu_s: float
     busy_s: float
     """CPU seconds the whole machine spent busy since boot (for the other-load column)."""
+    steal_s: float
+    """CPU seconds the hypervisor ran other guests on this machine's cores since boot (``steal``)."""
     at: float
     """``time.monotonic()`` of the sample."""
 
@@ -104,6 +106,9 @@ class SoakInterval:
     """CPU the load generator used over the interval, in cores."""
     other_cores: float
     """CPU used by anything but the server and the load generator, in cores (noise)."""
+    steal_cores: float = 0.0
+    """CPU the hypervisor gave other guests while this machine's cores wanted it, in cores (noise beyond
+    the machine)."""
 
 
 @dataclass
@@ -165,6 +170,21 @@ class SoakBenchmark:
         if len(soak) < 2 or value(soak[0]) <= 0:
             return None
         return (value(soak[-1]) - value(soak[0])) / value(soak[0]) * 100
+
+    @property
+    def p99_trend_pct(self) -> float | None:
+        """The p99's least-squares line over the soak intervals: its rise from the first interval to the last,
+        in % of the intervals' median p99 (None with fewer than three). Unlike the last-vs-first drift, one
+        noisy interval at either end moves it little: it says whether the tail grows as the run goes on."""
+        values = [i.load.p99_ms for i in self.soak]
+        n = len(values)
+        if n < 3:
+            return None
+        mean_x, mean_y = (n - 1) / 2, sum(values) / n
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / sum(
+            (x - mean_x) ** 2 for x in range(n))
+        median = sorted(values)[n // 2] if n % 2 else sum(sorted(values)[n // 2 - 1:n // 2 + 1]) / 2
+        return slope * (n - 1) / median * 100 if median > 0 else None
 
     @property
     def rss_growth_pct(self) -> float | None:
@@ -247,7 +267,7 @@ def sample_processes(root: int) -> ProcSample:
         processes=len(pids), rss_mib=sum(r for r, _ in stats.values()) / 1024,
         root_rss_mib=stats.get(root, (0, 0))[0] / 1024, fds=sum(_fds(pid) for pid in pids),
         threads=sum(t for _, t in stats.values()), cpu_s=sum(process_cpu_s(pid) for pid in pids),
-        busy_s=machine_busy_s(), at=time.monotonic())
+        busy_s=machine_busy_s(), steal_s=machine_steal_s(), at=time.monotonic())
 
 
 def batch_mean(base_url: str) -> float | None:
@@ -378,13 +398,14 @@ def soak(bench: SoakBenchmark, url: str, body_file: Path, root: int, log: Callab
         wall = max(1e-9, procs.at - previous.at)
         server = max(0.0, procs.cpu_s - previous.cpu_s)
         other = max(0.0, (procs.busy_s - previous.busy_s) - server - load.client_cpu_s) / wall
-        interval = SoakInterval(load, procs, server / wall, load.client_cpu_s / wall, other)
+        interval = SoakInterval(load, procs, server / wall, load.client_cpu_s / wall, other,
+                                max(0.0, procs.steal_s - previous.steal_s) / wall)
         bench.intervals.append(interval)
         previous = procs
         name = "warm-up" if load.phase == "warmup" else f"interval {load.index}"
         log(f"  {name}: {load.rps:,.0f} req/s, p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms, "
             f"{load.errors} errors; RSS {procs.rss_mib:,.1f} MiB, {procs.fds} fds, {procs.threads} threads, "
-            f"{procs.processes} processes; other load {other:.2f} cores")
+            f"{procs.processes} processes; other load {other:.2f} cores, steal {interval.steal_cores:.2f}")
         if load.errors:
             log(f"    e.g. {load.error_samples[:2]}")
 

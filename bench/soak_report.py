@@ -36,22 +36,23 @@ TARGET_LABELS = {
 }
 TABLE_HEAD = ("| interval | ends at s | req/s | requests | errors | p50 ms | p99 ms | max ms | RSS MiB | root RSS MiB "
               "| fds | threads | processes | server CPU, cores | client: late p99 ms / CPU cores / connections | "
-              "other load, cores |")
+              "other load, cores | steal, cores |")
 
 
 def interval_table(bench: SoakBenchmark) -> str:
-    rows = [TABLE_HEAD, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [TABLE_HEAD, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     b = bench.before
     if b is not None:
         rows.append(f"| before (idle, after the capacity run) | – | – | – | – | – | – | – | {b.rss_mib:,.1f} | "
-                    f"{b.root_rss_mib:,.1f} | {b.fds} | {b.threads} | {b.processes} | – | – | – |")
+                    f"{b.root_rss_mib:,.1f} | {b.fds} | {b.threads} | {b.processes} | – | – | – | – |")
     for i in bench.intervals:
         load, p = i.load, i.procs
         name = "warm-up" if load.phase == "warmup" else str(load.index)
         rows.append(f"| {name} | {load.end_s:g} | {load.rps:,.1f} | {load.requests:,} | {load.errors:,} | "
                     f"{load.p50_ms:.2f} | {load.p99_ms:.2f} | {load.max_ms:.2f} | {p.rss_mib:,.1f} | "
                     f"{p.root_rss_mib:,.1f} | {p.fds} | {p.threads} | {p.processes} | {i.server_cores:.2f} | "
-                    f"{load.late_p99_ms:.2f} / {i.client_cores:.2f} / {load.connections} | {i.other_cores:.2f} |")
+                    f"{load.late_p99_ms:.2f} / {i.client_cores:.2f} / {load.connections} | {i.other_cores:.2f} | "
+                    f"{i.steal_cores:.2f} |")
     return "\n".join(rows)
 
 
@@ -103,8 +104,12 @@ def summary_text(bench: SoakBenchmark) -> str:
               "latency is mostly queueing and the p99 drift does not measure the server's own drift; compare "
               "the server and other-load CPU columns with the capacity run's, and rerun on a quieter machine "
               "or with a lower `--load`." if behind else "")
+    trend = bench.p99_trend_pct
+    spread = (f" Interval p99 ranged {min(i.load.p99_ms for i in soak):.2f}–{worst:.2f} ms; its least-squares "
+              f"line rises {trend:+.1f} % of the median interval p99 from the first interval to the last (the "
+              "drift check compares two single minutes; the line weighs them all)." if trend is not None else "")
     return (f"{served:,} requests in the warm-up and soak, {bench.errors:,} failed (capacity run included). "
-            f"Worst interval p99: {worst:.2f} ms. Open file descriptors ranged {min(fds, default=0)}–"
+            f"Worst interval p99: {worst:.2f} ms.{spread} Open file descriptors ranged {min(fds, default=0)}–"
             f"{max(fds, default=0)} over the soak intervals.{batch}{queued}")
 
 
@@ -189,7 +194,8 @@ Run on {bench.started:%Y-%m-%d %H:%M} UTC with `{bench.command}` ({bench.wall_s:
   or `mainsail serve`'s supervisor; "root RSS") and all its descendants (the instance's supervisor, its
   workers and any helper process). RSS counts pages shared between processes in each of them. "server
   CPU" is their CPU over the interval; "other load" is the machine's busy CPU minus theirs and the load
-  generator's.
+  generator's; "steal" is the CPU the hypervisor gave other guests while this virtual machine's cores
+  wanted it (`/proc/stat`'s steal): noise from beyond the machine, which slows every process here alike.
 * **Targets**: the last interval against the first one after the warm-up: RSS growth under
   {RSS_GROWTH_TARGET_PCT:g} %, p99 drift under {P99_DRIFT_TARGET_PCT:g} % (a drop passes), and no failed request
   anywhere. The command exits non-zero when a target is not met.

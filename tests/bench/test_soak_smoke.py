@@ -35,7 +35,7 @@ def test_intervals_cut_the_run_after_the_warm_up() -> None:
 def _interval(index: int, p99_ms: float, rss_mib: float, errors: int = 0, late_ms: float = 0.1) -> SoakInterval:
     load = IntervalResult("warmup" if index == 0 else "soak", index, 0.0, 1.0, 100, 100, errors, {"200": 100},
                           100.0, 1.0, 2.0, p99_ms, p99_ms, late_ms, 0, 8, 0.01)
-    procs = ProcSample(3, rss_mib, rss_mib / 3, 40, 9, 1.0, 1.0, 0.0)
+    procs = ProcSample(3, rss_mib, rss_mib / 3, 40, 9, 1.0, 1.0, 0.0, 0.0)
     return SoakInterval(load, procs, 0.5, 0.01, 0.0)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -90,3 +92,19 @@ def test_mainsail_up_restarts_bring_endpoints_back(tmp_path: Path) -> None:
     finally:
         assert up.stop() == 0, up.log_text()
     assert not list((home / "instances").glob("*.json"))  # the last clean stop stopped its instances
+
+
+def test_mainsail_up_freezes_its_start_up_objects_out_of_the_collectors_walks() -> None:
+    """``mainsail up`` (``run_up``: ``freeze_start_up``) loads the service models it checks requests against,
+    then freezes everything alive: a full collection no longer walks tens of thousands of start-up objects
+    with the event loop stopped (docs/reliability.md, the soak). In a fresh interpreter, as in that process."""
+    code = ("import gc; from mainsail.gateway.app import PRELOADED_MODELS, preload_models; "
+            "from mainsail.aws import shapes; preload_models(True); "
+            "print(gc.get_freeze_count(), set(PRELOADED_MODELS) <= set(shapes._models))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    frozen, loaded = out.stdout.split()
+    assert int(frozen) > 20_000 and loaded == "True"
+    code = ("import gc; from mainsail.gateway.app import preload_models; preload_models(False); "
+            "print(gc.get_freeze_count())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["0"]  # an app that does not own its process (tests, embedding) freezes nothing

@@ -93,7 +93,8 @@ def run_up(settings: ControlSettings) -> None:
     # that re-raise returns here, so the instances are stopped and the exit code is 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvicorn.run(create_control_app(store, router, settings=settings, s3_root=root / "s3", keys=keys), host=host,
+        app = create_control_app(store, router, settings=settings, s3_root=root / "s3", keys=keys, freeze_start_up=True)
+        uvicorn.run(app, host=host,
                     port=port, log_config=None, access_log=False, http=guarded_http_for(settings),
                     ssl_certfile=str(settings.certfile) if settings.certfile else None,
                     ssl_keyfile=str(settings.keyfile) if settings.keyfile else None)
