@@ -92,6 +92,22 @@ def require(body: dict[str, Any], member: str) -> str:
     return str(value)
 
 
+def offset_token(offset: int) -> str:
+    """The ``NextToken`` of a page that ends before ``offset`` (the offset, base64: opaque to clients)."""
+    return base64.urlsafe_b64encode(str(offset).encode()).decode()
+
+
+def token_offset(token: Any, invalid: Callable[[], Exception]) -> int:
+    """Where the page ``token`` (:func:`offset_token`; none: 0) starts; ``invalid()`` is raised for a token
+    that is not one."""
+    if not token:
+        return 0
+    try:
+        return int(base64.urlsafe_b64decode(str(token).encode()).decode())
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise invalid() from None
+
+
 def paginate(body: dict[str, Any], items: list[dict[str, Any]], key: str, *, default_max: int,
              min_max: int = 1, max_max: int = 100) -> dict[str, Any]:
     """One page of ``items`` under ``key``, from the request's ``MaxResults`` and ``NextToken``."""
@@ -100,17 +116,11 @@ def paginate(body: dict[str, Any], items: list[dict[str, Any]], key: str, *, def
     v.number(max_results, "maxResults", minimum=min_max, maximum=max_max)
     v.raise_if_any()
     limit = int(max_results) if max_results is not None else default_max
-    token = body.get("NextToken")
-    offset = 0
-    if token:
-        try:
-            offset = int(base64.urlsafe_b64decode(str(token).encode()).decode())
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            raise ValidationException("Invalid pagination token.") from None
+    offset = token_offset(body.get("NextToken"), lambda: ValidationException("Invalid pagination token."))
     page = items[offset:offset + limit]
     out: dict[str, Any] = {key: page}
     if offset + limit < len(items):
-        out["NextToken"] = base64.urlsafe_b64encode(str(offset + limit).encode()).decode()
+        out["NextToken"] = offset_token(offset + limit)
     return out
 
 

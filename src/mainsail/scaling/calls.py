@@ -3,13 +3,12 @@ input) and the paging every Describe* operation shares."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mainsail.aws.errors import ValidationException
+from mainsail.aws.protocol import offset_token, token_offset
 from mainsail.hosting.store import StateStore
 from mainsail.scaling.errors import InvalidNextTokenException
 from mainsail.scaling.scaler import Scaler
@@ -40,16 +39,10 @@ def page(call: ScalingCall, items: list[dict[str, Any]], key: str, max_results: 
     if limit > max_results:
         raise ValidationException(f"1 validation error detected: Value '{limit}' at 'maxResults' failed to satisfy "
                                   f"constraint: Member must have value less than or equal to {max_results}")
-    offset = 0
-    token = call.body.get("NextToken")
-    if token:
-        try:
-            offset = int(base64.urlsafe_b64decode(str(token).encode()).decode())
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            raise InvalidNextTokenException("Invalid token") from None
+    offset = token_offset(call.body.get("NextToken"), lambda: InvalidNextTokenException("Invalid token"))
     out: dict[str, Any] = {key: items[offset:offset + limit]}
     if offset + limit < len(items):
-        out["NextToken"] = base64.urlsafe_b64encode(str(offset + limit).encode()).decode()
+        out["NextToken"] = offset_token(offset + limit)
     return out
 
 

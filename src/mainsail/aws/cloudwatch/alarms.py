@@ -5,8 +5,6 @@ them in the history and hands them to ``on_transition`` (the evaluator runs thei
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -16,14 +14,15 @@ from typing import Any
 from mainsail.aws.cloudwatch.alarm_store import AlarmStore
 from mainsail.aws.cloudwatch.errors import (
     InvalidFormat,
-    InvalidNextToken,
     InvalidParameterCombination,
     InvalidParameterValue,
     LimitExceeded,
     ResourceNotFound,
+    bad_next_token,
 )
 from mainsail.aws.cloudwatch.statistics import check_period, percentile
 from mainsail.aws.identity import ACCOUNT
+from mainsail.aws.protocol import offset_token, token_offset
 
 MAX_ALARMS = 5000
 COMPARISONS = ("GreaterThanOrEqualToThreshold", "GreaterThanThreshold", "LessThanThreshold",
@@ -81,16 +80,10 @@ def _check_alarm(body: Mapping[str, Any]) -> None:
 
 def _page(items: list[dict[str, Any]], body: Mapping[str, Any],
           default: int) -> tuple[list[dict[str, Any]], str | None]:
-    token = body.get("NextToken")
-    offset = 0
-    if token:
-        try:
-            offset = int(base64.urlsafe_b64decode(str(token).encode()).decode())
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            raise InvalidNextToken("The service couldn't process the NextToken provided.") from None
+    offset = token_offset(body.get("NextToken"), bad_next_token)
     limit = int(body.get("MaxRecords") or default)
     more = offset + limit < len(items)
-    token = base64.urlsafe_b64encode(str(offset + limit).encode()).decode() if more else None
+    token = offset_token(offset + limit) if more else None
     return items[offset:offset + limit], token
 
 

@@ -69,6 +69,11 @@ class InvalidNextToken(CloudWatchError):
     shape = "InvalidNextToken"
 
 
+def bad_next_token() -> InvalidNextToken:
+    """What CloudWatch answers for a ``NextToken`` it did not give."""
+    return InvalidNextToken("The service couldn't process the NextToken provided.")
+
+
 class InvalidFormat(CloudWatchError):
     """``StateReasonData`` is not JSON."""
 

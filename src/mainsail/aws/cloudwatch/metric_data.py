@@ -4,17 +4,20 @@ returned per query with CloudWatch's labels, order (``ScanBy``) and paging (``Ma
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mainsail.aws.cloudwatch import mathexpr
 from mainsail.aws.cloudwatch.datapoints import TimeScale
-from mainsail.aws.cloudwatch.errors import InvalidNextToken, InvalidParameterCombination, InvalidParameterValue
+from mainsail.aws.cloudwatch.errors import (
+    InvalidParameterCombination,
+    InvalidParameterValue,
+    bad_next_token,
+)
 from mainsail.aws.cloudwatch.statistics import check_period, check_range, check_statistic, series
 from mainsail.aws.cloudwatch.store import MetricStore
+from mainsail.aws.protocol import offset_token, token_offset
 
 DEFAULT_MAX_DATAPOINTS = 100_800
 
@@ -133,14 +136,9 @@ def get_metric_data(store: MetricStore, scale: TimeScale, body: Mapping[str, Any
                     "Messages": []})
     reply: dict[str, Any] = {"MetricDataResults": out, "Messages": []}
     if more:
-        reply["NextToken"] = base64.urlsafe_b64encode(str(offset + limit).encode()).decode()
+        reply["NextToken"] = offset_token(offset + limit)
     return reply
 
 
 def _offset(token: Any) -> int:
-    if not token:
-        return 0
-    try:
-        return int(base64.urlsafe_b64decode(str(token).encode()).decode())
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidNextToken("The service couldn't process the NextToken provided.") from None
+    return token_offset(token, bad_next_token)

@@ -4,8 +4,6 @@ names (timestamps in epoch seconds), whatever wire protocol carried it (:mod:`.w
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -17,13 +15,14 @@ from mainsail.aws.cloudwatch.alarms import Alarms
 from mainsail.aws.cloudwatch.datapoints import Datapoint, TimeScale, dimensions_of
 from mainsail.aws.cloudwatch.errors import (
     InvalidAction,
-    InvalidNextToken,
     InvalidParameterCombination,
     InvalidParameterValue,
     MissingParameter,
     ValidationError,
+    bad_next_token,
 )
 from mainsail.aws.cloudwatch.store import MetricStore
+from mainsail.aws.protocol import offset_token, token_offset
 from mainsail.aws.shapes import InputCheck, service_model
 
 SERVICE = "cloudwatch"
@@ -130,15 +129,10 @@ class CloudWatch:
             if all(name in dims and (value is None or dims[name] == value) for name, value in wanted):
                 metrics.append({"Namespace": key.namespace, "MetricName": key.metric_name,
                                 "Dimensions": [{"Name": k, "Value": v} for k, v in key.dimensions]})
-        offset = 0
-        if body.get("NextToken"):
-            try:
-                offset = int(base64.urlsafe_b64decode(str(body["NextToken"]).encode()).decode())
-            except (ValueError, binascii.Error, UnicodeDecodeError):
-                raise InvalidNextToken("The service couldn't process the NextToken provided.") from None
+        offset = token_offset(body.get("NextToken"), bad_next_token)
         out: dict[str, Any] = {"Metrics": metrics[offset:offset + LIST_METRICS_PAGE]}
         if offset + LIST_METRICS_PAGE < len(metrics):
-            out["NextToken"] = base64.urlsafe_b64encode(str(offset + LIST_METRICS_PAGE).encode()).decode()
+            out["NextToken"] = offset_token(offset + LIST_METRICS_PAGE)
         return out
 
 
