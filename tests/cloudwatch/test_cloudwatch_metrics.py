@@ -188,3 +188,7 @@ def test_list_metrics_filters_and_paging(cw: Any) -> None:
     assert len(cw.list_metrics(Namespace=ns, RecentlyActive="PT3H")["Metrics"]) == 13
     paginator = cw.get_paginator("list_metrics")
     assert sum(len(p["Metrics"]) for p in paginator.paginate(Namespace=ns)) == 13
+    for token in ("not a token", "bm90IGEgbnVtYmVy"):  # not base64; base64 of something not an offset
+        with pytest.raises(ClientError) as exc:
+            cw.list_metrics(Namespace=ns, NextToken=token)
+        assert exc.value.response["Error"]["Code"] == "InvalidNextToken"
