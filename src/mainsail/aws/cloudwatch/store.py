@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -148,48 +149,43 @@ class MetricStore:
 
     # -- reading ---------------------------------------------------------------------------------
 
+    def _range(self, columns: str, namespace: str, metric_name: str, dimensions: Dimensions, start: float,
+               end: float, unit: str | None) -> list[Any]:
+        """``columns`` of the metric's rows with ``start <= ts < end`` (of ``unit`` only, when given), ordered by
+        time then unit: the one query every reader below runs."""
+        sql = (f"SELECT {columns} FROM datapoints"
+               " WHERE namespace = ? AND metric = ? AND dimensions = ? AND ts >= ? AND ts < ?")
+        args: list[object] = [namespace, metric_name, _dims_text(dimensions), start, end]
+        if unit is not None:
+            sql += " AND unit = ?"
+            args.append(unit)
+        with self._lock:
+            return self._conn.execute(sql + " ORDER BY ts, unit", args).fetchall()
+
     def datapoints(self, namespace: str, metric_name: str, dimensions: Dimensions, start: float, end: float,
                    unit: str | None = None, *, distributions: bool = True) -> list[Datapoint]:
         """The metric's periods with ``start <= timestamp < end`` (one per unit and period), oldest first.
         ``dimensions`` must match exactly, as CloudWatch requires. With ``distributions`` False the values'
         histograms are not read (every ``distribution`` is None): enough for any statistic but percentiles,
         and most of the cost of reading a day of minutes is decoding them."""
-        sql = (f"SELECT unit, ts, sample_count, total, minimum, maximum, {'distribution' if distributions else 'NULL'}"
-               " FROM datapoints WHERE namespace = ? AND metric = ? AND dimensions = ? AND ts >= ? AND ts < ?")
-        args: list[object] = [namespace, metric_name, _dims_text(dimensions), start, end]
-        if unit is not None:
-            sql += " AND unit = ?"
-            args.append(unit)
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY ts, unit", args).fetchall()
+        rows = self._range(f"unit, ts, sample_count, total, minimum, maximum, "
+                           f"{'distribution' if distributions else 'NULL'}",
+                           namespace, metric_name, dimensions, start, end, unit)
         return [_row_point(namespace, metric_name, dimensions, r[0], r[1], r[2:]) for r in rows]
 
     def summaries(self, namespace: str, metric_name: str, dimensions: Dimensions, start: float, end: float,
                   unit: str | None = None) -> list[tuple[float, float, float, float, float]]:
         """(timestamp, SampleCount, Sum, Minimum, Maximum) of the metric's periods with ``start <= timestamp <
         end``, oldest first: every statistic but percentiles, without building a :class:`Datapoint` per row."""
-        sql = ("SELECT ts, sample_count, total, minimum, maximum FROM datapoints"
-               " WHERE namespace = ? AND metric = ? AND dimensions = ? AND ts >= ? AND ts < ?")
-        args: list[object] = [namespace, metric_name, _dims_text(dimensions), start, end]
-        if unit is not None:
-            sql += " AND unit = ?"
-            args.append(unit)
-        with self._lock:
-            return self._conn.execute(sql + " ORDER BY ts, unit", args).fetchall()
+        return self._range("ts, sample_count, total, minimum, maximum", namespace, metric_name, dimensions, start,
+                           end, unit)
 
     def histograms(self, namespace: str, metric_name: str, dimensions: Dimensions, start: float, end: float,
                    unit: str | None = None) -> list[tuple[float, Encoded | None]]:
         """(timestamp, histogram as stored) of the metric's periods with ``start <= timestamp < end``, oldest
         first: what percentiles are read from (:func:`quantile_of`), without building a :class:`Datapoint`
         and decoding its :class:`Distribution` for each minute. None for a period put as statistic sets."""
-        sql = ("SELECT ts, distribution FROM datapoints"
-               " WHERE namespace = ? AND metric = ? AND dimensions = ? AND ts >= ? AND ts < ?")
-        args: list[object] = [namespace, metric_name, _dims_text(dimensions), start, end]
-        if unit is not None:
-            sql += " AND unit = ?"
-            args.append(unit)
-        with self._lock:
-            return self._conn.execute(sql + " ORDER BY ts, unit", args).fetchall()
+        return self._range("ts, distribution", namespace, metric_name, dimensions, start, end, unit)
 
     def metrics(self, namespace: str | None = None, metric_name: str | None = None,
                 active_since: float | None = None) -> list[MetricKey]:
